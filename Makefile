@@ -1,0 +1,35 @@
+# The README's two commands are `make demo` and `make test`.
+GO ?= go
+FUZZTIME ?= 5s
+
+.PHONY: all build test test-go fuzz deps proto demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+## test: install missing system packages, vet, run every test with -race, fuzz briefly
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+## fuzz: every fuzz target for a minute each
+fuzz:
+	FUZZTIME=60s ./scripts/fuzz.sh
+
+deps:
+	@./scripts/deps.sh
+
+## proto: regenerate pkg/envelope/types.pb.go from proto/types.proto
+proto: deps
+	protoc --plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \
+		--go_out=. --go_opt=module=github.com/rmb-go/rmb proto/types.proto
+
+## bench: micro-benchmarks of the hot paths
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./pkg/...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests and the demo need, only when they
+# are missing: redis-server, protoc, python3 with redis-py. Uses apt-get
+# (Debian/Ubuntu); elsewhere it says what to install and fails.
+set -euo pipefail
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+/usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need+=(python3-redis)
+
+if [[ ${#need[@]} -eq 0 ]]; then
+  exit 0
+fi
+echo "deps: installing ${need[*]}" >&2
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "deps: apt-get not found; install these packages yourself: ${need[*]}" >&2
+  exit 1
+fi
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "deps: need root (or sudo) to install: ${need[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >/dev/null
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "deps: installed ${need[*]}" >&2
