@@ -1,0 +1,130 @@
+package redisapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/pkg/redisapi"
+)
+
+func newRedis(t *testing.T) *redis.Client {
+	s := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// TestCallWireFormat plays the peer with raw go-redis: it checks the exact
+// JSON the client pushes and answers for two destinations.
+func TestCallWireFormat(t *testing.T) {
+	rdb := newRedis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		res, err := rdb.BRPop(ctx, 5*time.Second, redisapi.QueueLocal).Result()
+		if err != nil {
+			return
+		}
+		var m map[string]any
+		json.Unmarshal([]byte(res[1]), &m)
+		for _, src := range []string{"55", "66"} {
+			body, _ := json.Marshal(map[string]any{
+				"ver": 1, "ref": m["ref"], "dat": "Mw==", "src": src,
+				"shm": "application/json", "now": time.Now().Unix(), "err": nil,
+			})
+			rdb.LPush(ctx, m["ret"].(string), body)
+		}
+		// Echo the request so the test can check its fields.
+		rdb.LPush(ctx, "seen", res[1])
+	}()
+	c := redisapi.NewClient(rdb)
+	out, err := c.Call(ctx, []uint32{55, 66}, "calc.add", []byte("[1,2]"), &redisapi.CallOptions{TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || out[0].Source != "55" || out[1].Source != "66" {
+		t.Fatalf("responses %+v", out)
+	}
+	if p, _ := out[0].Payload(); string(p) != "3" {
+		t.Fatalf("payload %q", p)
+	}
+	seen, err := rdb.BRPop(ctx, 5*time.Second, "seen").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(seen[1]), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"ver", "ref", "cmd", "exp", "dat", "tag", "dst", "ret", "shm", "now"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("request JSON lacks %q: %s", k, seen[1])
+		}
+	}
+	if string(m["dat"]) != `"WzEsMl0="` || string(m["dst"]) != "[55,66]" || string(m["exp"]) != "30" || string(m["cmd"]) != `"calc.add"` {
+		t.Errorf("request JSON %s", seen[1])
+	}
+	if n, _ := rdb.Exists(ctx, string(m["ret"][1:len(m["ret"])-1])).Result(); n != 0 {
+		t.Error("reply queue left behind")
+	}
+}
+
+func TestCallTimeout(t *testing.T) {
+	rdb := newRedis(t)
+	c := redisapi.NewClient(rdb)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.Call(ctx, []uint32{5}, "x", nil, nil)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want deadline exceeded", err)
+	}
+	if _, err := c.Call(context.Background(), nil, "x", nil, nil); err == nil {
+		t.Fatal("call with no destination accepted")
+	}
+}
+
+func TestServe(t *testing.T) {
+	rdb := newRedis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := redisapi.NewClient(rdb)
+	go c.Serve(ctx, "echo", func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
+		if string(p) == "fail" {
+			return nil, &redisapi.Error{Code: 42, Message: "asked to fail"}
+		}
+		return p, nil
+	}, nil)
+	q := redisapi.CommandQueue("echo")
+	rdb.LPush(ctx, q, "{garbage") // skipped, the service keeps going
+	push := func(ref, dat string) {
+		b, _ := json.Marshal(redisapi.IncomingRequest{Version: 1, Ref: ref, Source: "41", Command: "echo", Data: dat, ReplyTo: redisapi.QueueReply})
+		rdb.LPush(ctx, q, b)
+	}
+	push("r1", "aGk=")       // "hi"
+	push("r2", "ZmFpbA==")   // "fail"
+	push("r3", "not base64") // bad dat -> 500
+	want := map[string]func(r redisapi.OutgoingResponse) bool{
+		"r1": func(r redisapi.OutgoingResponse) bool { return r.Error == nil && r.Data == "aGk=" && r.Destination == "41" },
+		"r2": func(r redisapi.OutgoingResponse) bool { return r.Error != nil && r.Error.Code == 42 },
+		"r3": func(r redisapi.OutgoingResponse) bool { return r.Error != nil && r.Error.Code == 500 },
+	}
+	for range want {
+		res, err := rdb.BRPop(ctx, 5*time.Second, redisapi.QueueReply).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r redisapi.OutgoingResponse
+		if err := json.Unmarshal([]byte(res[1]), &r); err != nil {
+			t.Fatal(err)
+		}
+		if check, ok := want[r.Ref]; !ok || !check(r) {
+			t.Errorf("unexpected response %s", res[1])
+		}
+	}
+}

@@ -1,0 +1,96 @@
+package redisapi
+
+import (
+	"encoding/base64"
+	"fmt"
+)
+
+// Queue names.
+const (
+	QueueLocal      = "msgbus.system.local"      // outgoing requests, client -> peer
+	QueueReply      = "msgbus.system.reply"      // outgoing responses, service -> peer
+	QueueDeadLetter = "msgbus.system.deadletter" // what could not be delivered or parsed
+	CommandPrefix   = "msgbus."                  // incoming requests: msgbus.<cmd>
+)
+
+// CommandQueue is the list a service pops to serve cmd.
+func CommandQueue(cmd string) string { return CommandPrefix + cmd }
+
+// Version is the only message version in use.
+const Version = 1
+
+// OutgoingRequest is pushed by a client to QueueLocal.
+type OutgoingRequest struct {
+	Version      int      `json:"ver"`
+	Ref          string   `json:"ref"`
+	Command      string   `json:"cmd"`
+	Expiration   int64    `json:"exp"`
+	Data         string   `json:"dat"`
+	Tags         *string  `json:"tag"`
+	Destinations []uint32 `json:"dst"`
+	Session      *string  `json:"con,omitempty"`
+	ReplyTo      string   `json:"ret"`
+	Schema       string   `json:"shm"`
+	Now          int64    `json:"now"`
+}
+
+// IncomingRequest is pushed by the peer to CommandQueue(cmd).
+type IncomingRequest struct {
+	Version    int     `json:"ver"`
+	Ref        string  `json:"ref"`
+	Source     string  `json:"src"`
+	Command    string  `json:"cmd"`
+	Expiration int64   `json:"exp"`
+	Data       string  `json:"dat"`
+	Tags       *string `json:"tag"`
+	ReplyTo    string  `json:"ret"`
+	Schema     string  `json:"shm"`
+	Now        int64   `json:"now"`
+}
+
+// OutgoingResponse is pushed by a service to QueueReply (or the request's
+// ReplyTo).
+type OutgoingResponse struct {
+	Version     int    `json:"ver"`
+	Ref         string `json:"ref"`
+	Data        string `json:"dat"`
+	Destination string `json:"dst"`
+	Schema      string `json:"shm"`
+	Now         int64  `json:"now"`
+	Error       *Error `json:"err"`
+}
+
+// IncomingResponse is pushed by the peer to the client's ReplyTo queue.
+type IncomingResponse struct {
+	Version int    `json:"ver"`
+	Ref     string `json:"ref"`
+	Data    string `json:"dat"`
+	Source  string `json:"src"`
+	Schema  string `json:"shm"`
+	Now     int64  `json:"now"`
+	Error   *Error `json:"err"`
+}
+
+// Error is an error answer.
+type Error struct {
+	Code    uint32 `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("rmb error %d: %s", e.Code, e.Message) }
+
+// Payload decodes Data.
+func (r *IncomingResponse) Payload() ([]byte, error) { return decode(r.Data) }
+
+// Payload decodes Data.
+func (r *IncomingRequest) Payload() ([]byte, error) { return decode(r.Data) }
+
+func decode(s string) ([]byte, error) {
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("redisapi: dat is not standard base64: %w", err)
+	}
+	return b, nil
+}
+
+func encode(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
