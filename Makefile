@@ -2,12 +2,17 @@
 GO ?= go
 FUZZTIME ?= 5s
 
-.PHONY: all build test test-go fuzz deps proto demo bench clean
+.PHONY: all build test fuzz deps proto demo bench clean
 
 all: build
 
+## build: bin/rmb-registrar, bin/rmb-relay, bin/rmb-peer and bin/rmb
 build:
-	$(GO) build -o bin/ ./cmd/...
+	@mkdir -p bin
+	$(GO) build -o bin/rmb-registrar ./cmd/registrar
+	$(GO) build -o bin/rmb-relay ./cmd/relay
+	$(GO) build -o bin/rmb-peer ./cmd/peer
+	$(GO) build -o bin/rmb ./cmd/rmb
 
 ## test: install missing system packages, vet, run every test with -race, fuzz briefly
 test: deps
@@ -33,3 +38,7 @@ bench:
 
 clean:
 	rm -rf bin
+
+## demo: registrar, relay, Redis, two peers, a calculator and real calls (DEMO_KEEP=1 stays up)
+demo: deps build
+	./bin/rmb demo

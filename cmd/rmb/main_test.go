@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/redisapi"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// rmbBin is the rmb binary built once for the tests in this package.
+var rmbBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "rmb-cli-test-")
+	if err != nil {
+		panic(err)
+	}
+	rmbBin = filepath.Join(dir, "rmb")
+	if out, err := exec.Command("go", "build", "-o", rmbBin, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// rmb runs the built binary with args and an optional environment.
+func rmb(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, rmbBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run rmb %v: %v", args, err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+func TestUsageAndHelp(t *testing.T) {
+	if r := rmb(t, nil); r.code != 2 || !strings.Contains(r.stderr, "commands:") {
+		t.Errorf("no args: %+v", r)
+	}
+	if r := rmb(t, nil, "frobnicate"); r.code != 2 || !strings.Contains(r.stderr, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: %+v", r)
+	}
+	for _, c := range []string{"keygen", "register", "whois", "call", "serve", "demo"} {
+		r := rmb(t, nil, c, "--help")
+		if r.code != 0 || !strings.Contains(r.stderr, "usage: rmb "+c) {
+			t.Errorf("%s --help: %+v", c, r)
+		}
+	}
+	if r := rmb(t, nil, "keygen", "--no-such-flag"); r.code != 2 {
+		t.Errorf("bad flag: %+v", r)
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	for _, kt := range []string{"sr25519", "ed25519"} {
+		r := rmb(t, nil, "keygen", "--key-type", kt, "--json")
+		if r.code != 0 {
+			t.Fatalf("keygen: %+v", r)
+		}
+		var k keysOut
+		if err := json.Unmarshal([]byte(r.stdout), &k); err != nil {
+			t.Fatalf("keygen --json printed %q: %v", r.stdout, err)
+		}
+		id, err := identity.FromSecret(k.Mnemonic, identity.KeyType(kt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.ToLower(k.PublicKey); got != hexs(id.PublicKey()) || k.E2EKey != hexs(id.E2EPublicKey()) {
+			t.Errorf("printed keys do not derive from the printed mnemonic: %+v", k)
+		}
+	}
+	if r := rmb(t, nil, "keygen", "--key-type", "rsa"); r.code == 0 || !strings.Contains(r.stderr, "unknown key type") {
+		t.Errorf("bad key type: %+v", r)
+	}
+}
+
+func TestRegisterAndWhois(t *testing.T) {
+	srv := httptest.NewServer(registrar.NewServer(nil).Handler())
+	defer srv.Close()
+	m, _ := identity.NewMnemonic()
+	env := []string{"RMB_MNEMONIC=" + m}
+	r := rmb(t, env, "register", "--registrar", srv.URL, "--relay", "relay.example:443", "--json")
+	if r.code != 0 {
+		t.Fatalf("register: %+v", r)
+	}
+	var tw twinOut
+	if err := json.Unmarshal([]byte(r.stdout), &tw); err != nil || tw.TwinID == 0 || tw.Relays[0] != "relay.example:443" {
+		t.Fatalf("register printed %q (%v)", r.stdout, err)
+	}
+	// Registering again finds the same twin.
+	if r2 := rmb(t, env, "register", "--registrar", srv.URL, "--json"); r2.code != 0 || !strings.Contains(r2.stderr, "already registered") {
+		t.Errorf("second register: %+v", r2)
+	}
+	r = rmb(t, nil, "whois", "--registrar", srv.URL, itoa(tw.TwinID))
+	if r.code != 0 || !strings.Contains(r.stdout, "relay.example:443") {
+		t.Errorf("whois: %+v", r)
+	}
+	if r := rmb(t, nil, "whois", "--registrar", srv.URL, "999"); r.code != 1 || !strings.Contains(r.stderr, "not registered") {
+		t.Errorf("whois unknown: %+v", r)
+	}
+	if r := rmb(t, nil, "whois", "--registrar", srv.URL, "abc"); r.code != 1 || !strings.Contains(r.stderr, "not a twin id") {
+		t.Errorf("whois garbage: %+v", r)
+	}
+	if r := rmb(t, nil, "whois", "--registrar", "http://127.0.0.1:1", "5"); r.code != 1 || !strings.Contains(r.stderr, "registrar") {
+		t.Errorf("whois unreachable: %+v", r)
+	}
+	if r := rmb(t, []string{"RMB_MNEMONIC="}, "register", "--registrar", srv.URL); r.code != 1 || !strings.Contains(r.stderr, "no secret") {
+		t.Errorf("register without secret: %+v", r)
+	}
+	if r := rmb(t, nil, "register", "--registrar", srv.URL, "-m", "not words"); r.code != 1 || !strings.Contains(r.stderr, "secret") {
+		t.Errorf("register with a bad secret: %+v", r)
+	}
+}
+
+func TestServeAndCallOverRedis(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// rmb serve answers what a peer would push.
+	serve := exec.CommandContext(ctx, rmbBin, "serve", "--cmd", "echo", "--redis", s.URL())
+	var serveOut bytes.Buffer
+	serve.Stdout = &serveOut
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { serve.Process.Kill(); serve.Wait() }()
+	req, _ := json.Marshal(redisapi.IncomingRequest{Version: 1, Ref: "r1", Source: "41", Command: "echo", Data: "aGk=", ReplyTo: "replies"})
+	rdb.LPush(ctx, "msgbus.echo", req)
+	res, err := rdb.BRPop(ctx, 10*time.Second, "replies").Result()
+	if err != nil {
+		t.Fatalf("rmb serve did not answer: %v", err)
+	}
+	var resp redisapi.OutgoingResponse
+	if err := json.Unmarshal([]byte(res[1]), &resp); err != nil || resp.Ref != "r1" || resp.Data != "aGk=" || resp.Destination != "41" {
+		t.Fatalf("rmb serve answered %s", res[1])
+	}
+
+	// rmb call: play the peer with go-redis, answering with an error for
+	// one twin and data for the other.
+	go func() {
+		res, err := rdb.BRPop(ctx, 10*time.Second, redisapi.QueueLocal).Result()
+		if err != nil {
+			return
+		}
+		var r redisapi.OutgoingRequest
+		json.Unmarshal([]byte(res[1]), &r)
+		ok, _ := json.Marshal(redisapi.IncomingResponse{Version: 1, Ref: r.Ref, Data: "Mw==", Source: "55"})
+		bad, _ := json.Marshal(redisapi.IncomingResponse{Version: 1, Ref: r.Ref, Source: "66", Error: &redisapi.Error{Code: 404, Message: "no such command"}})
+		rdb.LPush(ctx, r.ReplyTo, ok, bad)
+	}()
+	r := rmb(t, nil, "call", "--redis", s.URL(), "--dst", "55,66", "--cmd", "calc.add", "--data", "[1,2]")
+	if r.code != 1 || !strings.Contains(r.stdout, "55: 3") || !strings.Contains(r.stdout, "66: error 404: no such command") {
+		t.Errorf("call with one error answer: %+v", r)
+	}
+	// Nobody answers: non-zero exit after the TTL.
+	r = rmb(t, nil, "call", "--redis", s.URL(), "--dst", "55", "--cmd", "x", "--ttl", "1s")
+	if r.code != 1 || !strings.Contains(r.stderr, "timed out") {
+		t.Errorf("unanswered call: %+v", r)
+	}
+	if r := rmb(t, nil, "call", "--redis", s.URL(), "--cmd", "x"); r.code != 2 {
+		t.Errorf("call without --dst: %+v", r)
+	}
+	if r := rmb(t, nil, "call", "--redis", s.URL(), "--dst", "0", "--cmd", "x"); r.code != 2 {
+		t.Errorf("call to twin 0: %+v", r)
+	}
+	if r := rmb(t, nil, "call", "--redis", "redis://127.0.0.1:1", "--dst", "5", "--cmd", "x"); r.code != 1 || !strings.Contains(r.stderr, "cannot reach") {
+		t.Errorf("call with Redis down: %+v", r)
+	}
+}
+
+func hexs(b []byte) string { return hex.EncodeToString(b) }
+
+func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
