@@ -110,7 +110,9 @@ func TestServe(t *testing.T) {
 	push("r2", "ZmFpbA==")   // "fail"
 	push("r3", "not base64") // bad dat -> 500
 	want := map[string]func(r redisapi.OutgoingResponse) bool{
-		"r1": func(r redisapi.OutgoingResponse) bool { return r.Error == nil && r.Data == "aGk=" && r.Destination == "41" },
+		"r1": func(r redisapi.OutgoingResponse) bool {
+			return r.Error == nil && r.Data == "aGk=" && r.Destination == "41"
+		},
 		"r2": func(r redisapi.OutgoingResponse) bool { return r.Error != nil && r.Error.Code == 42 },
 		"r3": func(r redisapi.OutgoingResponse) bool { return r.Error != nil && r.Error.Code == 500 },
 	}
@@ -125,6 +127,26 @@ func TestServe(t *testing.T) {
 		}
 		if check, ok := want[r.Ref]; !ok || !check(r) {
 			t.Errorf("unexpected response %s", res[1])
+		}
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://127.0.0.1:6379":   "127.0.0.1:6379",
+		"redis://localhost:7000/2": "localhost:7000",
+		"tcp://10.1.2.3:6380":      "10.1.2.3:6380",
+		"unix:///run/redis.sock":   "/run/redis.sock",
+		"127.0.0.1:6379":           "127.0.0.1:6379",
+	} {
+		o, err := redisapi.ParseURL(in)
+		if err != nil || o.Addr != want {
+			t.Errorf("ParseURL(%q) = %v, %v; want addr %s", in, o, err, want)
+		}
+	}
+	for _, in := range []string{"", "http://x", "tcp://", "redis://:notaport"} {
+		if _, err := redisapi.ParseURL(in); err == nil {
+			t.Errorf("ParseURL(%q) accepted", in)
 		}
 	}
 }
