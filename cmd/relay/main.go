@@ -1,0 +1,330 @@
+// Command rmb-relay runs an RMB relay: it accepts twins over WebSocket,
+// routes their envelopes, keeps envelopes for offline twins (in memory, or
+// in Redis with --redis) and federates with other relays.
+//
+//	rmb-relay --registrar https://registrar.example -m relay.example --redis redis://localhost:6379
+//
+// SIGHUP reloads the --allow and --rules files; SIGINT and SIGTERM shut
+// down gracefully.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/registrar"
+	"github.com/rmb-go/rmb/pkg/relay"
+)
+
+func main() {
+	m := NewMain()
+	if err := m.ParseFlags(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "rmb-relay:", err)
+		os.Exit(2)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	if err := m.Run(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "rmb-relay:", err)
+		os.Exit(1)
+	}
+	m.HandleSignals(sigs)
+	if err := m.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "rmb-relay:", err)
+		os.Exit(1)
+	}
+}
+
+// Main is the program: ParseFlags, then Run, then Close. Tests run it on
+// 127.0.0.1:0.
+type Main struct {
+	// Configuration, set by ParseFlags.
+	Listen          string
+	Domains         []string
+	Registrar       string
+	Redis           string
+	Limit           int
+	LimitBytes      int64
+	LimitWindow     time.Duration
+	RankerPeriod    time.Duration
+	TLSCert         string
+	TLSKey          string
+	AllowFile       string
+	RulesFile       string
+	AdminToken      string
+	MaxEnvelopeSize int
+	MaxTokenLife    time.Duration
+	Debug           bool
+	ShutdownTimeout time.Duration
+
+	// Stderr receives the logs. Default os.Stderr.
+	Stderr io.Writer
+
+	// Set by Run.
+	log         *slog.Logger
+	relay       *relay.Relay
+	server      *http.Server
+	ln          net.Listener
+	redis       *redis.Client
+	stopWatch   context.CancelFunc
+	watchDone   chan struct{}
+	serveDone   chan error
+	registrar   *registrar.Client
+	policyFiles bool
+}
+
+// NewMain returns a Main with the defaults.
+func NewMain() *Main {
+	return &Main{
+		Listen:          ":8080",
+		LimitWindow:     time.Minute,
+		RankerPeriod:    time.Hour,
+		MaxEnvelopeSize: 1 << 20,
+		ShutdownTimeout: 30 * time.Second,
+		Stderr:          os.Stderr,
+	}
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error {
+	for d := range strings.SplitSeq(s, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			*l = append(*l, d)
+		}
+	}
+	return nil
+}
+
+// seconds is a duration flag that also takes a plain number of seconds, as
+// the reference relay does.
+type seconds struct{ d *time.Duration }
+
+func (s seconds) String() string {
+	if s.d == nil {
+		return ""
+	}
+	return s.d.String()
+}
+func (s seconds) Set(v string) error {
+	if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+		*s.d = time.Duration(n) * time.Second
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("want seconds or a duration like 90s, got %q", v)
+	}
+	*s.d = d
+	return nil
+}
+
+// ParseFlags reads the command line. Flags take one or two dashes.
+func (m *Main) ParseFlags(args []string) error {
+	fs := flag.NewFlagSet("rmb-relay", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	domains := (*stringList)(&m.Domains)
+	fs.StringVar(&m.Listen, "listen", m.Listen, "address to listen on")
+	fs.Var(domains, "domain", "a domain of this relay, as twins list it in the registrar (repeatable)")
+	fs.Var(domains, "m", "shorthand for --domain")
+	fs.StringVar(&m.Registrar, "registrar", m.Registrar, "registrar base URL (required)")
+	fs.StringVar(&m.Redis, "redis", m.Redis, "redis URL for the offline queues (default: in memory)")
+	fs.IntVar(&m.Limit, "limit", m.Limit, "envelopes per twin per --limit-window (0: no limit)")
+	fs.Int64Var(&m.LimitBytes, "limit-size", m.LimitBytes, "envelope bytes per twin per --limit-window (0: no limit)")
+	fs.Var(seconds{&m.LimitWindow}, "limit-window", "rate limit window, seconds or a duration")
+	fs.Var(seconds{&m.RankerPeriod}, "ranker-period", "window over which federation failures rank relays, seconds or a duration")
+	fs.StringVar(&m.TLSCert, "tls-cert", m.TLSCert, "TLS certificate file (serve HTTPS/WSS)")
+	fs.StringVar(&m.TLSKey, "tls-key", m.TLSKey, "TLS key file")
+	fs.StringVar(&m.AllowFile, "allow", m.AllowFile, "YAML allow list of twin ids that may connect (reloaded on SIGHUP)")
+	fs.StringVar(&m.RulesFile, "rules", m.RulesFile, "YAML routing rules (reloaded on SIGHUP)")
+	fs.StringVar(&m.AdminToken, "admin-token", m.AdminToken, "bearer token of the /api/ admin endpoints (default: disabled)")
+	fs.IntVar(&m.MaxEnvelopeSize, "max-envelope-size", m.MaxEnvelopeSize, "largest envelope accepted, bytes")
+	fs.DurationVar(&m.MaxTokenLife, "max-token-lifetime", m.MaxTokenLife, "longest token lifetime accepted (default 1h)")
+	fs.DurationVar(&m.ShutdownTimeout, "shutdown-timeout", m.ShutdownTimeout, "how long a graceful shutdown may take")
+	fs.BoolVar(&m.Debug, "debug", m.Debug, "debug logging")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	switch {
+	case m.Registrar == "":
+		return errors.New("--registrar is required")
+	case len(m.Domains) == 0:
+		return errors.New("at least one -m/--domain is required")
+	case (m.TLSCert == "") != (m.TLSKey == ""):
+		return errors.New("--tls-cert and --tls-key go together")
+	case m.Limit < 0 || m.LimitBytes < 0:
+		return errors.New("--limit and --limit-size must not be negative")
+	}
+	return nil
+}
+
+// Run starts the relay and returns once it listens; it logs
+// "listening addr=<actual address>".
+func (m *Main) Run(ctx context.Context) error {
+	level := slog.LevelInfo
+	if m.Debug {
+		level = slog.LevelDebug
+	}
+	m.log = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: level}))
+
+	policy, err := relay.LoadPolicy(m.AllowFile, m.RulesFile)
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	m.policyFiles = m.AllowFile != "" || m.RulesFile != ""
+
+	m.registrar = registrar.NewClient(m.Registrar, &registrar.ClientOptions{Logger: m.log.With("component", "registrar")})
+	opts := &relay.Options{
+		Domains:         m.Domains,
+		Directory:       m.registrar,
+		Logger:          m.log,
+		MaxEnvelopeSize: m.MaxEnvelopeSize,
+		TokenPolicy:     identity.TokenPolicy{MaxLifetime: m.MaxTokenLife},
+		RankerPeriod:    m.RankerPeriod,
+		Policy:          policy,
+		AdminToken:      m.AdminToken,
+	}
+	if m.Limit > 0 || m.LimitBytes > 0 {
+		opts.RateLimit = &relay.RateLimit{Messages: m.Limit, Bytes: m.LimitBytes, Window: m.LimitWindow}
+	}
+	if m.Redis != "" {
+		ro, err := redis.ParseURL(m.Redis)
+		if err != nil {
+			return fmt.Errorf("--redis: %w", err)
+		}
+		m.redis = redis.NewClient(ro)
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = m.redis.Ping(pctx).Err()
+		cancel()
+		if err != nil {
+			m.redis.Close()
+			return fmt.Errorf("redis %s: %w", m.Redis, err)
+		}
+		opts.Store = relay.NewRedisStore(m.redis, nil)
+	}
+	if m.relay, err = relay.New(opts); err != nil {
+		return err
+	}
+	if m.ln, err = net.Listen("tcp", m.Listen); err != nil {
+		m.relay.Shutdown(ctx)
+		m.closeBackends()
+		return err
+	}
+	wctx, stop := context.WithCancel(context.Background())
+	m.stopWatch, m.watchDone = stop, make(chan struct{})
+	go func() {
+		defer close(m.watchDone)
+		m.registrar.Watch(wctx)
+	}()
+	m.server = &http.Server{
+		Handler:           m.relay.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+	}
+	m.serveDone = make(chan error, 1)
+	go func() {
+		if m.TLSCert != "" {
+			m.serveDone <- m.server.ServeTLS(m.ln, m.TLSCert, m.TLSKey)
+		} else {
+			m.serveDone <- m.server.Serve(m.ln)
+		}
+	}()
+	m.log.Info("listening", "addr", m.ln.Addr().String(), "domains", m.Domains, "tls", m.TLSCert != "", "redis", m.Redis != "")
+	return nil
+}
+
+// Addr is the address the relay listens on (after Run).
+func (m *Main) Addr() string { return m.ln.Addr().String() }
+
+// Relay is the running relay (after Run).
+func (m *Main) Relay() *relay.Relay { return m.relay }
+
+// Reload reads the allow and rules files again and applies them without
+// dropping sessions. On error the old policy stays.
+func (m *Main) Reload() error {
+	if !m.policyFiles {
+		return nil
+	}
+	p, err := relay.LoadPolicy(m.AllowFile, m.RulesFile)
+	if err != nil {
+		m.log.Error("policy reload failed, keeping the old one", "err", err)
+		return err
+	}
+	m.relay.SetPolicy(p)
+	m.log.Info("policy reloaded", "allow", m.AllowFile, "rules", m.RulesFile)
+	return nil
+}
+
+// HandleSignals reloads on SIGHUP and returns on SIGINT or SIGTERM (or when
+// sigs is closed), or when the server fails.
+func (m *Main) HandleSignals(sigs <-chan os.Signal) {
+	for {
+		select {
+		case sig, ok := <-sigs:
+			if !ok {
+				return
+			}
+			if sig == syscall.SIGHUP {
+				m.Reload()
+				continue
+			}
+			m.log.Info("shutting down", "signal", sig.String())
+			return
+		case err := <-m.serveDone:
+			m.log.Error("server failed", "err", err)
+			m.serveDone <- err
+			return
+		}
+	}
+}
+
+// Close shuts down gracefully: no new connections, sessions closed (their
+// unsent envelopes go back to the store), then the store and registrar
+// connections. Calling it again does nothing.
+func (m *Main) Close() error {
+	if m.server == nil {
+		return nil
+	}
+	defer func() { m.server = nil }()
+	ctx, cancel := context.WithTimeout(context.Background(), m.ShutdownTimeout)
+	defer cancel()
+	errs := []error{m.server.Shutdown(ctx), m.relay.Shutdown(ctx)}
+	if err := <-m.serveDone; !errors.Is(err, http.ErrServerClosed) {
+		errs = append(errs, err)
+	}
+	m.stopWatch()
+	<-m.watchDone
+	errs = append(errs, m.closeBackends())
+	m.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+func (m *Main) closeBackends() error {
+	if m.redis != nil {
+		return m.redis.Close()
+	}
+	return nil
+}

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/pkg/envelope"
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type twin struct {
+	id  *identity.Identity
+	num uint32
+}
+
+func register(t *testing.T, url string, relays ...string) *twin {
+	t.Helper()
+	seed := make([]byte, 32)
+	rand.Read(seed)
+	id, _ := identity.FromSeed(seed, identity.Ed25519)
+	tw, err := registrar.NewClient(url, nil).Register(context.Background(), id, relays)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &twin{id: id, num: tw.ID}
+}
+
+func connect(t *testing.T, addr string, tw *twin) (*websocket.Conn, int) {
+	t.Helper()
+	tok, _ := identity.NewToken(tw.id, tw.num, "", time.Now(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, "ws://"+addr+"/?"+tok, nil)
+	if err != nil {
+		if resp != nil {
+			return nil, resp.StatusCode
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c, 101
+}
+
+func exchange(t *testing.T, from *twin, cf *websocket.Conn, to *twin, ct *websocket.Conn, payload string) {
+	t.Helper()
+	e := envelope.NewRequest("u-"+payload, "cmd", []byte(payload), 60)
+	e.Source, e.Destination = envelope.NewAddress(from.num, ""), envelope.NewAddress(to.num, "")
+	e.Stamp(time.Now())
+	e.Sign(from.id)
+	b, _ := envelope.Marshal(e)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := cf.Write(ctx, websocket.MessageBinary, b); err != nil {
+		t.Fatal(err)
+	}
+	_, got, err := ct.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := envelope.Unmarshal(got, 0)
+	if err != nil || string(in.GetPlain()) != payload {
+		t.Fatalf("got %v %v", in, err)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	m := NewMain()
+	err := m.ParseFlags([]string{"--listen", "127.0.0.1:0", "-m", "a.example", "--domain", "b.example,c.example",
+		"--registrar", "http://reg", "--limit", "100", "--ranker-period", "60", "--limit-window", "2m", "--debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(m.Domains) != "[a.example b.example c.example]" || m.Limit != 100 ||
+		m.RankerPeriod != time.Minute || m.LimitWindow != 2*time.Minute || !m.Debug || m.Listen != "127.0.0.1:0" {
+		t.Fatalf("parsed %+v", m)
+	}
+	for _, bad := range [][]string{
+		{"-m", "a"},                 // no registrar
+		{"--registrar", "http://r"}, // no domain
+		{"--registrar", "http://r", "-m", "a", "--tls-cert", "c"}, // cert without key
+		{"--registrar", "http://r", "-m", "a", "--ranker-period", "soon"},
+		{"--registrar", "http://r", "-m", "a", "extra"},
+	} {
+		m := NewMain()
+		m.Stderr = &bytes.Buffer{}
+		if err := m.ParseFlags(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestRun(t *testing.T) {
+	reg := httptest.NewServer(registrar.NewServer(nil).Handler())
+	defer reg.Close()
+	rd := redistest.Start(t, nil)
+	const domain = "relay.test"
+	a := register(t, reg.URL, domain)
+	b := register(t, reg.URL, domain)
+
+	dir := t.TempDir()
+	allow := filepath.Join(dir, "allow.yaml")
+	os.WriteFile(allow, fmt.Appendf(nil, "- %d\n", a.num), 0o600)
+
+	logs := &syncBuffer{}
+	m := NewMain()
+	m.Stderr = logs
+	if err := m.ParseFlags([]string{"--listen", "127.0.0.1:0", "-m", domain, "--registrar", reg.URL,
+		"--redis", rd.URL(), "--allow", allow, "--admin-token", "t"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if !strings.Contains(logs.String(), "listening addr="+m.Addr()) {
+		t.Fatalf("no listening line in %q", logs.String())
+	}
+
+	ca, _ := connect(t, m.Addr(), a)
+	if _, st := connect(t, m.Addr(), b); st != http.StatusForbidden {
+		t.Fatalf("b not on the allow list: got %d", st)
+	}
+	// SIGHUP reloads the allow list; a's session stays.
+	os.WriteFile(allow, fmt.Appendf(nil, "- %d\n- %d\n", a.num, b.num), 0o600)
+	sigs := make(chan os.Signal, 2)
+	done := make(chan struct{})
+	go func() { m.HandleSignals(sigs); close(done) }()
+	sigs <- syscall.SIGHUP
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "policy reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatal("no reload")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cb, st := connect(t, m.Addr(), b)
+	if st != 101 {
+		t.Fatalf("b after reload: %d", st)
+	}
+	exchange(t, a, ca, b, cb, "hello")
+	exchange(t, b, cb, a, ca, "back")
+
+	// A broken file keeps the old policy.
+	os.WriteFile(allow, []byte("- nope"), 0o600)
+	if err := m.Reload(); err == nil {
+		t.Fatal("bad allow list accepted")
+	}
+	exchange(t, a, ca, b, cb, "still")
+
+	sigs <- syscall.SIGTERM
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("SIGTERM did not end HandleSignals")
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, _, err := ca.Read(ctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Fatalf("after Close: %v", err)
+	}
+}

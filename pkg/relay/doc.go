@@ -1,0 +1,120 @@
+// Package relay is the RMB relay (PROTOCOL.md §4, §5): it authenticates
+// twins connecting over WebSocket, routes the envelopes they send to other
+// sessions on this relay, keeps envelopes for twins that are offline, and
+// exchanges envelopes with other relays (federation).
+//
+// New never listens; serve Handler on any http.Server:
+//
+//	r, _ := relay.New(&relay.Options{
+//		Domains:   []string{"relay.example"},
+//		Directory: registrar.NewClient("https://registrar.example", nil),
+//	})
+//	http.ListenAndServe(":8080", r.Handler())
+//
+// # Connecting
+//
+// A client opens a WebSocket on any path with the JWT as the whole query
+// string (wss://relay.example/?eyJ...). Before upgrading, the relay parses
+// the token (400 if missing or malformed), checks its time against
+// Options.TokenPolicy (401 if expired, too long-lived or issued in the
+// future), looks the twin up in the Directory (401 if unknown), verifies the
+// token signature with the twin's key (401), and checks the allow list
+// (403). Refusals carry a plain-text reason.
+//
+// The connection becomes the session (twin, sid), sid being the token's
+// "sid" claim ("" when absent). A second connection for the same session
+// replaces the first: the map entry is swapped under the relay's lock, the
+// old connection is closed (code 4000), and when the old session cleans up
+// it removes the map entry only if it still points to itself, so it can
+// never unregister its successor.
+//
+// # A session
+//
+// Three goroutines serve a session. The HTTP handler runs the read loop:
+// it reads one binary message at a time (the read limit is
+// MaxEnvelopeSize; a larger frame closes the connection with 1009) and
+// routes it. The send loop is the only writer: it drains the bounded send
+// queue and, when woken, the session's queue in the Store; every write has
+// a deadline (WriteTimeout) and a failed write closes the session. The ping
+// loop sends a WebSocket ping when the client has been silent for
+// PingInterval and closes the session when no pong comes within
+// PingTimeout. coder/websocket flushes every message, so writes are not
+// coalesced beyond what one message is.
+//
+// # Routing an envelope
+//
+// handleFrame reads only the routing fields (envelope.ReadRouting, no
+// allocation) and, in order:
+//
+//  1. drops a frame over the size limit or that does not parse;
+//  2. applies the twin's rate limit ("exceeded rate limits");
+//  3. answers an app-level ping with a pong;
+//  4. checks that the source is the session ("message wrong source");
+//  5. drops an expired envelope;
+//  6. applies the routing rules ("message denied by routing rules");
+//  7. routes: a live session here gets it in memory; a twin that lists one
+//     of our Domains but has no live session gets it stored ("destination
+//     offline" instead when the tags say fail-fast); an unknown twin is
+//     "unknown twin destination"; anything else is federated.
+//
+// Errors are answered only to requests, as unsigned envelopes with the
+// request's uid, the sending session as destination, source twin 0 and
+// error {code, message}. Every drop is counted with a reason
+// (rmb_relay_dropped_total{reason}).
+//
+// A slow receiver never blocks senders: delivery to a session is a
+// non-blocking send on its queue. When the queue is full the envelope goes
+// to the Store instead and the session is marked spilled; while spilled,
+// new envelopes also go to the Store, behind the older ones, and the send
+// loop drains the queue first, then the Store, before it clears the mark.
+// So envelopes to one session are delivered in the order they were routed,
+// whether they waited in memory or in the Store. A new session starts
+// spilled (it first drains what was stored while it was away), and a
+// replacing session waits until the replaced one has put its unsent
+// envelopes back at the front of the Store.
+//
+// # Store and forward
+//
+// A Store holds one FIFO queue per session, bounded by a message count and
+// a byte count (StoreOptions); envelopes past their TTL are discarded when
+// popped (and by a periodic sweep in MemStore) and counted as
+// store_expired. No operation touches two sessions, so a Redis Cluster can
+// shard the queues.
+//
+// MemStore is the default. RedisStore keeps the queues in Redis so they
+// survive a relay restart. It uses lists, not streams: a session's queue
+// has exactly one consumer (its send loop), so consumer groups, entry ids
+// and pending-entry lists would be bookkeeping without a use; LPOP with a
+// count pops a batch in one round trip; and a session that loses its
+// connection must put the envelopes it popped but did not write back at
+// the front of its queue, which LPUSH does and a stream cannot. The byte
+// cap needs a counter next to the list; both sit under one hash tag and are
+// updated by Lua scripts, so each operation is atomic and single-slot.
+//
+// # Federation
+//
+// Sending: a federated envelope is queued for the best-ranked relay of its
+// destination twin (one bounded queue and FederationWorkers workers per
+// domain). A worker POSTs the raw envelope to scheme://<domain>/, trying
+// the twin's relays ranked by their failures over RankerPeriod. 2xx is
+// success; 5xx, 408, 429 and network errors count as failures and, when no
+// relay took the envelope, the job is retried after an exponential backoff
+// until its TTL runs out; any other 4xx is final for that relay. A request
+// that cannot be delivered gets an error envelope back to its sender. The
+// HTTP client keeps connections alive between POSTs.
+//
+// Receiving (POST /): the body is limited to MaxEnvelopeSize (413), must
+// decode (400), must be signed by its source twin, which must exist (401),
+// must pass the routing rules (403), and its destination must be a twin of
+// this relay (404). Then it is delivered or stored and the answer is 202.
+// Envelopes received by federation are never federated again.
+//
+// # Operations
+//
+// /metrics serves the relay's own Prometheus registry, /healthz answers 200
+// until Shutdown. With Options.AdminToken, /api/stats, /api/sessions and
+// DELETE /api/sessions/{twin} are served behind "Authorization: Bearer".
+// SetPolicy swaps the allow list and routing rules at runtime without
+// touching sessions, except that sessions of twins no longer allowed are
+// closed.
+package relay

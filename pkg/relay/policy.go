@@ -1,0 +1,203 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Policy is the relay's access policy. A nil Policy, or nil fields, allow
+// everything. A Policy is immutable once given to the relay; SetPolicy
+// swaps it atomically.
+type Policy struct {
+	// Allow lists the twins that may connect; nil: every twin.
+	Allow *TwinSet
+	// Rules say which source twins may send to which destination twins;
+	// nil: every route.
+	Rules *Rules
+}
+
+// TwinSet is a set of twin ids, or every twin ("*").
+type TwinSet struct {
+	all   bool
+	twins map[uint32]bool
+}
+
+// Contains reports whether twin is in the set.
+func (s *TwinSet) Contains(twin uint32) bool {
+	return s != nil && (s.all || s.twins[twin])
+}
+
+// Rules is an ordered list of allow rules; an envelope may pass when any
+// rule matches its source and destination twins. An empty list denies
+// everything.
+type Rules struct {
+	rules []rule
+}
+
+type rule struct{ from, to *TwinSet }
+
+// Allowed reports whether src may send to dst.
+func (r *Rules) Allowed(src, dst uint32) bool {
+	for _, ru := range r.rules {
+		if ru.from.Contains(src) && ru.to.Contains(dst) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Policy) mayConnect(twin uint32) bool {
+	return p == nil || p.Allow == nil || p.Allow.Contains(twin)
+}
+
+func (p *Policy) mayRoute(src, dst uint32) bool {
+	return p == nil || p.Rules == nil || p.Rules.Allowed(src, dst)
+}
+
+// ParseAllowList reads an allow list: a YAML list of twin ids, where "*"
+// stands for every twin, either at the top level or under the key "allow":
+//
+//   - 12
+//   - 42
+func ParseAllowList(b []byte) (*TwinSet, error) {
+	var doc any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("relay: allow list: %w", err)
+	}
+	if m, ok := doc.(map[string]any); ok {
+		doc = m["allow"]
+	}
+	if doc == nil {
+		return &TwinSet{twins: map[uint32]bool{}}, nil
+	}
+	s, err := parseTwinSet(doc)
+	if err != nil {
+		return nil, fmt.Errorf("relay: allow list: %w", err)
+	}
+	return s, nil
+}
+
+// ParseRules reads routing rules: a YAML list of {from, to} pairs, at the
+// top level or under the key "rules". Each side is a twin id, "*", or a list
+// of those:
+//
+//   - from: "*"
+//     to: [7, 8]     # anyone may send to 7 and 8
+//   - from: [7, 8]
+//     to: "*"        # 7 and 8 may send to anyone
+func ParseRules(b []byte) (*Rules, error) {
+	var doc any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("relay: rules: %w", err)
+	}
+	if m, ok := doc.(map[string]any); ok {
+		doc = m["rules"]
+	}
+	rs := &Rules{}
+	if doc == nil {
+		return rs, nil
+	}
+	list, ok := doc.([]any)
+	if !ok {
+		return nil, errors.New("relay: rules: want a list of {from, to}")
+	}
+	for i, it := range list {
+		m, ok := it.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("relay: rules: rule %d: want a map with from and to", i+1)
+		}
+		for k := range m {
+			if k != "from" && k != "to" {
+				return nil, fmt.Errorf("relay: rules: rule %d: unknown key %q", i+1, k)
+			}
+		}
+		if m["from"] == nil || m["to"] == nil {
+			return nil, fmt.Errorf("relay: rules: rule %d: needs from and to", i+1)
+		}
+		from, err := parseTwinSet(m["from"])
+		if err != nil {
+			return nil, fmt.Errorf("relay: rules: rule %d: from: %w", i+1, err)
+		}
+		to, err := parseTwinSet(m["to"])
+		if err != nil {
+			return nil, fmt.Errorf("relay: rules: rule %d: to: %w", i+1, err)
+		}
+		rs.rules = append(rs.rules, rule{from: from, to: to})
+	}
+	return rs, nil
+}
+
+func parseTwinSet(v any) (*TwinSet, error) {
+	s := &TwinSet{twins: make(map[uint32]bool)}
+	items, ok := v.([]any)
+	if !ok {
+		items = []any{v}
+	}
+	for _, it := range items {
+		switch x := it.(type) {
+		case int:
+			if x <= 0 || int64(x) > int64(^uint32(0)) {
+				return nil, fmt.Errorf("%d is not a twin id", x)
+			}
+			s.twins[uint32(x)] = true
+		case string:
+			x = strings.TrimSpace(x)
+			if x == "*" {
+				s.all = true
+				continue
+			}
+			n, err := strconv.ParseUint(x, 10, 32)
+			if err != nil || n == 0 {
+				return nil, fmt.Errorf("%q is not a twin id or \"*\"", x)
+			}
+			s.twins[uint32(n)] = true
+		default:
+			return nil, fmt.Errorf("%v is not a twin id or \"*\"", it)
+		}
+	}
+	return s, nil
+}
+
+// LoadPolicy reads the allow list and rules files; an empty name leaves
+// that part of the policy open.
+func LoadPolicy(allowFile, rulesFile string) (*Policy, error) {
+	p := &Policy{}
+	if allowFile != "" {
+		b, err := os.ReadFile(allowFile)
+		if err != nil {
+			return nil, err
+		}
+		if p.Allow, err = ParseAllowList(b); err != nil {
+			return nil, fmt.Errorf("%s: %w", allowFile, err)
+		}
+	}
+	if rulesFile != "" {
+		b, err := os.ReadFile(rulesFile)
+		if err != nil {
+			return nil, err
+		}
+		if p.Rules, err = ParseRules(b); err != nil {
+			return nil, fmt.Errorf("%s: %w", rulesFile, err)
+		}
+	}
+	return p, nil
+}
+
+// SetPolicy replaces the access policy (nil allows everything). Sessions
+// stay connected, except those of twins the new allow list no longer
+// contains, which are closed. Routing rules apply from the next envelope.
+func (r *Relay) SetPolicy(p *Policy) {
+	r.policy.Store(p)
+	for _, s := range r.liveSessions(func(k SessionKey) bool { return !p.mayConnect(k.Twin) }) {
+		s.log.Info("twin no longer allowed, closing session")
+		s.close(statusRevoked, "twin not allowed on this relay")
+	}
+}
+
+// Policy returns the current access policy.
+func (r *Relay) Policy() *Policy { return r.policy.Load() }

@@ -1,0 +1,331 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rmb-go/rmb/pkg/envelope"
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// Directory looks twins up; *registrar.Client satisfies it. It must answer
+// an error wrapping registrar.ErrNotFound for a twin that does not exist,
+// and should cache: the relay asks on every envelope whose destination is
+// not connected here.
+type Directory interface {
+	Twin(ctx context.Context, id uint32) (*registrar.Twin, error)
+}
+
+// Options configure a Relay. Zero fields mean the documented defaults.
+type Options struct {
+	// Domains are this relay's domains ("host" or "host:port", as twins list
+	// them in the registrar). A twin that lists one of them belongs here.
+	// Required.
+	Domains []string
+	// Directory looks up twins. Required.
+	Directory Directory
+	// Store keeps envelopes for sessions that are offline or slow. Default:
+	// NewMemStore(nil).
+	Store Store
+	// Logger receives structured logs. Default: discard.
+	Logger *slog.Logger
+	// MaxEnvelopeSize bounds one envelope, on WebSocket frames (close 1009
+	// above it) and federation bodies (413). Default 1 MiB.
+	MaxEnvelopeSize int
+	// TokenPolicy bounds token lifetime and clock skew (identity defaults:
+	// 1 hour, 30 seconds).
+	TokenPolicy identity.TokenPolicy
+
+	// SendQueueSize is the bound of each session's in-memory send queue;
+	// when it is full, envelopes go to the Store. Default 256.
+	SendQueueSize int
+	// WriteTimeout bounds one WebSocket write; a session whose write times
+	// out is closed. Default 10 seconds.
+	WriteTimeout time.Duration
+	// PingInterval is how long a session may stay silent before the relay
+	// sends a WebSocket ping; a ping unanswered within PingTimeout closes the
+	// session. Defaults 30 and 15 seconds.
+	PingInterval time.Duration
+	PingTimeout  time.Duration
+
+	// FederationScheme is the scheme of federation POSTs. Default "https".
+	FederationScheme string
+	// FederationClient sends federation POSTs. Default: a client with
+	// keep-alive and 16 idle connections per relay.
+	FederationClient *http.Client
+	// FederationWorkers is the number of senders per destination domain.
+	// Default 4.
+	FederationWorkers int
+	// FederationQueueSize bounds the queue of each destination domain.
+	// Default 1024.
+	FederationQueueSize int
+	// FederationTimeout bounds one federation POST. Default 10 seconds.
+	FederationTimeout time.Duration
+	// RetryBackoff and MaxRetryBackoff shape the retry delay after a round
+	// of failed attempts (doubling from RetryBackoff). Defaults 500 ms and
+	// 30 seconds.
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// RankerPeriod is the window over which relay failures are counted to
+	// rank a twin's relays. Default 1 hour.
+	RankerPeriod time.Duration
+
+	// RateLimit limits each twin's envelopes; nil means no limit.
+	RateLimit *RateLimit
+	// Policy is the initial access policy (allow list and routing rules);
+	// nil allows everything. Replace it at runtime with SetPolicy.
+	Policy *Policy
+	// AdminToken enables the /api/ admin endpoints, which then require
+	// "Authorization: Bearer <AdminToken>". Default "": admin API disabled.
+	AdminToken string
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Relay routes envelopes between WebSocket sessions, its store and other
+// relays. It never listens: serve Handler. All methods are safe for
+// concurrent use.
+type Relay struct {
+	// Set by New, read-only afterwards.
+	opts    Options
+	domains map[string]bool // lower-cased
+	log     *slog.Logger
+	store   Store
+	metrics *metrics
+	fed     *federator
+	limiter *limiter // nil without a rate limit
+	handler http.Handler
+	ctx     context.Context // cancelled by Shutdown
+	cancel  context.CancelFunc
+
+	counters counters               // atomics, any goroutine
+	policy   atomic.Pointer[Policy] // swapped by SetPolicy
+
+	mu       sync.Mutex                     // guards the following
+	sessions map[uint32]map[string]*session // twin -> sid -> live session
+	closing  bool                           // Shutdown was called
+	nsess    int                            // number of sessions in the map
+
+	conns       sync.WaitGroup // session handlers; Add under mu while !closing
+	janitorDone chan struct{}  // closed when janitor returns
+}
+
+// New returns a relay for opts.
+func New(opts *Options) (*Relay, error) {
+	if opts == nil {
+		return nil, errors.New("relay: options are required")
+	}
+	o := *opts
+	if len(o.Domains) == 0 {
+		return nil, errors.New("relay: at least one domain is required")
+	}
+	if o.Directory == nil {
+		return nil, errors.New("relay: a Directory is required")
+	}
+	if o.Store == nil {
+		o.Store = NewMemStore(nil)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MaxEnvelopeSize <= 0 {
+		o.MaxEnvelopeSize = envelope.DefaultMaxSize
+	}
+	if o.SendQueueSize <= 0 {
+		o.SendQueueSize = 256
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 30 * time.Second
+	}
+	if o.PingTimeout <= 0 {
+		o.PingTimeout = 15 * time.Second
+	}
+	if o.FederationScheme == "" {
+		o.FederationScheme = "https"
+	}
+	if o.FederationClient == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 16
+		o.FederationClient = &http.Client{Transport: t}
+	}
+	if o.FederationWorkers <= 0 {
+		o.FederationWorkers = 4
+	}
+	if o.FederationQueueSize <= 0 {
+		o.FederationQueueSize = 1024
+	}
+	if o.FederationTimeout <= 0 {
+		o.FederationTimeout = 10 * time.Second
+	}
+	if o.RetryBackoff <= 0 {
+		o.RetryBackoff = 500 * time.Millisecond
+	}
+	if o.MaxRetryBackoff <= 0 {
+		o.MaxRetryBackoff = 30 * time.Second
+	}
+	if o.RankerPeriod <= 0 {
+		o.RankerPeriod = time.Hour
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	r := &Relay{
+		opts:        o,
+		domains:     make(map[string]bool),
+		log:         o.Logger,
+		store:       o.Store,
+		sessions:    make(map[uint32]map[string]*session),
+		janitorDone: make(chan struct{}),
+	}
+	for _, d := range o.Domains {
+		r.domains[strings.ToLower(d)] = true
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	if o.RateLimit != nil {
+		l, err := newLimiter(*o.RateLimit)
+		if err != nil {
+			return nil, err
+		}
+		r.limiter = l
+	}
+	r.policy.Store(o.Policy)
+	r.fed = newFederator(r)
+	r.metrics = newMetrics(r)
+	r.handler = r.routes()
+	go r.janitor()
+	return r, nil
+}
+
+// Registry is the relay's own Prometheus registry, served on /metrics.
+func (r *Relay) Registry() *prometheus.Registry { return r.metrics.reg }
+
+// Stats returns a snapshot of the relay's counters.
+func (r *Relay) Stats() Stats { return r.stats() }
+
+// Handler serves everything: a WebSocket upgrade on any path is a session,
+// POST / is federation, GET /metrics, GET /healthz, and the admin API under
+// /api/.
+func (r *Relay) Handler() http.Handler { return r.handler }
+
+func (r *Relay) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		closing := r.closing
+		r.mu.Unlock()
+		if closing {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("POST /{$}", r.handleFederation)
+	mux.Handle("/api/", r.adminHandler())
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if isWebSocket(req) {
+			r.handleConnect(w, req)
+			return
+		}
+		mux.ServeHTTP(w, req)
+	})
+}
+
+func isWebSocket(req *http.Request) bool {
+	return req.Method == http.MethodGet && headerHasToken(req.Header, "Connection", "upgrade") &&
+		headerHasToken(req.Header, "Upgrade", "websocket")
+}
+
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// isOurs reports whether one of relays is one of our domains.
+func (r *Relay) isOurs(relays []string) bool {
+	for _, d := range relays {
+		if r.domains[strings.ToLower(d)] {
+			return true
+		}
+	}
+	return false
+}
+
+// janitor sweeps expired envelopes from a MemStore and idle rate-limit
+// buckets, until Shutdown.
+func (r *Relay) janitor() {
+	defer close(r.janitorDone)
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+			now := r.opts.Now()
+			if sw, ok := r.store.(sweeper); ok {
+				if n := sw.Sweep(now); n > 0 {
+					r.counters.drops[dropStoreExpired].Add(uint64(n))
+					r.counters.stored.Add(-int64(n))
+				}
+			}
+			if r.limiter != nil {
+				r.limiter.sweep(now)
+			}
+		}
+	}
+}
+
+// Shutdown refuses new sessions, closes the live ones (going away; their
+// unsent envelopes go back to the store), stops federation and waits for
+// everything to end or ctx to expire.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	r.closing = true
+	var live []*session
+	for _, m := range r.sessions {
+		for _, s := range m {
+			live = append(live, s)
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range live {
+		s.close(statusGoingAway, "relay shutting down")
+	}
+	done := make(chan struct{})
+	go func() {
+		r.conns.Wait()
+		r.cancel()
+		r.fed.stop()
+		<-r.janitorDone
+		close(done)
+	}()
+	// Sessions need the relay context to push their leftovers to the store,
+	// so it is cancelled only after they ended, or when ctx gives up.
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		r.cancel()
+		return ctx.Err()
+	}
+}

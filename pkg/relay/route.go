@@ -1,0 +1,174 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rmb-go/rmb/pkg/envelope"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// Messages of the error envelopes the relay sends (PROTOCOL.md §4). The
+// first four are the reference relay's wording.
+const (
+	msgWrongSource   = "message wrong source"
+	msgUnknownTwin   = "unknown twin destination"
+	msgOffline       = "destination offline"
+	msgRateLimited   = "exceeded rate limits"
+	msgDenied        = "message denied by routing rules"
+	msgQueueFull     = "destination queue is full"
+	msgStoreFailed   = "failed to queue message"
+	msgLookupFailed  = "failed to look up destination twin"
+	msgUndeliverable = "failed to deliver message to destination relay"
+	msgFedQueueFull  = "federation queue is full"
+)
+
+// handleFrame routes one binary message read from session s. b is owned by
+// the relay from now on. This is the hot path: it reads the routing fields
+// in place and decodes nothing else.
+func (r *Relay) handleFrame(s *session, b []byte) {
+	start := time.Now()
+	r.counters.msgsIn.Add(1)
+	r.counters.bytesIn.Add(uint64(len(b)))
+	if len(b) > r.opts.MaxEnvelopeSize {
+		r.counters.drop(dropTooBig)
+		return
+	}
+	var rt envelope.Routing
+	if err := envelope.ReadRouting(b, &rt); err != nil {
+		r.counters.drop(dropMalformed)
+		s.log.Debug("malformed envelope", "err", err)
+		return
+	}
+	now := r.opts.Now()
+	if r.limiter != nil && !r.limiter.allow(s.key.Twin, len(b), now) {
+		r.counters.drop(dropRateLimited)
+		r.replyError(s, &rt, envelope.CodeRateLimited, msgRateLimited, now)
+		return
+	}
+	if rt.Kind == envelope.KindPing {
+		r.pong(s, &rt, now)
+		return
+	}
+	if rt.Source.Twin != s.key.Twin || string(rt.Source.Session) != s.key.SID {
+		r.counters.drop(dropWrongSource)
+		r.replyError(s, &rt, envelope.CodeDenied, msgWrongSource, now)
+		return
+	}
+	if rt.TTL(now) <= 0 {
+		r.counters.drop(dropExpired)
+		return
+	}
+	if p := r.policy.Load(); !p.mayRoute(s.key.Twin, rt.Destination.Twin) {
+		r.counters.drop(dropDenied)
+		r.replyError(s, &rt, envelope.CodeDenied, msgDenied, now)
+		return
+	}
+	m := Message{Data: b, Deadline: deadline(&rt)}
+	if res, code, msg := r.route(s.ctx, &rt, m); msg != "" {
+		r.replyError(s, &rt, code, msg, now)
+	} else {
+		r.counters.routed[res].Add(1)
+	}
+	r.metrics.latency.Observe(time.Since(start).Seconds())
+}
+
+func deadline(rt *envelope.Routing) time.Time {
+	return time.Unix(int64(rt.Timestamp+rt.Expiration), 0)
+}
+
+// route delivers m to its destination: a live session here, the store when
+// the twin belongs here, or federation. It returns where the envelope went,
+// or the code and message of the error to answer with (the drop is counted
+// here).
+func (r *Relay) route(ctx context.Context, rt *envelope.Routing, m Message) (routeResult, uint32, string) {
+	dst := rt.Destination
+	if s := r.lookupRaw(dst.Twin, dst.Session); s != nil {
+		res, err := s.deliver(m)
+		if err != nil {
+			return r.storeError(err)
+		}
+		return res, 0, ""
+	}
+	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	twin, err := r.opts.Directory.Twin(lctx, dst.Twin)
+	cancel()
+	switch {
+	case errors.Is(err, registrar.ErrNotFound):
+		r.counters.drop(dropUnknownTwin)
+		return 0, envelope.CodeNotFound, msgUnknownTwin
+	case err != nil:
+		r.counters.drop(dropLookup)
+		r.log.Warn("registrar lookup failed", "twin", dst.Twin, "err", err)
+		return 0, envelope.CodeInternal, msgLookupFailed
+	}
+	if r.isOurs(twin.Relays) {
+		if rt.FailFast() {
+			r.counters.drop(dropOffline)
+			return 0, envelope.CodeOffline, msgOffline
+		}
+		res, err := r.storeFor(SessionKey{Twin: dst.Twin, SID: string(dst.Session)}, m)
+		if err != nil {
+			return r.storeError(err)
+		}
+		return res, 0, ""
+	}
+	if len(twin.Relays) == 0 {
+		r.counters.drop(dropOffline)
+		return 0, envelope.CodeOffline, msgOffline
+	}
+	if !r.fed.enqueue(newFedJob(rt, m, twin.Relays)) {
+		r.counters.drop(dropFederationFull)
+		return 0, envelope.CodeUndeliverable, msgFedQueueFull
+	}
+	return routedFederated, 0, ""
+}
+
+func (r *Relay) storeError(err error) (routeResult, uint32, string) {
+	if errors.Is(err, ErrQueueFull) {
+		r.counters.drop(dropQueueFull)
+		return 0, envelope.CodeOffline, msgQueueFull
+	}
+	r.counters.drop(dropStoreError)
+	r.log.Error("store push failed", "err", err)
+	return 0, envelope.CodeInternal, msgStoreFailed
+}
+
+// relayAddress is the source of what the relay itself sends: twin 0.
+func relayAddress() *envelope.Address { return &envelope.Address{} }
+
+// replyError answers a request from session s with an unsigned error
+// envelope: same uid, destination the session, source twin 0. Nothing is
+// answered to other kinds of message.
+func (r *Relay) replyError(s *session, rt *envelope.Routing, code uint32, msg string, now time.Time) {
+	if rt.Kind != envelope.KindRequest {
+		return
+	}
+	e := envelope.NewError(string(rt.UID), code, msg, envelope.DefaultTTL)
+	r.sendOwn(s.key, e, now)
+	r.counters.errorsSent.Add(1)
+}
+
+// pong answers an app-level ping with a pong to the session.
+func (r *Relay) pong(s *session, rt *envelope.Routing, now time.Time) {
+	e := envelope.NewPong(string(rt.UID), envelope.DefaultTTL)
+	r.sendOwn(s.key, e, now)
+	r.counters.pongs.Add(1)
+}
+
+// sendOwn stamps and delivers an envelope the relay itself produced to a
+// local session (live or stored).
+func (r *Relay) sendOwn(to SessionKey, e *envelope.Envelope, now time.Time) {
+	e.Source = relayAddress()
+	e.Destination = envelope.NewAddress(to.Twin, to.SID)
+	e.Stamp(now)
+	b, err := envelope.Marshal(e)
+	if err != nil {
+		r.log.Error("marshal relay envelope", "err", err)
+		return
+	}
+	if _, err := r.deliverLocal(to, Message{Data: b, Deadline: e.Deadline()}); err != nil {
+		r.log.Warn("relay envelope not delivered", "to", to.String(), "err", err)
+	}
+}
