@@ -1,0 +1,373 @@
+// Command rmb-peer connects a twin to the Reliable Message Bus and serves
+// the local JSON API over Redis (PROTOCOL.md §6), with the flags of the
+// reference Rust peer:
+//
+//	RMB_MNEMONIC="..." rmb-peer --relay wss://relay.example --registrar https://registrar.example \
+//	    -r redis://localhost:6379
+//
+// The secret comes from -m/--mnemonic, --mnemonic-file or the RMB_MNEMONIC
+// environment variable (the latter two keep it out of ps). SIGINT or
+// SIGTERM stop the peer gracefully; SIGHUP reloads the --policy file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/peer"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// MnemonicEnv is the environment variable read when no mnemonic flag is
+// given.
+const MnemonicEnv = "RMB_MNEMONIC"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	m := NewMain()
+	if err := m.ParseFlags(os.Args[1:]); errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	} else if err != nil {
+		os.Exit(2) // ParseFlags printed why
+	}
+	if err := m.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "rmb-peer:", err)
+		os.Exit(1)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	code := 0
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-hup:
+			if err := m.ReloadPolicy(); err != nil {
+				m.log.Error("policy not reloaded", "err", err)
+			}
+		case <-m.Done():
+			code = 1 // the peer stopped on its own; it logged why
+			break loop
+		}
+	}
+	stop() // a second signal kills the process
+	if err := m.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "rmb-peer:", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// Main is the program: flags in, a running peer out. Tests run it against
+// in-process servers.
+type Main struct {
+	// Set by ParseFlags.
+	Mnemonic     string
+	MnemonicFile string
+	KeyType      string
+	Relays       []string
+	Redis        string
+	Registrar    string
+	NoUpdate     bool
+	Debug        bool
+	PolicyFile   string
+	MetricsAddr  string
+
+	// Stderr receives the log and flag errors. Default os.Stderr.
+	Stderr io.Writer
+	// Getenv reads the environment. Default os.Getenv.
+	Getenv func(string) string
+
+	// Set by Run.
+	log     *slog.Logger
+	peer    *peer.Peer
+	rdb     *redis.Client
+	metrics *http.Server
+	mln     net.Listener
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the peer stops
+	runErr  error         // the peer's Run result, once done is closed
+}
+
+// NewMain returns a Main with the flag defaults.
+func NewMain() *Main {
+	return &Main{KeyType: "sr25519", Redis: "redis://localhost:6379", Stderr: os.Stderr, Getenv: os.Getenv}
+}
+
+// relayList is the repeatable --relay flag.
+type relayList struct{ m *Main }
+
+func (r relayList) String() string {
+	if r.m == nil {
+		return ""
+	}
+	return strings.Join(r.m.Relays, ",")
+}
+
+func (r relayList) Set(s string) error {
+	if _, err := peer.RelayDomain(s); err != nil {
+		return err
+	}
+	r.m.Relays = append(r.m.Relays, s)
+	return nil
+}
+
+// ParseFlags reads command-line arguments (without the program name). On
+// an error it has already printed the error and the usage to Stderr.
+func (m *Main) ParseFlags(args []string) error {
+	fs := flag.NewFlagSet("rmb-peer", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	str := func(p *string, long, short, usage string) {
+		fs.StringVar(p, long, *p, usage)
+		if short != "" {
+			fs.StringVar(p, short, *p, "shorthand for --"+long)
+		}
+	}
+	str(&m.Mnemonic, "mnemonic", "m", "twin secret: BIP-39 mnemonic or 0x-prefixed hex seed (prefer --mnemonic-file or $"+MnemonicEnv+")")
+	str(&m.MnemonicFile, "mnemonic-file", "", "file holding the twin secret")
+	str(&m.KeyType, "key-type", "k", "signing key type: ed25519 or sr25519")
+	str(&m.Redis, "redis", "r", "Redis URL: redis://host:port, tcp://host:port or unix:///path")
+	str(&m.Registrar, "registrar", "", "registrar base URL, e.g. https://registrar.example")
+	str(&m.PolicyFile, "policy", "", "YAML file of which twins may call which commands (reloaded on SIGHUP)")
+	str(&m.MetricsAddr, "metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100")
+	fs.Var(relayList{m}, "relay", fmt.Sprintf("relay URL, ws:// or wss:// (repeat for up to %d)", peer.MaxRelays))
+	fs.BoolVar(&m.NoUpdate, "no-update", m.NoUpdate, "do not update the twin's relays and e2e key at the registrar")
+	fs.BoolVar(&m.Debug, "debug", m.Debug, "log at debug level")
+	fs.BoolVar(&m.Debug, "d", m.Debug, "shorthand for --debug")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: rmb-peer [flags]\n\nConnects a twin to RMB and serves the local Redis API.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var err error
+	switch {
+	case fs.NArg() > 0:
+		err = fmt.Errorf("unexpected arguments: %q", fs.Args())
+	case len(m.Relays) == 0:
+		err = errors.New("at least one --relay is required")
+	case len(m.Relays) > peer.MaxRelays:
+		err = fmt.Errorf("at most %d --relay flags", peer.MaxRelays)
+	case m.Registrar == "":
+		err = errors.New("--registrar is required")
+	case m.Mnemonic != "" && m.MnemonicFile != "":
+		err = errors.New("give --mnemonic or --mnemonic-file, not both")
+	}
+	if err == nil {
+		_, err = identity.ParseKeyType(m.KeyType)
+	}
+	if err != nil {
+		fmt.Fprintln(fs.Output(), err)
+		fs.Usage()
+	}
+	return err
+}
+
+// secret finds the mnemonic: flag, file, then environment.
+func (m *Main) secret() (string, error) {
+	switch {
+	case m.Mnemonic != "":
+		return m.Mnemonic, nil
+	case m.MnemonicFile != "":
+		b, err := os.ReadFile(m.MnemonicFile)
+		if err != nil {
+			return "", fmt.Errorf("read mnemonic file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if s := strings.TrimSpace(m.Getenv(MnemonicEnv)); s != "" {
+		return s, nil
+	}
+	return "", fmt.Errorf("no secret: give --mnemonic, --mnemonic-file or $%s", MnemonicEnv)
+}
+
+// RedisOptions parses the --redis URL: redis://, rediss://, tcp://host:port
+// or unix:///path.
+func RedisOptions(raw string) (*redis.Options, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("bad --redis URL: %w", err)
+	}
+	switch u.Scheme {
+	case "tcp":
+		if u.Host == "" {
+			return nil, fmt.Errorf("bad --redis URL %q: want tcp://host:port", raw)
+		}
+		return &redis.Options{Addr: u.Host}, nil
+	case "redis", "rediss", "unix":
+		o, err := redis.ParseURL(raw)
+		if err != nil {
+			return nil, fmt.Errorf("bad --redis URL: %w", err)
+		}
+		return o, nil
+	}
+	return nil, fmt.Errorf("bad --redis URL %q: want redis://, tcp:// or unix://", raw)
+}
+
+// Run starts the peer: it registers the twin (logging twin=N), connects to
+// the relays and Redis in the background, and returns once the twin is
+// known. ctx bounds only the start-up: stop the peer with Close.
+func (m *Main) Run(ctx context.Context) error {
+	level := slog.LevelInfo
+	if m.Debug {
+		level = slog.LevelDebug
+	}
+	m.log = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: level}))
+
+	secret, err := m.secret()
+	if err != nil {
+		return err
+	}
+	kt, err := identity.ParseKeyType(m.KeyType)
+	if err != nil {
+		return err
+	}
+	id, err := identity.FromSecret(secret, kt)
+	if err != nil {
+		return fmt.Errorf("bad secret: %w", err)
+	}
+	ropts, err := RedisOptions(m.Redis)
+	if err != nil {
+		return err
+	}
+	var pol *peer.Policy
+	if m.PolicyFile != "" {
+		if pol, err = peer.LoadPolicy(m.PolicyFile); err != nil {
+			return err
+		}
+	}
+	m.rdb = redis.NewClient(ropts)
+	if err := m.rdb.Ping(ctx).Err(); err != nil {
+		m.log.Warn("redis not reachable yet; will retry", "redis", m.Redis, "err", err)
+	}
+	reg := registrar.NewClient(m.Registrar, &registrar.ClientOptions{Logger: m.log})
+	p, err := peer.New(&peer.Options{
+		Identity:  id,
+		Relays:    m.Relays,
+		Registrar: reg,
+		Redis:     m.rdb,
+		Logger:    m.log,
+		NoUpdate:  m.NoUpdate,
+		Policy:    pol,
+	})
+	if err != nil {
+		m.rdb.Close()
+		return err
+	}
+	m.peer = p
+	runCtx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	m.done = make(chan struct{})
+	go func() {
+		defer close(m.done)
+		m.runErr = p.Run(runCtx)
+		if m.runErr != nil {
+			m.log.Error("peer stopped", "err", m.runErr)
+		}
+	}()
+	select {
+	case <-p.Ready():
+	case <-m.done:
+		m.closeRedis()
+		return m.runErr
+	case <-ctx.Done():
+		m.Close()
+		return ctx.Err()
+	}
+	if m.MetricsAddr != "" {
+		if err := m.serveMetrics(ctx); err != nil {
+			m.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Main) serveMetrics(ctx context.Context) error {
+	ln, err := new(net.ListenConfig).Listen(ctx, "tcp", m.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listen: %w", err)
+	}
+	m.mln = ln
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.peer.Registry(), promhttp.HandlerOpts{}))
+	m.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+	go m.metrics.Serve(ln)
+	m.log.Info("metrics listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// MetricsListenAddr is where metrics are served, once Run has returned.
+func (m *Main) MetricsListenAddr() string {
+	if m.mln == nil {
+		return ""
+	}
+	return m.mln.Addr().String()
+}
+
+// Peer is the running peer, once Run has returned.
+func (m *Main) Peer() *peer.Peer { return m.peer }
+
+// Done is closed when the peer has stopped, after Close or on a failure.
+func (m *Main) Done() <-chan struct{} { return m.done }
+
+// ReloadPolicy reads the --policy file again and applies it. Without
+// --policy it does nothing.
+func (m *Main) ReloadPolicy() error {
+	if m.PolicyFile == "" || m.peer == nil {
+		return nil
+	}
+	pol, err := peer.LoadPolicy(m.PolicyFile)
+	if err != nil {
+		return err
+	}
+	m.peer.ReloadPolicy(pol)
+	m.log.Info("policy reloaded", "file", m.PolicyFile)
+	return nil
+}
+
+// Close stops the peer and the metrics server. Requests not yet handed to
+// a relay stay in Redis for the next start. Calling it again does nothing.
+func (m *Main) Close() error {
+	if m.metrics != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m.metrics.Shutdown(ctx)
+		cancel()
+		m.metrics = nil
+	}
+	if m.cancel != nil {
+		m.log.Info("shutting down")
+		m.cancel()
+		<-m.done
+		m.cancel = nil
+	}
+	m.closeRedis()
+	return nil
+}
+
+func (m *Main) closeRedis() {
+	if m.rdb != nil {
+		m.rdb.Close()
+		m.rdb = nil
+	}
+}

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/registrar"
+	"github.com/rmb-go/rmb/pkg/relay"
+)
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type env struct {
+	registrar string
+	relay     string
+	redis     *redistest.Server
+}
+
+func newEnv(t *testing.T) *env {
+	reg := httptest.NewServer(registrar.NewServer(nil).Handler())
+	t.Cleanup(reg.Close)
+	srv := httptest.NewUnstartedServer(nil)
+	domain := srv.Listener.Addr().String()
+	r, err := relay.New(&relay.Options{Domains: []string{domain},
+		Directory: registrar.NewClient(reg.URL, nil), FederationScheme: "http"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = r.Handler()
+	srv.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r.Shutdown(ctx)
+		srv.Close()
+	})
+	return &env{registrar: reg.URL, relay: "ws://" + domain, redis: redistest.Start(t, nil)}
+}
+
+func newMnemonic(t *testing.T) string {
+	m, err := identity.NewMnemonic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func startMain(t *testing.T, e *env, environ map[string]string, args ...string) (*Main, *syncBuffer) {
+	t.Helper()
+	m := NewMain()
+	logs := &syncBuffer{}
+	m.Stderr = logs
+	m.Getenv = func(k string) string { return environ[k] }
+	base := []string{"--relay", e.relay, "--registrar", e.registrar, "-r", "tcp://" + e.redis.Addr}
+	if err := m.ParseFlags(append(base, args...)); err != nil {
+		t.Fatalf("flags: %v\n%s", err, logs)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := m.Run(ctx); err != nil {
+		t.Fatalf("run: %v\n%s", err, logs)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m, logs
+}
+
+func TestRunAnswersVersionAndServesMetrics(t *testing.T) {
+	e := newEnv(t)
+	m, logs := startMain(t, e, map[string]string{MnemonicEnv: newMnemonic(t)}, "--metrics", "127.0.0.1:0", "-d")
+	twin := m.Peer().Twin()
+	if !strings.Contains(logs.String(), fmt.Sprintf("twin=%d", twin)) {
+		t.Fatalf("log does not say twin=%d:\n%s", twin, logs)
+	}
+	if strings.Contains(logs.String(), "mnemonic") {
+		t.Fatal("the log mentions the mnemonic")
+	}
+	// A client calls rmb.version on its own twin through Redis.
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
+	defer rdb.Close()
+	req, _ := json.Marshal(map[string]any{"ver": 1, "ref": "r1", "cmd": "rmb.version", "exp": 30, "dat": "",
+		"dst": []uint32{twin}, "ret": "myret", "shm": "", "now": time.Now().Unix()})
+	rdb.LPush(context.Background(), "msgbus.system.local", req)
+	res, err := rdb.BRPop(context.Background(), 10*time.Second, "myret").Result()
+	if err != nil {
+		t.Fatalf("no answer: %v\n%s", err, logs)
+	}
+	var ans map[string]any
+	json.Unmarshal([]byte(res[1]), &ans)
+	dat, _ := base64.StdEncoding.DecodeString(ans["dat"].(string))
+	if ans["ref"] != "r1" || !strings.Contains(string(dat), "rmb-go-peer") {
+		t.Fatalf("bad answer %v", ans)
+	}
+	resp, err := http.Get("http://" + m.MetricsListenAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"rmb_peer_requests_sent_total 1", "rmb_peer_relay_connected{relay=\"" + e.relay + "\"} 1", "rmb_peer_round_trip_seconds_count 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
+	}
+	m.Close()
+	select {
+	case <-m.Done():
+	default:
+		t.Fatal("Done not closed after Close")
+	}
+}
+
+func TestMnemonicFileAndPolicyReload(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	os.WriteFile(secret, []byte(newMnemonic(t)+"\n"), 0o600)
+	policy := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(policy, []byte("default: deny\n"), 0o600)
+	m, _ := startMain(t, e, nil, "--mnemonic-file", secret, "-k", "ed25519", "--policy", policy)
+	p := m.Peer()
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr})
+	defer rdb.Close()
+	call := func() map[string]any {
+		req, _ := json.Marshal(map[string]any{"cmd": "rmb.version", "exp": 30, "dat": "",
+			"dst": []uint32{p.Twin()}, "ret": "r", "now": time.Now().Unix()})
+		rdb.LPush(context.Background(), "msgbus.system.local", req)
+		res, err := rdb.BRPop(context.Background(), 10*time.Second, "r").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ans map[string]any
+		json.Unmarshal([]byte(res[1]), &ans)
+		return ans
+	}
+	if ans := call(); ans["err"] == nil {
+		t.Fatalf("want a denial, got %v", ans)
+	}
+	os.WriteFile(policy, []byte("default: allow\n"), 0o600)
+	if err := m.ReloadPolicy(); err != nil {
+		t.Fatal(err)
+	}
+	if ans := call(); ans["err"] != nil {
+		t.Fatalf("want an answer after reload, got %v", ans)
+	}
+	os.WriteFile(policy, []byte("default: perhaps\n"), 0o600)
+	if err := m.ReloadPolicy(); err == nil {
+		t.Fatal("bad policy accepted")
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		args []string
+		ok   bool
+	}{
+		{[]string{"--relay", "ws://r:1", "--registrar", "http://x"}, true},
+		{[]string{"--relay", "ws://r:1", "--relay", "wss://r2", "--registrar", "http://x", "-k", "ed25519", "-m", "0x00", "--no-update", "-d"}, true},
+		{[]string{"--registrar", "http://x"}, false},
+		{[]string{"--relay", "http://r", "--registrar", "http://x"}, false},
+		{[]string{"--relay", "ws://r:1"}, false},
+		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "-k", "rsa"}, false},
+		{[]string{"--relay", "ws://a", "--relay", "ws://b", "--relay", "ws://c", "--relay", "ws://d", "--relay", "ws://e", "--registrar", "http://x"}, false},
+		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "-m", "a", "--mnemonic-file", "f"}, false},
+		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "extra"}, false},
+	}
+	for _, tt := range tests {
+		m := NewMain()
+		m.Stderr = io.Discard
+		if err := m.ParseFlags(tt.args); (err == nil) != tt.ok {
+			t.Errorf("%q: err = %v", tt.args, err)
+		}
+	}
+}
+
+func TestRedisOptions(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://localhost:6379":  "localhost:6379",
+		"tcp://127.0.0.1:7000":    "127.0.0.1:7000",
+		"unix:///run/redis.sock":  "/run/redis.sock",
+		"redis://h:1/2":           "h:1",
+		"rediss://secure.example": "secure.example:6379",
+	} {
+		o, err := RedisOptions(in)
+		if err != nil || o.Addr != want {
+			t.Errorf("%s: %v %v", in, o, err)
+		}
+	}
+	for _, bad := range []string{"http://x", "tcp://", "::"} {
+		if _, err := RedisOptions(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+func TestRunFailsClearly(t *testing.T) {
+	e := newEnv(t)
+	m := NewMain()
+	m.Stderr = io.Discard
+	m.Getenv = func(string) string { return "" }
+	if err := m.ParseFlags([]string{"--relay", e.relay, "--registrar", e.registrar}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Run(context.Background()); err == nil || !strings.Contains(err.Error(), MnemonicEnv) {
+		t.Fatalf("want a missing-secret error, got %v", err)
+	}
+	m = NewMain()
+	m.Stderr = io.Discard
+	m.ParseFlags([]string{"--relay", e.relay, "--registrar", "http://127.0.0.1:1", "-m", newMnemonic(t)})
+	err := m.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "registrar") {
+		t.Fatalf("want a registrar error, got %v", err)
+	}
+}

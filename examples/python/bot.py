@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""A tiny calculator service and caller speaking the rmb-peer Redis API.
+
+Only redis-py is needed (Debian: python3-redis). The JSON is exactly the
+one of PROTOCOL.md section 6, so this works with any RMB peer.
+
+Serve calc.add, calc.mul and calc.div on the twin whose peer uses REDIS:
+
+    python3 bot.py serve --redis redis://localhost:6379/0
+
+Call a twin's calculator through the local peer and print the result:
+
+    python3 bot.py call --redis redis://localhost:6379/0 --dst 42 calc.add 1 2 3
+
+The caller prints one line per destination: "<twin> <result>" or
+"<twin> error <code> <message>", and exits 1 if any answer is an error.
+"""
+
+import argparse
+import base64
+import json
+import signal
+import sys
+import time
+import uuid
+
+import redis
+
+LOCAL_QUEUE = "msgbus.system.local"
+REPLY_QUEUE = "msgbus.system.reply"
+COMMANDS = ("calc.add", "calc.mul", "calc.div")
+
+
+def b64(data: bytes) -> str:
+    return base64.standard_b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.standard_b64decode(text or "")
+
+
+def calculate(cmd: str, numbers):
+    if cmd == "calc.add":
+        return sum(numbers)
+    if cmd == "calc.mul":
+        result = 1
+        for n in numbers:
+            result *= n
+        return result
+    if cmd == "calc.div":
+        result = numbers[0]
+        for n in numbers[1:]:
+            if n == 0:
+                raise ZeroDivisionError("division by zero")
+            result /= n
+        return result
+    raise ValueError("unknown command " + cmd)
+
+
+def serve(r: redis.Redis) -> None:
+    """Pop requests from msgbus.<cmd>, answer on msgbus.system.reply."""
+    running = True
+
+    def stop(*_):
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    queues = ["msgbus." + c for c in COMMANDS]
+    print("serving", " ".join(COMMANDS), flush=True)
+    while running:
+        item = r.brpop(queues, timeout=1)
+        if item is None:
+            continue
+        _, raw = item
+        request = json.loads(raw)
+        reply = {
+            "ver": 1,
+            "ref": request["ref"],  # the envelope uid: the peer needs it back
+            "dst": request["src"],  # "<twin>" or "<twin>:<session>"
+            "shm": "application/json",
+            "now": int(time.time()),
+            "dat": "",
+            "err": None,
+        }
+        try:
+            numbers = json.loads(unb64(request["dat"]))
+            result = calculate(request["cmd"], numbers)
+            reply["dat"] = b64(json.dumps(result).encode())
+        except Exception as exc:  # answer every request, even bad ones
+            reply["err"] = {"code": 400, "message": str(exc)}
+        r.lpush(REPLY_QUEUE, json.dumps(reply))
+
+
+def call(r: redis.Redis, dst, cmd: str, numbers, exp: int) -> int:
+    """Push one request on msgbus.system.local and wait for the answers."""
+    ret = str(uuid.uuid4())
+    request = {
+        "ver": 1,
+        "ref": "calc-" + ret,
+        "cmd": cmd,
+        "exp": exp,
+        "dat": b64(json.dumps(numbers).encode()),
+        "tag": None,
+        "dst": dst,
+        "ret": ret,
+        "shm": "application/json",
+        "now": int(time.time()),
+    }
+    r.lpush(LOCAL_QUEUE, json.dumps(request))
+    failed = False
+    for _ in dst:
+        item = r.brpop([ret], timeout=exp + 5)
+        if item is None:
+            print("no answer", flush=True)
+            return 2
+        response = json.loads(item[1])
+        if response.get("ref") != request["ref"]:
+            print("unexpected ref", response.get("ref"), flush=True)
+            return 2
+        if response.get("err"):
+            err = response["err"]
+            print(response["src"], "error", err["code"], err["message"], flush=True)
+            failed = True
+        else:
+            print(response["src"], json.loads(unb64(response["dat"])), flush=True)
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["serve", "call"])
+    parser.add_argument("--redis", default="redis://localhost:6379/0")
+    parser.add_argument("--dst", type=int, action="append", default=[])
+    parser.add_argument("--exp", type=int, default=30)
+    parser.add_argument("cmd", nargs="?", default="calc.add")
+    parser.add_argument("numbers", nargs="*", type=float)
+    args = parser.parse_intermixed_args()
+    r = redis.Redis.from_url(args.redis)
+    if args.mode == "serve":
+        serve(r)
+        return 0
+    if not args.dst:
+        parser.error("call needs at least one --dst")
+    numbers = [int(n) if n.is_integer() else n for n in args.numbers]
+    return call(r, args.dst, args.cmd, numbers, args.exp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+package peer
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rmb-go/rmb/pkg/envelope"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// Error is an RMB error answer: a code (PROTOCOL.md §6 and the Code*
+// constants of package envelope) and a message. A Handler returning an
+// *Error answers with its code; any other error answers with code 500.
+type Error struct {
+	Code    uint32
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("rmb error %d: %s", e.Code, e.Message) }
+
+// Request is an incoming request as a Handler sees it.
+type Request struct {
+	UID      string
+	Source   uint32
+	Session  string // source session, "" for the default one
+	Command  string
+	Data     []byte // decrypted payload
+	Schema   string
+	Tags     string
+	Deadline time.Time
+}
+
+// Handler serves one command in-process. Its ctx ends at the request's
+// deadline. The returned bytes are the response payload.
+type Handler func(ctx context.Context, req *Request) ([]byte, error)
+
+// Handle serves cmd with h in-process, before any Redis service. A nil h
+// removes the handler.
+func (p *Peer) Handle(cmd string, h Handler) {
+	p.handlersMu.Lock()
+	defer p.handlersMu.Unlock()
+	if h == nil {
+		delete(p.handlers, cmd)
+		return
+	}
+	p.handlers[cmd] = h
+}
+
+func (p *Peer) handler(cmd string) Handler {
+	p.handlersMu.RLock()
+	defer p.handlersMu.RUnlock()
+	return p.handlers[cmd]
+}
+
+// Response is one destination's answer to a Call.
+type Response struct {
+	Source    uint32
+	Session   string
+	Data      []byte
+	Schema    string
+	Timestamp time.Time
+	// Err is set when the destination, a relay or this peer answered with
+	// an error (code 408 when no answer came before the deadline).
+	Err *Error
+}
+
+// CallOptions tune a Call. Nil means defaults.
+type CallOptions struct {
+	// TTL is how long the request lives; default 300s, at most 1800s.
+	TTL time.Duration
+	// Schema is sent as the envelope schema (shm), e.g. application/json.
+	Schema string
+	// Tags are the envelope tags, e.g. "fail-fast".
+	Tags string
+	// Session is the destination session id; "" for the default one.
+	Session string
+}
+
+// Call sends cmd with data to every twin in dst and waits for all answers,
+// the request deadline or ctx. Responses come in arrival order, one per
+// distinct destination; a destination that did not answer in time gets a
+// Response with Err.Code 408. The error is non-nil only when ctx ended
+// first (the responses so far are returned) or the peer is not running.
+func (p *Peer) Call(ctx context.Context, dst []uint32, cmd string, data []byte, opts *CallOptions) ([]Response, error) {
+	if opts == nil {
+		opts = &CallOptions{}
+	}
+	select {
+	case <-p.ready:
+	case <-p.done:
+		return nil, errors.New("peer: not running")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	// The sends stop when the caller gives up or the peer stops.
+	p.runMu.Lock()
+	runCtx := p.runCtx
+	p.runMu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(runCtx, cancel)()
+	dsts := uniqueTwins(dst)
+	if len(dsts) == 0 {
+		return nil, errors.New("peer: no destination")
+	}
+	spec := &requestSpec{
+		uid:     newUID(),
+		cmd:     cmd,
+		payload: data,
+		ttl:     envelope.ClampTTL(uint64(opts.TTL / time.Second)),
+		start:   time.Now(),
+		schema:  opts.Schema,
+		session: opts.Session,
+	}
+	if opts.Tags != "" {
+		spec.tags = &opts.Tags
+	}
+	ch := make(chan Response, len(dsts))
+	var mu sync.Mutex
+	deliver := func(_ context.Context, r *Response) {
+		mu.Lock()
+		defer mu.Unlock()
+		select {
+		case ch <- *r:
+		default: // an extra relay error after all answers; nobody waits
+		}
+	}
+	go p.startRequest(ctx, spec, dsts, deliver, nil)
+	var out []Response
+	for len(out) < len(dsts) {
+		select {
+		case r := <-ch:
+			out = append(out, r)
+		case <-ctx.Done():
+			p.forget(spec.uid)
+			return out, ctx.Err()
+		case <-p.done:
+			return out, errors.New("peer: stopped")
+		}
+	}
+	return out, nil
+}
+
+func uniqueTwins(dst []uint32) []uint32 {
+	out := make([]uint32, 0, len(dst))
+	for _, d := range dst {
+		if d != 0 && !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// newUID is a random UUID v4.
+func newUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// requestSpec is an outgoing request before it is split per destination.
+type requestSpec struct {
+	uid     string
+	cmd     string
+	payload []byte
+	ttl     uint64    // seconds from start
+	start   time.Time // envelope timestamp base
+	tags    *string
+	schema  string
+	session string
+	// ret and ref are the client's reply queue and ref for a request
+	// from Redis; such requests are persisted (pending.go).
+	ret, ref string
+}
+
+func (s *requestSpec) deadline() time.Time {
+	return time.Unix(s.start.Unix()+int64(s.ttl), 0)
+}
+
+// pending is a sent request waiting for answers.
+type pending struct {
+	uid      string
+	sent     time.Time
+	deadline time.Time
+	waiting  map[uint32][]byte // destination -> signed envelope (nil until sent)
+	deliver  func(context.Context, *Response)
+	ret, ref string // the client's, for a request from Redis
+	// persisted is set once writeLoop wrote the waiting destinations to
+	// PendingHash; from then on each answered one is deleted there.
+	persisted bool
+}
+
+// startRequest registers the request, then builds, signs and sends one
+// envelope per destination, retrying until the deadline. A destination
+// that cannot be reached is answered with an error through deliver and
+// reported to failed (may be nil).
+func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint32,
+	deliver func(context.Context, *Response), failed func(dst uint32, e *Error)) {
+	deadline := spec.deadline()
+	pd := &pending{
+		uid:      spec.uid,
+		sent:     time.Now(),
+		deadline: deadline,
+		waiting:  make(map[uint32][]byte, len(dsts)),
+		deliver:  deliver,
+		ret:      spec.ret,
+		ref:      spec.ref,
+	}
+	for _, d := range dsts {
+		pd.waiting[d] = nil
+	}
+	p.pendMu.Lock()
+	p.pending[spec.uid] = pd
+	p.pendMu.Unlock()
+
+	sctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	for _, d := range dsts {
+		b, e := p.buildRequest(sctx, spec, d)
+		if e == nil {
+			if err := p.send(sctx, b, deadline); err != nil {
+				if ctx.Err() != nil {
+					return // stopping: the caller keeps the request for later
+				}
+				e = &Error{Code: envelope.CodeUndeliverable, Message: fmt.Sprintf("request to twin %d not delivered: %v", d, errUndeliverable)}
+			} else {
+				p.metrics.requestsOut.Inc()
+				// From now on the sweeper times it out and the resender
+				// may send it again.
+				p.pendMu.Lock()
+				if _, ok := pd.waiting[d]; ok {
+					pd.waiting[d] = b
+				}
+				p.pendMu.Unlock()
+			}
+		}
+		if e != nil {
+			if failed != nil {
+				failed(d, e)
+			}
+			p.complete(ctx, spec.uid, d, &Response{Source: d, Timestamp: time.Now(), Err: e})
+		}
+	}
+}
+
+// buildRequest makes the signed envelope of spec for dst, encrypted when
+// dst has an e2e key.
+func (p *Peer) buildRequest(ctx context.Context, spec *requestSpec, dst uint32) ([]byte, *Error) {
+	twin, e := p.lookupTwin(ctx, dst)
+	if e != nil {
+		return nil, e
+	}
+	env := envelope.NewRequest(spec.uid, spec.cmd, nil, spec.ttl)
+	env.Timestamp = uint64(spec.start.Unix())
+	env.Tags = spec.tags
+	if spec.schema != "" {
+		env.Schema = &spec.schema
+	}
+	env.Source = envelope.NewAddress(p.Twin(), "")
+	env.Destination = envelope.NewAddress(dst, spec.session)
+	if err := p.setPayload(env, twin, spec.payload); err != nil {
+		return nil, &Error{Code: envelope.CodeInternal, Message: err.Error()}
+	}
+	env.Stamp(time.Now())
+	if env.Expiration == 0 {
+		return nil, &Error{Code: envelope.CodeExpired, Message: "request expired before it was sent"}
+	}
+	env.Sign(p.id)
+	b, err := envelope.Marshal(env)
+	if err != nil {
+		return nil, &Error{Code: envelope.CodeInternal, Message: err.Error()}
+	}
+	return b, nil
+}
+
+// setPayload puts payload in cipher when the twin has an e2e key, else in
+// plain.
+func (p *Peer) setPayload(env *envelope.Envelope, twin *registrar.Twin, payload []byte) error {
+	if len(twin.E2EKey) == 0 {
+		env.Payload = &envelope.Envelope_Plain{Plain: payload}
+		return nil
+	}
+	sealed, err := p.e2e.Seal(twin.E2EKey, payload)
+	if err != nil {
+		return fmt.Errorf("encrypt for twin %d: %w", twin.ID, err)
+	}
+	env.Payload = &envelope.Envelope_Cipher{Cipher: sealed}
+	return nil
+}
+
+// lookupTwin finds a twin, retrying transient registrar failures until ctx
+// ends. An unknown twin is code 103.
+func (p *Peer) lookupTwin(ctx context.Context, id uint32) (*registrar.Twin, *Error) {
+	delay := 100 * time.Millisecond
+	for {
+		t, err := p.reg.Twin(ctx, id)
+		switch {
+		case err == nil:
+			return t, nil
+		case errors.Is(err, registrar.ErrNotFound):
+			return nil, &Error{Code: envelope.CodeUnknownTwin, Message: fmt.Sprintf("unknown twin %d", id)}
+		}
+		p.log.Warn("registrar lookup failed; retrying", "twin", id, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, &Error{Code: envelope.CodeInternal, Message: fmt.Sprintf("registrar lookup of twin %d: %v", id, err)}
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// complete hands the answer of src to the request uid. src 0 is a relay
+// error: it completes the request when only one destination is left.
+func (p *Peer) complete(ctx context.Context, uid string, src uint32, r *Response) {
+	p.pendMu.Lock()
+	pd := p.pending[uid]
+	if pd == nil {
+		p.pendMu.Unlock()
+		p.metrics.dropped.WithLabelValues(dropUnknownUID).Inc()
+		p.log.Debug("answer for unknown or expired request dropped", "uid", uid, "src", src)
+		return
+	}
+	if src == 0 && len(pd.waiting) == 1 {
+		for d := range pd.waiting {
+			src = d
+		}
+		r.Source = src
+	}
+	persisted := false
+	if src != 0 {
+		if _, ok := pd.waiting[src]; !ok {
+			p.pendMu.Unlock()
+			p.metrics.dropped.WithLabelValues(dropLateResponse).Inc()
+			return
+		}
+		delete(pd.waiting, src)
+		if len(pd.waiting) == 0 {
+			delete(p.pending, uid)
+		}
+		persisted = pd.persisted
+	}
+	p.pendMu.Unlock()
+	if r.Err != nil {
+		p.metrics.errorCode(r.Err.Code)
+	} else {
+		p.metrics.roundTrip.Observe(time.Since(pd.sent).Seconds())
+	}
+	p.metrics.responsesIn.Inc()
+	pd.deliver(ctx, r)
+	if persisted {
+		p.forgetPersisted(uid, src)
+	}
+}
+
+// forget drops a request of Call nobody waits for any more.
+func (p *Peer) forget(uid string) {
+	p.pendMu.Lock()
+	delete(p.pending, uid)
+	p.pendMu.Unlock()
+}
+
+// sweeper answers requests whose deadline passed with code 408 and
+// forgets old duplicate-suppression entries.
+func (p *Peer) sweeper(ctx context.Context) {
+	t := time.NewTicker(p.opts.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		type expired struct {
+			pd        *pending
+			dsts      []uint32
+			persisted bool
+		}
+		var list []expired
+		p.pendMu.Lock()
+		for uid, pd := range p.pending {
+			if now.Before(pd.deadline) {
+				continue
+			}
+			// Destinations not sent yet are answered by their sender.
+			e := expired{pd: pd, persisted: pd.persisted}
+			for d, b := range pd.waiting {
+				if b != nil {
+					e.dsts = append(e.dsts, d)
+					delete(pd.waiting, d)
+				}
+			}
+			if len(pd.waiting) == 0 {
+				delete(p.pending, uid)
+			}
+			if len(e.dsts) > 0 {
+				list = append(list, e)
+			}
+		}
+		p.pendMu.Unlock()
+		for _, e := range list {
+			slices.Sort(e.dsts)
+			for _, d := range e.dsts {
+				p.metrics.errorCode(envelope.CodeTimeout)
+				e.pd.deliver(ctx, &Response{Source: d, Timestamp: now, Err: &Error{
+					Code: envelope.CodeTimeout, Message: fmt.Sprintf("no answer from twin %d before the deadline", d)}})
+			}
+			if e.persisted {
+				p.forgetPersisted(e.pd.uid, e.dsts...)
+			}
+		}
+		p.sweepSeen(now)
+	}
+}
+
+// resender sends unanswered requests again after a relay connection was
+// lost: that relay may have dropped them or their answers. Receivers
+// suppress the duplicates and answer again from their response cache.
+func (p *Peer) resender(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.resendReq:
+		}
+		type item struct {
+			uid      string
+			dst      uint32
+			b        []byte
+			deadline time.Time
+		}
+		var items []item
+		p.pendMu.Lock()
+		for _, pd := range p.pending {
+			for d, b := range pd.waiting {
+				if b != nil {
+					items = append(items, item{pd.uid, d, b, pd.deadline})
+				}
+			}
+		}
+		p.pendMu.Unlock()
+		for _, it := range items {
+			p.pendMu.Lock()
+			pd := p.pending[it.uid]
+			still := pd != nil && pd.waiting[it.dst] != nil
+			p.pendMu.Unlock()
+			if !still {
+				continue
+			}
+			if err := p.send(ctx, it.b, it.deadline); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				continue // the sweeper reports the timeout
+			}
+			p.metrics.resent.Inc()
+		}
+		if len(items) > 0 {
+			p.log.Info("re-sent unanswered requests after a relay connection loss", "count", len(items))
+		}
+	}
+}
+
+// errorFromEnvelope converts an error message.
+func errorFromEnvelope(e *envelope.Error) *Error {
+	return &Error{Code: e.GetCode(), Message: strings.Clone(e.GetMessage())}
+}

@@ -1,0 +1,73 @@
+// Package peer is the RMB peer (rmb-peer): it holds a twin's identity,
+// keeps WebSocket connections to up to four relays, signs, verifies,
+// encrypts and decrypts envelopes, and connects local programs to the bus,
+// either in-process (Call, Handle) or through Redis lists with the JSON
+// API of PROTOCOL.md §6.
+//
+// # Start-up
+//
+// Run looks the twin up at the registrar by its public key. A twin that
+// does not exist is registered with the relay domains (the host[:port] of
+// each relay URL) and the identity's e2e key; one whose relays or e2e key
+// differ is updated unless Options.NoUpdate is set. Ready is closed once
+// the twin id is known.
+//
+// # Relay connections
+//
+// Each relay has a goroutine that dials URL?<JWT> (no session id, like the
+// reference peer), reads binary envelopes, pings every PingInterval and
+// reconnects with jittered exponential backoff. Sends go to a healthy
+// connection, round-robin, and fail over to the next on a write error; with
+// no connection up they wait for one until the envelope's deadline.
+//
+// # Outgoing requests (client -> peer -> relay)
+//
+//	msgbus.system.local --BLMOVE--> msgbus.system.local.processing
+//	  decode; garbage -> msgbus.system.deadletter (+ error on ret if known)
+//	  one uid, one signed envelope per destination (cipher when the
+//	  destination has an e2e key, else plain); remember uid -> (ret, ref,
+//	  deadline, destinations)
+//	  sent, or undeliverable before the TTL -> error on ret + dead letter
+//	LREM from the processing list
+//
+// A request stays in the processing list until it was handed to a relay,
+// so a peer that stops or crashes sends it again on the next start
+// (at-least-once: a crash between the send and the LREM sends it twice).
+//
+// # Incoming envelopes (relay -> peer)
+//
+// A worker pool verifies each envelope in the order of PROTOCOL.md §6: TTL
+// (102), source twin known (103), signature (104), then duplicate
+// suppression by (uid, source, kind) until the deadline, then the payload
+// (105 cipher without e2e key, 106 decryption failure). A failing request
+// is answered with a signed error envelope; a failing answer is dropped
+// and counted. Envelopes from twin 0 are relay errors and are not
+// verified.
+//
+// Requests pass the Policy, then go to the built-in rmb.version, an
+// in-process Handler, or Redis: msgbus.<cmd> gets the IncomingRequest JSON
+// with ref = envelope uid and ret = msgbus.system.reply. Services push
+// their OutgoingResponse on msgbus.system.reply (again through a
+// processing list); the peer signs it to dst and caches it so a re-sent
+// request is answered again without reaching the service twice.
+//
+// Answers are matched to the pending request by uid and source twin and
+// pushed on the client's ret with its ref restored. An answer with an
+// unknown or expired uid is dropped and counted. When the deadline passes,
+// every destination that did not answer gets an error with code 408.
+//
+// # No silent loss
+//
+// Every Redis list the peer pushes to is bounded by QueueLimit with a Lua
+// check-and-push: a full service queue answers the caller with 429, a full
+// ret queue dead-letters the answer; nothing is trimmed. When a relay
+// connection drops, every unanswered request is sent again on another
+// connection: the lost relay may have dropped the request or its answer,
+// and receivers suppress the duplicate and re-send their cached answer.
+//
+// # Operations
+//
+// Registry exposes Prometheus metrics (requests and responses in and out,
+// errors by code, drops by reason, dead letters, relay connection state,
+// round-trip latency); logs go to Options.Logger.
+package peer

@@ -1,0 +1,326 @@
+package peer
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rmb-go/rmb/pkg/envelope"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// inboundMsg is one binary WebSocket message from a relay.
+type inboundMsg struct {
+	data  []byte
+	relay *relayConn
+}
+
+// seenKey identifies an envelope for duplicate suppression.
+type seenKey struct {
+	uid  string
+	src  address
+	kind envelope.Kind
+}
+
+// seenEntry remembers an envelope until its deadline; for a request it
+// also keeps the signed answer so a re-sent request is answered again.
+type seenEntry struct {
+	expires  time.Time
+	response []byte
+}
+
+// errorTTL is the lifetime of error answers to requests that had none
+// left.
+const errorTTL = 60
+
+func (p *Peer) inboundWorker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-p.inbound:
+			p.handleEnvelope(ctx, m.data)
+		}
+	}
+}
+
+// handleEnvelope verifies an incoming envelope in the order of PROTOCOL.md
+// §6 and dispatches it. Failed requests are answered with signed errors;
+// failed answers are dropped and counted.
+func (p *Peer) handleEnvelope(ctx context.Context, b []byte) {
+	env, err := envelope.Unmarshal(b, 0)
+	if err != nil {
+		p.metrics.dropped.WithLabelValues(dropMalformed).Inc()
+		p.log.Warn("malformed envelope from relay dropped", "err", err)
+		return
+	}
+	now := time.Now()
+	if env.Source.GetTwin() == 0 {
+		p.handleRelayMessage(ctx, env)
+		return
+	}
+	src := address{twin: env.Source.GetTwin(), sid: env.Source.GetConnection()}
+	isReq := env.IsRequest()
+	fail := func(reason string, code uint32, msg string) {
+		p.metrics.dropped.WithLabelValues(reason).Inc()
+		p.log.Debug("incoming envelope rejected", "uid", env.Uid, "src", src, "code", code, "err", msg)
+		if isReq {
+			p.sendError(ctx, env.Uid, src, code, msg, env.Deadline())
+		}
+	}
+	switch {
+	case env.IsPing(), env.IsPong():
+		return
+	case !isReq && !env.IsResponse() && !env.IsError():
+		fail(dropMalformed, envelope.CodeMalformed, "envelope carries no message")
+		return
+	case env.Uid == "":
+		fail(dropMalformed, envelope.CodeMalformed, "envelope has no uid")
+		return
+	case env.Destination.GetTwin() != p.Twin():
+		p.metrics.dropped.WithLabelValues(dropUnexpected).Inc()
+		p.log.Warn("envelope for another twin dropped", "uid", env.Uid, "dst", env.Destination.GetTwin())
+		return
+	case env.Expired(now):
+		fail(dropExpired, envelope.CodeExpired, "envelope expired")
+		return
+	}
+	twin, err := p.reg.Twin(ctx, src.twin)
+	if err != nil {
+		if errors.Is(err, registrar.ErrNotFound) {
+			fail(dropUnknownTwin, envelope.CodeUnknownTwin, fmt.Sprintf("unknown source twin %d", src.twin))
+		} else {
+			fail(dropUnknownTwin, envelope.CodeInternal, "cannot look up source twin: "+err.Error())
+		}
+		return
+	}
+	if err := env.Verify(twin.PublicKey); err != nil {
+		fail(dropBadSignature, envelope.CodeBadSignature, "bad signature: "+err.Error())
+		return
+	}
+	kind := envelope.KindResponse
+	switch {
+	case isReq:
+		kind = envelope.KindRequest
+	case env.IsError():
+		kind = envelope.KindError
+	}
+	if dup, cached := p.checkSeen(seenKey{env.Uid, src, kind}, env.Deadline()); dup {
+		p.metrics.duplicates.Inc()
+		if cached != nil {
+			// The caller re-sent the request: our answer may have been
+			// lost with a relay.
+			go p.send(ctx, cached, env.Deadline())
+		}
+		return
+	}
+	payload := env.PayloadBytes()
+	if c, ok := env.Payload.(*envelope.Envelope_Cipher); ok {
+		if len(twin.E2EKey) == 0 {
+			p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeNoE2EKey, fmt.Sprintf("payload is encrypted but twin %d has no e2e key", src.twin))
+			return
+		}
+		payload, err = p.e2e.Open(twin.E2EKey, c.Cipher)
+		if err != nil {
+			p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeDecryptFailed, "cannot decrypt payload: "+err.Error())
+			return
+		}
+	}
+	switch {
+	case isReq:
+		p.metrics.requestsIn.Inc()
+		p.handleRequest(ctx, env, src, payload)
+	case env.IsError():
+		p.complete(ctx, env.Uid, src.twin, &Response{Source: src.twin, Session: src.sid,
+			Timestamp: time.Unix(int64(env.Timestamp), 0), Schema: env.GetSchema(),
+			Err: errorFromEnvelope(env.GetError())})
+	default:
+		p.complete(ctx, env.Uid, src.twin, &Response{Source: src.twin, Session: src.sid,
+			Timestamp: time.Unix(int64(env.Timestamp), 0), Schema: env.GetSchema(), Data: payload})
+	}
+}
+
+// answerFailed reports a payload failure: to the sender for a request, to
+// the waiting caller for an answer (the answer is authentic, so the caller
+// learns why it cannot read it).
+func (p *Peer) answerFailed(ctx context.Context, env *envelope.Envelope, src address, reason string, code uint32, msg string) {
+	p.metrics.dropped.WithLabelValues(reason).Inc()
+	if env.IsRequest() {
+		p.sendError(ctx, env.Uid, src, code, msg, env.Deadline())
+		return
+	}
+	p.complete(ctx, env.Uid, src.twin, &Response{Source: src.twin, Session: src.sid,
+		Timestamp: time.Unix(int64(env.Timestamp), 0), Err: &Error{Code: code, Message: msg}})
+}
+
+// handleRelayMessage handles unsigned envelopes from the relay (source
+// twin 0): errors answering our requests.
+func (p *Peer) handleRelayMessage(ctx context.Context, env *envelope.Envelope) {
+	if !env.IsError() {
+		if !env.IsPong() {
+			p.metrics.dropped.WithLabelValues(dropUnexpected).Inc()
+		}
+		return
+	}
+	p.log.Debug("relay error", "uid", env.Uid, "code", env.GetError().GetCode(), "message", env.GetError().GetMessage())
+	p.complete(ctx, env.Uid, 0, &Response{Timestamp: time.Now(), Err: errorFromEnvelope(env.GetError())})
+}
+
+// checkSeen records key until expires and reports whether it was already
+// there, with the cached answer if any.
+func (p *Peer) checkSeen(key seenKey, expires time.Time) (dup bool, response []byte) {
+	p.seenMu.Lock()
+	defer p.seenMu.Unlock()
+	if e, ok := p.seen[key]; ok {
+		return true, e.response
+	}
+	p.seen[key] = &seenEntry{expires: expires}
+	return false, nil
+}
+
+// requestDeadline returns the deadline of an incoming request we saw and
+// stores its signed answer.
+func (p *Peer) rememberAnswer(uid string, dst address, answer []byte) (deadline time.Time, ok bool) {
+	p.seenMu.Lock()
+	defer p.seenMu.Unlock()
+	e, ok := p.seen[seenKey{uid, dst, envelope.KindRequest}]
+	if !ok {
+		return time.Time{}, false
+	}
+	if answer != nil {
+		e.response = answer
+	}
+	return e.expires, true
+}
+
+func (p *Peer) requestDeadline(uid string, dst address) (time.Time, bool) {
+	return p.rememberAnswer(uid, dst, nil)
+}
+
+func (p *Peer) sweepSeen(now time.Time) {
+	p.seenMu.Lock()
+	defer p.seenMu.Unlock()
+	for k, e := range p.seen {
+		// Keep entries a little past the deadline: clocks differ.
+		if now.Sub(e.expires) > 30*time.Second {
+			delete(p.seen, k)
+		}
+	}
+}
+
+// handleRequest applies the policy and hands a verified request to the
+// built-in command, an in-process handler or the Redis service queue.
+func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src address, payload []byte) {
+	cmd := env.GetRequest().GetCommand()
+	deadline := env.Deadline()
+	if pol := p.policy.Load(); pol != nil && !pol.Allow(src.twin, cmd) {
+		p.sendError(ctx, env.Uid, src, envelope.CodeDenied, fmt.Sprintf("twin %d may not call %q", src.twin, cmd), deadline)
+		return
+	}
+	if cmd == "rmb.version" {
+		v, _ := json.Marshal(p.opts.Version)
+		p.sendAnswer(ctx, env.Uid, src, v, "application/json", nil, deadline)
+		return
+	}
+	if h := p.handler(cmd); h != nil {
+		req := &Request{UID: env.Uid, Source: src.twin, Session: src.sid, Command: cmd,
+			Data: payload, Schema: env.GetSchema(), Tags: env.GetTags(), Deadline: deadline}
+		go func() {
+			hctx, cancel := context.WithDeadline(ctx, deadline)
+			defer cancel()
+			data, err := h(hctx, req)
+			var e *Error
+			if err != nil && !errors.As(err, &e) {
+				e = &Error{Code: envelope.CodeInternal, Message: err.Error()}
+			}
+			p.sendAnswer(ctx, req.UID, src, data, req.Schema, e, deadline)
+		}()
+		return
+	}
+	if p.rdb == nil {
+		p.sendError(ctx, env.Uid, src, envelope.CodeNotFound, fmt.Sprintf("no handler for command %q", cmd), deadline)
+		return
+	}
+	msg := IncomingRequest{
+		Version:    1,
+		Ref:        env.Uid,
+		Source:     src.String(),
+		Command:    cmd,
+		Expiration: env.Expiration,
+		Data:       base64.StdEncoding.EncodeToString(payload),
+		Tags:       env.Tags,
+		Ret:        ReplyQueue,
+		Schema:     env.GetSchema(),
+		Now:        int64(env.Timestamp),
+	}
+	b, _ := json.Marshal(&msg)
+	queue := CommandQueue(cmd)
+	if err := p.pushBounded(ctx, queue, b, deadline); err != nil {
+		code := uint32(envelope.CodeInternal)
+		if errors.Is(err, errQueueFull) {
+			code = envelope.CodeRateLimited
+		}
+		p.sendError(ctx, env.Uid, src, code, fmt.Sprintf("cannot queue request for %q: %v", cmd, err), deadline)
+	}
+}
+
+// sendError answers a request with a signed error envelope.
+func (p *Peer) sendError(ctx context.Context, uid string, dst address, code uint32, msg string, deadline time.Time) {
+	p.metrics.errorCode(code)
+	if !time.Now().Before(deadline) {
+		deadline = time.Now().Add(errorTTL * time.Second)
+	}
+	p.sendAnswer(ctx, uid, dst, nil, "", &Error{Code: code, Message: msg}, deadline)
+}
+
+// sendAnswer signs and sends a response (or an error when e is set) to
+// dst, encrypted when dst has an e2e key, and caches it for re-sent
+// requests. It gives up at deadline.
+func (p *Peer) sendAnswer(ctx context.Context, uid string, dst address, data []byte, schema string, e *Error, deadline time.Time) error {
+	now := time.Now()
+	ttl := deadline.Unix() - now.Unix()
+	if ttl <= 0 {
+		p.metrics.dropped.WithLabelValues(dropExpired).Inc()
+		return fmt.Errorf("answer to %s for %s: %w", dst, uid, envelope.ErrExpired)
+	}
+	var env *envelope.Envelope
+	if e != nil {
+		env = envelope.NewError(uid, e.Code, e.Message, uint64(ttl))
+	} else {
+		env = envelope.NewResponse(uid, nil, uint64(ttl))
+	}
+	env.Source = envelope.NewAddress(p.Twin(), "")
+	env.Destination = envelope.NewAddress(dst.twin, dst.sid)
+	if schema != "" {
+		env.Schema = &schema
+	}
+	sctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if e == nil {
+		twin, te := p.lookupTwin(sctx, dst.twin)
+		if te != nil {
+			p.log.Warn("cannot answer request", "uid", uid, "dst", dst, "err", te.Message)
+			return te
+		}
+		if err := p.setPayload(env, twin, data); err != nil {
+			return err
+		}
+	}
+	env.Stamp(now)
+	env.Sign(p.id)
+	b, err := envelope.Marshal(env)
+	if err != nil {
+		return err
+	}
+	p.rememberAnswer(uid, dst, b)
+	if err := p.send(sctx, b, deadline); err != nil {
+		p.log.Warn("answer not delivered", "uid", uid, "dst", dst, "err", err)
+		return err
+	}
+	p.metrics.responsesOut.Inc()
+	p.log.Debug("answer sent", "uid", uid, "dst", dst, "error", e != nil)
+	return nil
+}

@@ -1,0 +1,382 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/pkg/e2e"
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// Version is what the built-in rmb.version command answers by default.
+const Version = "rmb-go-peer/0.1.0"
+
+// MaxRelays is how many relays a peer connects to.
+const MaxRelays = 4
+
+// Registrar is what the peer needs from the twin directory.
+// *registrar.Client satisfies it.
+type Registrar interface {
+	// Twin looks a twin up by id; an unknown twin is an error wrapping
+	// registrar.ErrNotFound.
+	Twin(ctx context.Context, id uint32) (*registrar.Twin, error)
+	// TwinByPublicKey looks a twin up by its signing key.
+	TwinByPublicKey(ctx context.Context, pub []byte) (*registrar.Twin, error)
+	// Register creates the twin of id with the given relay domains and the
+	// identity's e2e key.
+	Register(ctx context.Context, id *identity.Identity, relays []string) (*registrar.Twin, error)
+	// Update replaces the relays and e2e key of twin.
+	Update(ctx context.Context, id *identity.Identity, twin uint32, relays []string, e2eKey []byte) (*registrar.Twin, error)
+}
+
+// Options configure a Peer. Fields marked required must be set; the others
+// have the defaults given.
+type Options struct {
+	// Identity signs, verifies and decrypts. Required.
+	Identity *identity.Identity
+	// Relays are the WebSocket URLs (ws://host:port, wss://host/...) of 1 to
+	// MaxRelays relays. Their host[:port] parts are registered as the twin's
+	// relay domains. Required.
+	Relays []string
+	// Registrar looks twins up and registers this one. When it also has a
+	// Watch(ctx) error method (as *registrar.Client does), Run keeps it
+	// running to refresh its cache; do not run another Watch on it.
+	// Required.
+	Registrar Registrar
+	// Redis enables the local JSON API of PROTOCOL.md §6. Nil means the peer
+	// is used in-process only, through Call and Handle.
+	Redis *redis.Client
+	// Logger receives the peer's logs. Default slog.Default().
+	Logger *slog.Logger
+	// NoUpdate keeps the registrar record as it is even when its relays or
+	// e2e key differ from this peer's.
+	NoUpdate bool
+	// Policy decides which twins may call which commands. Nil allows all.
+	Policy *Policy
+	// Version is the answer of rmb.version. Default Version.
+	Version string
+	// QueueLimit bounds every Redis list the peer pushes to. A push that
+	// would exceed it is refused with an error answer or dead-lettered,
+	// never trimmed. Default 10000.
+	QueueLimit int64
+	// Workers bounds how many local requests are sent concurrently and how
+	// many goroutines process incoming envelopes. Default 64.
+	Workers int
+	// PingInterval is how often each relay connection is pinged; a ping
+	// not answered within PingTimeout closes the connection. Defaults 20s
+	// and 10s.
+	PingInterval time.Duration
+	PingTimeout  time.Duration
+	// MinBackoff and MaxBackoff bound the jittered exponential delay
+	// between reconnection attempts. Defaults 250ms and 15s.
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+	// WriteTimeout bounds one write to a relay. Default 10s.
+	WriteTimeout time.Duration
+	// SweepInterval is how often expired requests are answered with a
+	// timeout error. Default 250ms.
+	SweepInterval time.Duration
+}
+
+func (o *Options) withDefaults() (Options, error) {
+	c := *o
+	if c.Identity == nil {
+		return c, errors.New("peer: Options.Identity is required")
+	}
+	if c.Registrar == nil {
+		return c, errors.New("peer: Options.Registrar is required")
+	}
+	if len(c.Relays) == 0 || len(c.Relays) > MaxRelays {
+		return c, fmt.Errorf("peer: need 1 to %d relay URLs, got %d", MaxRelays, len(c.Relays))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Version == "" {
+		c.Version = Version
+	}
+	if c.QueueLimit <= 0 {
+		c.QueueLimit = 10000
+	}
+	if c.Workers <= 0 {
+		c.Workers = 64
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 20 * time.Second
+	}
+	if c.PingTimeout <= 0 {
+		c.PingTimeout = 10 * time.Second
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = 250 * time.Millisecond
+	}
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = max(15*time.Second, c.MinBackoff)
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.SweepInterval <= 0 {
+		c.SweepInterval = 250 * time.Millisecond
+	}
+	return c, nil
+}
+
+// RelayDomain returns the host[:port] of a relay URL, as registered in the
+// registrar.
+func RelayDomain(relayURL string) (string, error) {
+	u, err := url.Parse(relayURL)
+	if err != nil {
+		return "", fmt.Errorf("peer: bad relay URL %q: %w", relayURL, err)
+	}
+	if u.Scheme != "ws" && u.Scheme != "wss" || u.Host == "" {
+		return "", fmt.Errorf("peer: bad relay URL %q: want ws://host[:port] or wss://host[:port]", relayURL)
+	}
+	return u.Host, nil
+}
+
+// Peer is one twin's connection to RMB. Create it with New, start it with
+// Run. Call, Handle, ReloadPolicy, Twin and Registry may be used
+// concurrently from any goroutine.
+type Peer struct {
+	opts    Options
+	log     *slog.Logger
+	id      *identity.Identity
+	reg     Registrar
+	rdb     *redis.Client
+	e2e     *e2e.Cache
+	metrics *metrics
+	domains []string
+	relays  []*relayConn
+
+	twin      atomic.Uint32
+	ready     chan struct{} // closed once the twin is known
+	policy    atomic.Pointer[Policy]
+	rr        atomic.Uint32 // round-robin start for sends
+	inbound   chan inboundMsg
+	resendReq chan struct{} // wakes the resender; buffered 1
+
+	stateMu sync.Mutex
+	stateCh chan struct{} // closed and replaced when a relay connects or drops
+
+	handlersMu sync.RWMutex
+	handlers   map[string]Handler
+
+	pendMu  sync.Mutex
+	pending map[string]*pending // by uid
+
+	seenMu sync.Mutex
+	seen   map[seenKey]*seenEntry
+
+	runMu   sync.Mutex
+	running bool
+	runCtx  context.Context // Run's context; set before ready is closed
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when Run returns
+}
+
+// New checks opts and builds a peer. It does no I/O.
+func New(opts *Options) (*Peer, error) {
+	if opts == nil {
+		return nil, errors.New("peer: nil Options")
+	}
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	p := &Peer{
+		opts:      o,
+		log:       o.Logger,
+		id:        o.Identity,
+		reg:       o.Registrar,
+		rdb:       o.Redis,
+		e2e:       e2e.NewCache(o.Identity.E2EPrivateKey(), 0),
+		ready:     make(chan struct{}),
+		inbound:   make(chan inboundMsg, 1024),
+		resendReq: make(chan struct{}, 1),
+		stateCh:   make(chan struct{}),
+		handlers:  make(map[string]Handler),
+		pending:   make(map[string]*pending),
+		seen:      make(map[seenKey]*seenEntry),
+		done:      make(chan struct{}),
+	}
+	p.metrics = newMetrics(func() float64 {
+		p.pendMu.Lock()
+		defer p.pendMu.Unlock()
+		return float64(len(p.pending))
+	})
+	for _, u := range o.Relays {
+		d, err := RelayDomain(u)
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(p.domains, d) {
+			return nil, fmt.Errorf("peer: relay %q listed twice", d)
+		}
+		p.domains = append(p.domains, d)
+		p.relays = append(p.relays, &relayConn{p: p, url: u, domain: d, log: p.log.With("relay", u)})
+		p.metrics.relayUp.WithLabelValues(u).Set(0)
+	}
+	if o.Policy != nil {
+		p.policy.Store(o.Policy)
+	}
+	return p, nil
+}
+
+// Twin is the peer's twin id, 0 until Run has found or registered it.
+func (p *Peer) Twin() uint32 { return p.twin.Load() }
+
+// Ready is closed once Run has found or registered the twin.
+func (p *Peer) Ready() <-chan struct{} { return p.ready }
+
+// Registry is the peer's Prometheus registry.
+func (p *Peer) Registry() *prometheus.Registry { return p.metrics.reg }
+
+// ReloadPolicy replaces the policy; nil allows all.
+func (p *Peer) ReloadPolicy(pol *Policy) { p.policy.Store(pol) }
+
+// Connected is the number of relay connections that are up.
+func (p *Peer) Connected() int {
+	n := 0
+	for _, r := range p.relays {
+		if r.current() != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// Run finds or registers the twin, connects to the relays and serves until
+// ctx is done or Close is called. It returns nil on a clean stop and an
+// error when start-up fails. Run may be called once.
+func (p *Peer) Run(ctx context.Context) error {
+	p.runMu.Lock()
+	if p.running {
+		p.runMu.Unlock()
+		return errors.New("peer: Run called twice")
+	}
+	p.running = true
+	ctx, cancel := context.WithCancel(ctx)
+	p.cancel = cancel
+	p.runCtx = ctx
+	p.runMu.Unlock()
+	defer close(p.done)
+	defer cancel()
+
+	if err := p.register(ctx); err != nil {
+		return err
+	}
+	close(p.ready)
+	p.log.Info("peer ready", "twin", p.Twin(), "relays", p.domains, "redis", p.rdb != nil)
+
+	var wg sync.WaitGroup
+	goRun := func(f func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
+	for _, r := range p.relays {
+		goRun(r.run)
+	}
+	for range min(p.opts.Workers, 8) {
+		goRun(p.inboundWorker)
+	}
+	goRun(p.sweeper)
+	goRun(p.resender)
+	if w, ok := p.reg.(interface{ Watch(context.Context) error }); ok {
+		// Follow the registrar's change feed so cached twins stay fresh.
+		goRun(func(ctx context.Context) { w.Watch(ctx) })
+	}
+	if p.rdb != nil {
+		goRun(p.localLoop)
+		goRun(p.replyLoop)
+	}
+	<-ctx.Done()
+	wg.Wait()
+	p.log.Info("peer stopped", "twin", p.Twin())
+	return nil
+}
+
+// Close stops Run and waits for it to return. It is safe to call more
+// than once and before Run.
+func (p *Peer) Close() error {
+	p.runMu.Lock()
+	running, cancel := p.running, p.cancel
+	p.running = true // a later Run fails
+	p.runMu.Unlock()
+	if running && cancel != nil {
+		cancel()
+		<-p.done
+	}
+	return nil
+}
+
+// register finds the twin by public key, registers it when missing and
+// updates its relays and e2e key when they differ (unless NoUpdate).
+func (p *Peer) register(ctx context.Context) error {
+	pub := p.id.PublicKey()
+	e2eKey := p.id.E2EPublicKey()
+	t, err := p.reg.TwinByPublicKey(ctx, pub)
+	switch {
+	case errors.Is(err, registrar.ErrNotFound):
+		t, err = p.reg.Register(ctx, p.id, p.domains)
+		if err != nil {
+			return fmt.Errorf("peer: register twin at the registrar: %w", err)
+		}
+		p.log.Info("registered new twin", "twin", t.ID, "relays", p.domains)
+	case err != nil:
+		return fmt.Errorf("peer: look up own twin at the registrar: %w", err)
+	}
+	if !sameSet(t.Relays, p.domains) || !bytes.Equal(t.E2EKey, e2eKey) {
+		if p.opts.NoUpdate {
+			p.log.Warn("registrar record differs from this peer; not updating (no-update)",
+				"twin", t.ID, "registered_relays", t.Relays, "relays", p.domains,
+				"e2e_key_matches", bytes.Equal(t.E2EKey, e2eKey))
+		} else {
+			t, err = p.reg.Update(ctx, p.id, t.ID, p.domains, e2eKey)
+			if err != nil {
+				return fmt.Errorf("peer: update twin at the registrar: %w", err)
+			}
+			p.log.Info("updated twin at the registrar", "twin", t.ID, "relays", p.domains)
+		}
+	}
+	p.twin.Store(t.ID)
+	return nil
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
+}
+
+// stateChanged returns a channel closed at the next relay state change.
+func (p *Peer) stateChanged() <-chan struct{} {
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	return p.stateCh
+}
+
+func (p *Peer) notifyState() {
+	p.stateMu.Lock()
+	close(p.stateCh)
+	p.stateCh = make(chan struct{})
+	p.stateMu.Unlock()
+}

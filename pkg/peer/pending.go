@@ -1,0 +1,171 @@
+package peer
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Requests from Redis clients outlive the peer process: which request an
+// answer belongs to is kept in the hash PendingHash as well as in memory,
+// one field per (uid, destination) still waiting:
+//
+//	HSET msgbus.system.pending <uid>/<dst> {"ret":..,"ref":..,"deadline":..,"sent":..,"envelope":..}
+//
+// The field is written by writeLoop in the same MULTI/EXEC as the LREM of
+// the request from LocalProcessing, once every envelope was handed to a
+// relay: after a crash either the message is still in the processing list
+// (and is sent again with a new uid) or its destinations are in the hash,
+// never neither. writeLoop reads the destinations still waiting when it
+// builds the transaction, and a destination answered after that is
+// deleted by an HDEL queued behind it, so no field outlives its answer.
+// The HDEL is queued after the answer was pushed on ret: a crash in
+// between gives the client a spurious 408 at the deadline, never a lost
+// answer.
+//
+// Run loads the hash before it connects to any relay, so answers the
+// relays kept for the twin while the peer was down find their request;
+// requests whose deadline passed are answered with 408 by the sweeper as
+// usual. The signed envelope is kept so the request can be sent again
+// after a relay connection loss, like any other.
+
+// PendingHash holds the requests from Redis clients waiting for answers.
+const PendingHash = "msgbus.system.pending"
+
+// pendingRecord is the value of a PendingHash field.
+type pendingRecord struct {
+	Ret      string `json:"ret"`      // the client's ret queue
+	Ref      string `json:"ref"`      // the client's ref
+	Deadline int64  `json:"deadline"` // unix milliseconds
+	Sent     int64  `json:"sent"`     // unix milliseconds
+	Envelope []byte `json:"envelope"` // the signed request sent to this destination
+}
+
+func pendingField(uid string, dst uint32) string {
+	return uid + "/" + strconv.FormatUint(uint64(dst), 10)
+}
+
+func parsePendingField(f string) (uid string, dst uint32, ok bool) {
+	i := strings.LastIndexByte(f, '/')
+	if i <= 0 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(f[i+1:], 10, 32)
+	if err != nil || n == 0 {
+		return "", 0, false
+	}
+	return f[:i], uint32(n), true
+}
+
+// pendingFields marks the request uid as persisted and returns the HSET
+// field/value pairs of its destinations still waiting; nil when it is not
+// a Redis request or nothing waits any more. Only writeLoop calls it (see
+// above for why).
+func (p *Peer) pendingFields(uid string) []any {
+	type dstEnv struct {
+		dst uint32
+		env []byte
+	}
+	var (
+		list []dstEnv
+		rec  pendingRecord
+	)
+	p.pendMu.Lock()
+	pd := p.pending[uid]
+	if pd != nil && pd.ret != "" {
+		pd.persisted = true
+		rec = pendingRecord{Ret: pd.ret, Ref: pd.ref, Deadline: pd.deadline.UnixMilli(), Sent: pd.sent.UnixMilli()}
+		for d, b := range pd.waiting {
+			if b != nil {
+				list = append(list, dstEnv{d, b})
+			}
+		}
+	}
+	p.pendMu.Unlock()
+	if len(list) == 0 {
+		return nil
+	}
+	fields := make([]any, 0, 2*len(list))
+	for _, de := range list {
+		rec.Envelope = de.env
+		b, _ := json.Marshal(&rec)
+		fields = append(fields, pendingField(uid, de.dst), b)
+	}
+	return fields
+}
+
+// forgetPersisted deletes answered or timed-out destinations of uid from
+// PendingHash. Call it after the answer was delivered.
+func (p *Peer) forgetPersisted(uid string, dsts ...uint32) {
+	fields := make([]string, len(dsts))
+	for i, d := range dsts {
+		fields[i] = pendingField(uid, d)
+	}
+	p.write(writeOp{forget: fields})
+}
+
+// loadPending reads PendingHash into the pending requests, retrying while
+// Redis is unavailable, until ctx ends.
+func (p *Peer) loadPending(ctx context.Context) error {
+	delay := 100 * time.Millisecond
+	for {
+		all, err := p.rdb.HGetAll(ctx, PendingHash).Result()
+		if err == nil {
+			p.addPending(all)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		p.log.Warn("cannot load pending requests from redis; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// addPending registers the requests of PendingHash fields. Malformed
+// fields are deleted.
+func (p *Peer) addPending(all map[string]string) {
+	var bad []string
+	n := 0
+	p.pendMu.Lock()
+	for f, v := range all {
+		uid, dst, ok := parsePendingField(f)
+		var rec pendingRecord
+		if !ok || json.Unmarshal([]byte(v), &rec) != nil || rec.Ret == "" || len(rec.Envelope) == 0 {
+			bad = append(bad, f)
+			continue
+		}
+		pd := p.pending[uid]
+		if pd == nil {
+			deadline := time.UnixMilli(rec.Deadline)
+			pd = &pending{
+				uid:       uid,
+				sent:      time.UnixMilli(rec.Sent),
+				deadline:  deadline,
+				waiting:   make(map[uint32][]byte),
+				deliver:   p.deliverToQueue(rec.Ret, rec.Ref, deadline),
+				ret:       rec.Ret,
+				ref:       rec.Ref,
+				persisted: true,
+			}
+			p.pending[uid] = pd
+		}
+		pd.waiting[dst] = rec.Envelope
+		n++
+	}
+	p.pendMu.Unlock()
+	if n > 0 {
+		p.log.Info("loaded requests waiting for answers from an earlier run", "destinations", n)
+	}
+	if len(bad) > 0 {
+		p.log.Warn("malformed pending requests deleted", "fields", bad)
+		p.write(writeOp{forget: bad})
+	}
+}
