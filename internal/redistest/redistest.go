@@ -1,4 +1,5 @@
-// Package redistest starts a private redis-server for tests: its own
+// Package redistest starts a private redis-server for tests (and the load
+// tool): its own
 // directory, a free port on 127.0.0.1, no persistence unless asked, stopped
 // when the test ends. A test that cannot find redis-server fails with a
 // message saying how to install it; it does not skip.
@@ -7,6 +8,7 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -40,24 +42,37 @@ func (s *Server) URL() string { return "redis://" + s.Addr }
 // Start starts a server and registers its stop with t.Cleanup.
 func Start(t testing.TB, opts *Options) *Server {
 	t.Helper()
+	s, err := Run(t.TempDir(), opts)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// ErrNoRedis says redis-server is not installed.
+var ErrNoRedis = errors.New("redis-server not found in PATH: run `make test` (it installs redis-server with apt-get) or `apt-get install redis-server`")
+
+// Run starts a server keeping its files in dir, for programs (the load
+// tool) as well as tests. The caller stops it.
+func Run(dir string, opts *Options) (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		t.Fatalf("redis-server not found in PATH: run `make test` (it installs redis-server with apt-get) or `apt-get install redis-server`")
+		return nil, ErrNoRedis
 	}
-	s := &Server{Dir: t.TempDir()}
+	s := &Server{Dir: dir}
 	if opts != nil {
 		s.opts = *opts
 	}
 	port, err := freePort()
 	if err != nil {
-		t.Fatalf("redistest: %v", err)
+		return nil, err
 	}
 	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	if err := s.start(bin); err != nil {
-		t.Fatalf("redistest: %v", err)
+		return nil, err
 	}
-	t.Cleanup(s.Stop)
-	return s
+	return s, nil
 }
 
 func (s *Server) start(bin string) error {

@@ -80,7 +80,14 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 	if err := c.rdb.LPush(ctx, QueueLocal, body).Err(); err != nil {
 		return nil, fmt.Errorf("redisapi: push request: %w", err)
 	}
-	defer c.rdb.Del(context.WithoutCancel(ctx), req.ReplyTo)
+	// Redis removes a list when its last entry is popped, so the reply
+	// queue only needs deleting when answers may still arrive late.
+	answered := false
+	defer func() {
+		if !answered {
+			c.rdb.Del(context.WithoutCancel(ctx), req.ReplyTo)
+		}
+	}()
 
 	deadline := time.Now().Add(o.TTL + 5*time.Second)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -116,6 +123,7 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 		}
 		out = append(out, r)
 	}
+	answered = true
 	return out, nil
 }
 

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"time"
+
+	"github.com/rmb-go/rmb/internal/bench"
+)
+
+func init() {
+	register("bench", "load tool: bench relay (forwarding) or bench e2e (round trips through peers)", benchCmd)
+}
+
+func benchCmd(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 || (args[0] != "relay" && args[0] != "e2e") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [--cpuprofile FILE] [flags]   (rmb bench relay --help for the flags)")
+			return 0
+		}
+		fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [flags]   (rmb bench relay --help for the flags)")
+		return 2
+	}
+	// --cpuprofile FILE works for both modes; take it out before the mode's
+	// own flags are parsed.
+	rest, profile := args[1:], ""
+	for i := 0; i < len(rest); i++ {
+		if a := rest[i]; a == "--cpuprofile" || a == "-cpuprofile" {
+			if i+1 == len(rest) {
+				return e.errorf("--cpuprofile needs a file name")
+			}
+			profile = rest[i+1]
+			rest = append(rest[:i:i], rest[i+2:]...)
+			break
+		}
+	}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return e.errorf("%v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return e.errorf("cpu profile: %v", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if args[0] == "relay" {
+		return benchRelay(ctx, e, rest)
+	}
+	return benchE2E(ctx, e, rest)
+}
+
+func benchRelay(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "bench relay", "[--pairs 16] [--messages 20000] [--size 256] [--rate 0] [--json]")
+	var o bench.RelayOptions
+	fs.IntVar(&o.Pairs, "pairs", 16, "sender connections, and as many receivers")
+	fs.IntVar(&o.Messages, "messages", 20000, "envelopes per sender")
+	fs.IntVar(&o.PayloadSize, "size", 256, "payload bytes")
+	fs.IntVar(&o.Rate, "rate", 0, "total envelopes/s to send (0 = as fast as possible)")
+	fs.IntVar(&o.Window, "window", 1000, "most envelopes in flight per sender (-1 = unbounded)")
+	asJSON := fs.Bool("json", false, "print the result as JSON (no progress line)")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !*asJSON {
+		o.Progress = os.Stderr
+		fmt.Fprintf(e.stderr, "signing %d envelopes, then sending through an in-process relay on 127.0.0.1...\n", o.Pairs*o.Messages)
+	}
+	res, err := bench.RunRelay(ctx, o)
+	if err != nil {
+		return e.errorf("bench relay: %v", err)
+	}
+	if *asJSON {
+		return printJSON(e, res)
+	}
+	fmt.Fprintf(e.stdout, `
+  connections     %d senders + %d receivers
+  window          %d in flight per sender
+  payload         %d B
+  sent            %d
+  delivered       %d
+  lost            %d
+  duplicates      %d
+  elapsed         %s
+  throughput      %.0f envelopes/s
+  latency         %s
+`, res.Pairs, res.Pairs, res.Window, res.PayloadSize, res.Sent, res.Delivered, res.Lost, res.Duplicates,
+		res.Elapsed.Round(time.Millisecond), res.PerSecond, res.Latency)
+	fmt.Fprintf(e.stdout, "  relay routed    %v\n", res.RelayRouted)
+	if len(res.RelayDrops) > 0 {
+		fmt.Fprintf(e.stdout, "  relay drops     %v\n", res.RelayDrops)
+	}
+	if res.Lost > 0 {
+		return 1
+	}
+	return 0
+}
+
+func benchE2E(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "bench e2e", "[--callers 32] [--duration 10s] [--size 256] [--json]")
+	var o bench.E2EOptions
+	fs.IntVar(&o.Callers, "callers", 32, "concurrent callers")
+	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "length of each measured phase")
+	fs.IntVar(&o.PayloadSize, "size", 256, "payload bytes")
+	fs.IntVar(&o.Workers, "workers", 32, "service workers behind the remote peer")
+	asJSON := fs.Bool("json", false, "print the result as JSON (no progress line)")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if !*asJSON {
+		o.Progress = os.Stderr
+		fmt.Fprintln(e.stderr, "starting redis-server, a registrar, a relay and two peers on 127.0.0.1...")
+	}
+	res, err := bench.RunE2E(ctx, o)
+	if err != nil {
+		return e.errorf("bench e2e: %v", err)
+	}
+	if *asJSON {
+		return printJSON(e, res)
+	}
+	fmt.Fprintf(e.stdout, "\n  %d callers, %d B payload, e2e encryption on\n\n  %-12s %14s %7s %10s %10s %10s %10s\n",
+		res.Callers, res.PayloadSize, "", "round trips/s", "errors", "p50", "p90", "p99", "max")
+	for _, p := range []bench.E2EPhase{res.Bus, res.PlainRedis} {
+		fmt.Fprintf(e.stdout, "  %-12s %14.0f %7d %10s %10s %10s %10s\n", p.Name, p.PerSecond, p.Errors,
+			roundDur(p.Latency.P50), roundDur(p.Latency.P90), roundDur(p.Latency.P99), roundDur(p.Latency.Max))
+	}
+	if res.Bus.Errors > 0 {
+		return 1
+	}
+	return 0
+}
+
+func roundDur(d time.Duration) time.Duration {
+	if d > time.Millisecond {
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
+}

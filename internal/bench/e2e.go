@@ -1,0 +1,219 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/peer"
+	"github.com/rmb-go/rmb/pkg/redisapi"
+	"github.com/rmb-go/rmb/pkg/relay"
+)
+
+// E2EOptions configure a round-trip run. Zero values mean defaults.
+type E2EOptions struct {
+	// Callers is the number of concurrent callers. Default 32.
+	Callers int
+	// Duration of each measured phase. Default 10s.
+	Duration time.Duration
+	// PayloadSize in bytes. Default 256.
+	PayloadSize int
+	// Workers serving the command behind the remote peer. Default 32.
+	Workers int
+	// Progress receives a status line every second; nil for none.
+	Progress io.Writer
+}
+
+// E2EPhase is one measured phase.
+type E2EPhase struct {
+	Name       string
+	RoundTrips int64
+	Errors     int64
+	PerSecond  float64
+	Latency    Latency
+}
+
+// E2EResult compares the bus with plain Redis request/reply.
+type E2EResult struct {
+	Callers, PayloadSize int
+	Bus                  E2EPhase // bot -> Redis -> peer -> relay -> peer -> Redis -> service, and back
+	PlainRedis           E2EPhase // bot -> Redis -> service -> Redis -> bot, no bus
+}
+
+// RunE2E starts a private redis-server, an in-process registrar and relay,
+// two peers with the Redis API (e2e encryption on: both twins have e2e
+// keys), and an echo service behind the second peer. Callers push requests
+// through the first peer's Redis exactly as bots do. Then the same callers
+// and workers do plain Redis request/reply for comparison.
+func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
+	if o.Callers <= 0 {
+		o.Callers = 32
+	}
+	if o.Duration <= 0 {
+		o.Duration = 10 * time.Second
+	}
+	if o.PayloadSize <= 0 {
+		o.PayloadSize = 256
+	}
+	if o.Workers <= 0 {
+		o.Workers = 32
+	}
+	dir, err := os.MkdirTemp("", "rmb-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	rs, err := redistest.Run(dir, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Stop()
+
+	st, err := startStack(relay.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer st.close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	quiet := slog.New(slog.DiscardHandler)
+	rdbs := make([]*redis.Client, 2)
+	peers := make([]*peer.Peer, 2)
+	var pwg sync.WaitGroup
+	defer pwg.Wait()
+	defer cancel()
+	for i := range peers {
+		// The peer gets a client of its own, as it would in production;
+		// bots and services below use other clients.
+		rdbs[i] = redis.NewClient(&redis.Options{Addr: rs.Addr, DB: i + 1})
+		defer rdbs[i].Close()
+		seed := make([]byte, 32)
+		copy(seed, fmt.Sprintf("rmb-bench-e2e-%d", i))
+		id, err := identity.FromSeed(seed, identity.Ed25519)
+		if err != nil {
+			return nil, err
+		}
+		peers[i], err = peer.New(&peer.Options{
+			Identity: id, Relays: []string{"ws://" + st.domain}, Registrar: st.reg,
+			Redis: rdbs[i], Logger: quiet,
+		})
+		if err != nil {
+			return nil, err
+		}
+		p := peers[i]
+		pwg.Go(func() { p.Run(ctx) })
+		select {
+		case <-p.Ready():
+		case <-time.After(20 * time.Second):
+			return nil, errors.New("bench peer did not become ready in 20s")
+		}
+	}
+	dst := peers[1].Twin()
+
+	// The echo service behind peer 2.
+	// Every blocking BRPOP holds a connection: size the pools for that.
+	svcRedis := redis.NewClient(&redis.Options{Addr: rs.Addr, DB: 2, PoolSize: o.Workers + 4})
+	defer svcRedis.Close()
+	botRedis := redis.NewClient(&redis.Options{Addr: rs.Addr, DB: 1, PoolSize: o.Callers + o.Workers + 4})
+	defer botRedis.Close()
+	svc := redisapi.NewClient(svcRedis)
+	for range o.Workers {
+		pwg.Go(func() {
+			svc.Serve(ctx, "bench.echo", func(_ context.Context, _ *redisapi.IncomingRequest, p []byte) ([]byte, error) { return p, nil }, nil)
+		})
+	}
+	payload := make([]byte, o.PayloadSize)
+	for i := range payload {
+		payload[i] = 'a' + byte(i%26)
+	}
+	caller := redisapi.NewClient(botRedis)
+	// Warm up: the registrar lookups and the e2e key derivation.
+	if _, err := caller.Call(ctx, []uint32{dst}, "bench.echo", payload, &redisapi.CallOptions{TTL: 10 * time.Second}); err != nil {
+		return nil, fmt.Errorf("warm-up call: %w", err)
+	}
+
+	res := &E2EResult{Callers: o.Callers, PayloadSize: o.PayloadSize}
+	res.Bus = measure(ctx, "bus", o, func(ctx context.Context) error {
+		out, err := caller.Call(ctx, []uint32{dst}, "bench.echo", payload, &redisapi.CallOptions{TTL: 30 * time.Second})
+		if err == nil && out[0].Error != nil {
+			err = out[0].Error
+		}
+		return err
+	})
+
+	// Plain Redis request/reply on the same server, same payload, same
+	// number of workers.
+	plain := botRedis
+	for range o.Workers {
+		pwg.Go(func() {
+			for ctx.Err() == nil {
+				r, err := plain.BRPop(ctx, time.Second, "bench.plain").Result()
+				if err != nil {
+					continue
+				}
+				plain.LPush(ctx, r[1][:36], r[1][36:])
+			}
+		})
+	}
+	res.PlainRedis = measure(ctx, "plain redis", o, func(ctx context.Context) error {
+		id := newReplyID()
+		if err := plain.LPush(ctx, "bench.plain", id+string(payload)).Err(); err != nil {
+			return err
+		}
+		_, err := plain.BRPop(ctx, 10*time.Second, id).Result()
+		return err
+	})
+	return res, nil
+}
+
+// measure runs o.Callers goroutines calling f for o.Duration.
+func measure(ctx context.Context, name string, o E2EOptions, f func(context.Context) error) E2EPhase {
+	var n, errs atomic.Int64
+	lats := make([][]time.Duration, o.Callers)
+	stop := make(chan struct{})
+	start := time.Now()
+	go progress(o.Progress, stop, func(el time.Duration) string {
+		return fmt.Sprintf("[%s] %s: %d round trips, %.0f/s", el, name, n.Load(), float64(n.Load())/time.Since(start).Seconds())
+	})
+	end := start.Add(o.Duration)
+	var wg sync.WaitGroup
+	for c := range o.Callers {
+		wg.Go(func() {
+			for time.Now().Before(end) && ctx.Err() == nil {
+				t := time.Now()
+				if err := f(ctx); err != nil {
+					errs.Add(1)
+					continue
+				}
+				lats[c] = append(lats[c], time.Since(t))
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	elapsed := time.Since(start)
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	return E2EPhase{Name: name, RoundTrips: n.Load(), Errors: errs.Load(), PerSecond: float64(n.Load()) / elapsed.Seconds(), Latency: summarize(all)}
+}
+
+var replySeq atomic.Uint64
+
+// newReplyID is a 36-character reply queue name, unique in this process.
+func newReplyID() string {
+	return fmt.Sprintf("bench.plain.reply.%018d", replySeq.Add(1))
+}

@@ -1,0 +1,296 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/rmb-go/rmb/pkg/envelope"
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/relay"
+)
+
+// RelayOptions configure a relay run. Zero values mean defaults.
+type RelayOptions struct {
+	// Pairs is the number of sender and of receiver connections. Default 16.
+	Pairs int
+	// Messages is how many envelopes each sender sends. Default 20000.
+	Messages int
+	// PayloadSize in bytes. Default 256.
+	PayloadSize int
+	// Rate is the total send rate in envelopes/s; 0 sends as fast as the
+	// connections take them.
+	Rate int
+	// Window bounds the envelopes of one sender that are sent but not yet
+	// received, as a client waiting for answers would; 0 means 1000, a
+	// negative value means no bound (then a receiver slower than its
+	// sender fills its relay queues until they drop).
+	Window int
+	// Drain is how long to wait after the last send for stragglers.
+	// Default 5s.
+	Drain time.Duration
+	// Progress receives a status line every second; nil for none.
+	Progress io.Writer
+}
+
+// RelayResult is what a relay run measured.
+type RelayResult struct {
+	Pairs, PayloadSize, Window int
+	Sent, Delivered            int64
+	Lost, Duplicates           int64
+	Elapsed                    time.Duration     // first send to last delivery
+	PerSecond                  float64           // delivered / Elapsed
+	Latency                    Latency           // send to receive
+	RelayRouted                map[string]uint64 // the relay's own counts: local, stored, federated
+	RelayDrops                 map[string]uint64 // the relay's drops by reason, zero counts left out
+}
+
+func (r *RelayResult) String() string {
+	return fmt.Sprintf("pairs %d, payload %d B: sent %d, delivered %d, lost %d, duplicates %d in %s = %.0f envelopes/s; latency %s",
+		r.Pairs, r.PayloadSize, r.Sent, r.Delivered, r.Lost, r.Duplicates, r.Elapsed.Round(time.Millisecond), r.PerSecond, r.Latency)
+}
+
+// RunRelay starts an in-process registrar and relay on 127.0.0.1, registers
+// 2*Pairs twins, and measures forwarding between them.
+func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
+	if o.Pairs <= 0 {
+		o.Pairs = 16
+	}
+	if o.Messages <= 0 {
+		o.Messages = 20000
+	}
+	if o.PayloadSize <= 0 {
+		o.PayloadSize = 256
+	}
+	if o.Drain <= 0 {
+		o.Drain = 5 * time.Second
+	}
+	if o.Window == 0 {
+		o.Window = 1000
+	}
+
+	st, err := startStack(relay.Options{SendQueueSize: 4096})
+	if err != nil {
+		return nil, err
+	}
+	defer st.close()
+	reg, rl, domain := st.reg, st.relay, st.domain
+
+	// Identities: ed25519, as the fastest to sign.
+	n := 2 * o.Pairs
+	ids := make([]*identity.Identity, n)
+	twins := make([]uint32, n)
+	for i := range ids {
+		seed := make([]byte, 32)
+		copy(seed, fmt.Sprintf("rmb-bench-%d", i))
+		if ids[i], err = identity.FromSeed(seed, identity.Ed25519); err != nil {
+			return nil, err
+		}
+		t, err := reg.Register(ctx, ids[i], []string{domain})
+		if err != nil {
+			return nil, fmt.Errorf("register bench twin: %w", err)
+		}
+		twins[i] = t.ID
+	}
+
+	// Build and sign every envelope up front, in parallel.
+	payload := make([]byte, o.PayloadSize)
+	for i := range payload {
+		payload[i] = 'a' + byte(i%26)
+	}
+	frames := make([][][]byte, o.Pairs)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for s := range work {
+				frames[s] = make([][]byte, o.Messages)
+				for q := range o.Messages {
+					e := envelope.NewRequest(strconv.Itoa(s)+"-"+strconv.Itoa(q), "bench", payload, 600)
+					e.Source = envelope.NewAddress(twins[s], "")
+					e.Destination = envelope.NewAddress(twins[o.Pairs+s], "")
+					e.Stamp(time.Now())
+					e.Sign(ids[s])
+					frames[s][q], _ = envelope.Marshal(e)
+				}
+			}
+		})
+	}
+	for s := range o.Pairs {
+		work <- s
+	}
+	close(work)
+	wg.Wait()
+
+	dial := func(i int) (*websocket.Conn, error) {
+		tok, err := identity.NewToken(ids[i], twins[i], "", time.Now(), 10*time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		c, _, err := websocket.Dial(ctx, "ws://"+domain+"/?"+tok, nil)
+		if err != nil {
+			return nil, fmt.Errorf("dial relay as twin %d: %w", twins[i], err)
+		}
+		c.SetReadLimit(int64(o.PayloadSize) + 4096)
+		return c, nil
+	}
+
+	sentAt := make([][]atomic.Int64, o.Pairs)
+	got := make([][]atomic.Bool, o.Pairs)
+	for s := range o.Pairs {
+		sentAt[s] = make([]atomic.Int64, o.Messages)
+		got[s] = make([]atomic.Bool, o.Messages)
+	}
+	var sent, delivered, dups atomic.Int64
+	pairDelivered := make([]atomic.Int64, o.Pairs) // by sender
+	var lastDelivery atomic.Int64
+	lat := make([][]time.Duration, o.Pairs)
+
+	// Receivers first, so nothing is stored for an offline twin.
+	recvCtx, stopRecv := context.WithCancel(ctx)
+	defer stopRecv()
+	var rwg sync.WaitGroup
+	for r := range o.Pairs {
+		c, err := dial(o.Pairs + r)
+		if err != nil {
+			return nil, err
+		}
+		defer c.CloseNow()
+		lat[r] = make([]time.Duration, 0, o.Messages)
+		rwg.Go(func() {
+			var rt envelope.Routing
+			for {
+				_, b, err := c.Read(recvCtx)
+				if err != nil {
+					return
+				}
+				now := time.Now().UnixNano()
+				if envelope.ReadRouting(b, &rt) != nil || rt.Kind != envelope.KindRequest {
+					continue
+				}
+				s, q, ok := parseUID(rt.UID)
+				if !ok || s >= o.Pairs || q >= o.Messages {
+					continue
+				}
+				if got[s][q].Swap(true) {
+					dups.Add(1)
+					continue
+				}
+				delivered.Add(1)
+				pairDelivered[s].Add(1)
+				lastDelivery.Store(now)
+				lat[r] = append(lat[r], time.Duration(now-sentAt[s][q].Load()))
+			}
+		})
+	}
+	senders := make([]*websocket.Conn, o.Pairs)
+	for s := range o.Pairs {
+		if senders[s], err = dial(s); err != nil {
+			return nil, err
+		}
+		defer senders[s].CloseNow()
+	}
+	// Let the relay register every session before the clock starts.
+	time.Sleep(200 * time.Millisecond)
+
+	stop := make(chan struct{})
+	total := int64(o.Pairs * o.Messages)
+	start := time.Now()
+	go progress(o.Progress, stop, func(el time.Duration) string {
+		d := delivered.Load()
+		return fmt.Sprintf("[%s] sent %d/%d  delivered %d  %.0f/s", el, sent.Load(), total, d, float64(d)/time.Since(start).Seconds())
+	})
+	var perSender time.Duration // pause between sends of one sender
+	if o.Rate > 0 {
+		perSender = time.Duration(float64(time.Second) * float64(o.Pairs) / float64(o.Rate))
+	}
+	var swg sync.WaitGroup
+	var sendErr atomic.Pointer[error]
+	for s := range o.Pairs {
+		swg.Go(func() {
+			next := time.Now()
+			for q, f := range frames[s] {
+				if perSender > 0 {
+					next = next.Add(perSender)
+					if d := time.Until(next); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				for o.Window > 0 && int64(q)-pairDelivered[s].Load() >= int64(o.Window) {
+					if ctx.Err() != nil {
+						return
+					}
+					time.Sleep(50 * time.Microsecond)
+				}
+				sentAt[s][q].Store(time.Now().UnixNano())
+				if err := senders[s].Write(ctx, websocket.MessageBinary, f); err != nil {
+					sendErr.CompareAndSwap(nil, &err)
+					return
+				}
+				sent.Add(1)
+			}
+		})
+	}
+	swg.Wait()
+	// Drain: until everything arrived, or no progress for o.Drain.
+	last, lastChange := delivered.Load(), time.Now()
+	for delivered.Load() < sent.Load() && time.Since(lastChange) < o.Drain && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+		if d := delivered.Load(); d != last {
+			last, lastChange = d, time.Now()
+		}
+	}
+	close(stop)
+	stopRecv()
+	for _, c := range senders {
+		c.CloseNow()
+	}
+	rwg.Wait()
+	if p := sendErr.Load(); p != nil && !errors.Is(*p, context.Canceled) {
+		return nil, fmt.Errorf("send: %w", *p)
+	}
+
+	res := &RelayResult{Pairs: o.Pairs, PayloadSize: o.PayloadSize, Window: o.Window, Sent: sent.Load(), Delivered: delivered.Load(), Duplicates: dups.Load()}
+	res.Lost = res.Sent - res.Delivered
+	if end := lastDelivery.Load(); end > 0 {
+		res.Elapsed = time.Unix(0, end).Sub(start)
+		res.PerSecond = float64(res.Delivered) / res.Elapsed.Seconds()
+	}
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	res.Latency = summarize(all)
+	stats := rl.Stats()
+	res.RelayRouted, res.RelayDrops = stats.Routed, nonZero(stats.Dropped)
+	return res, nil
+}
+
+func parseUID(b []byte) (sender, seq int, ok bool) {
+	s, q, found := strings.Cut(string(b), "-")
+	if !found {
+		return 0, 0, false
+	}
+	a, err1 := strconv.Atoi(s)
+	c, err2 := strconv.Atoi(q)
+	return a, c, err1 == nil && err2 == nil
+}
+
+func nonZero(m map[string]uint64) map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range m {
+		if v > 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
