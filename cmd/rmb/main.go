@@ -23,6 +23,8 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // command is one subcommand. run returns the process exit code.
@@ -48,6 +50,7 @@ func register(name, summary string, run func(ctx context.Context, env *env, args
 }
 
 func main() {
+	redis.SetLogger(quietRedis{})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, &env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:])
 	stop()
@@ -95,17 +98,38 @@ func newFlags(e *env, name, usageLine string) *flag.FlagSet {
 	return fs
 }
 
-// parse parses flags; it returns (exit code, false) when the command should
-// stop: 0 after --help, 2 on a usage error.
+// parse parses flags, which may come before, between or after positional
+// arguments (fs.Args() holds those afterwards); it returns (exit code,
+// false) when the command should stop: 0 after --help, 2 on a usage error.
 func parse(fs *flag.FlagSet, args []string) (int, bool) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, false
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0, false
+			}
+			return 2, false
 		}
-		return 2, false
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if rest[0] == "--" {
+			positional = append(positional, rest[1:]...)
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
 	}
+	fs.Parse(append([]string{"--"}, positional...))
 	return 0, true
 }
+
+// quietRedis keeps go-redis from printing its own connection-pool logs;
+// commands report Redis errors themselves.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
 
 // listFlag is a repeatable string flag.
 type listFlag []string

@@ -72,7 +72,7 @@ func TestUsageAndHelp(t *testing.T) {
 	if r := rmb(t, nil, "frobnicate"); r.code != 2 || !strings.Contains(r.stderr, `unknown command "frobnicate"`) {
 		t.Errorf("unknown command: %+v", r)
 	}
-	for _, c := range []string{"keygen", "register", "whois", "call", "serve", "demo"} {
+	for _, c := range []string{"keygen", "register", "whois", "call", "serve", "demo", "deadletter"} {
 		r := rmb(t, nil, c, "--help")
 		if r.code != 0 || !strings.Contains(r.stderr, "usage: rmb "+c) {
 			t.Errorf("%s --help: %+v", c, r)
@@ -206,3 +206,63 @@ func TestServeAndCallOverRedis(t *testing.T) {
 func hexs(b []byte) string { return hex.EncodeToString(b) }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
+
+func TestDeadletter(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "list"); r.code != 0 || !strings.Contains(r.stdout, "no dead letters") {
+		t.Fatalf("empty list: %+v", r)
+	}
+	entry := func(queue, msg, reason string) string {
+		b, _ := json.Marshal(redisapi.DeadLetter{Queue: queue, Message: msg, Reason: reason, Code: 101, Time: time.Now()})
+		return string(b)
+	}
+	garbage := entry(redisapi.QueueLocal, "{not json", "bad JSON: unexpected end")
+	undeliverable := entry(redisapi.QueueLocal, `{"ver":1,"cmd":"x","dst":[5],"ret":"r"}`, "no relay before the TTL")
+	rdb.LPush(ctx, redisapi.QueueDeadLetter, garbage, undeliverable, "not even json")
+
+	r := rmb(t, nil, "deadletter", "--redis", s.URL(), "list")
+	if r.code != 0 || !strings.Contains(r.stdout, "bad JSON") || !strings.Contains(r.stdout, "no relay before the TTL") || !strings.Contains(r.stdout, "entry is not JSON") {
+		t.Fatalf("list: %+v", r)
+	}
+	idGarbage, idUndeliverable := letterID(garbage), letterID(undeliverable)
+	if r := rmb(t, nil, "deadletter", "show", idUndeliverable, "--redis", s.URL()); r.code != 0 || !strings.Contains(r.stdout, `"reason": "no relay before the TTL"`) {
+		t.Errorf("show: %+v", r)
+	}
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "show", "ffffffffff"); r.code != 1 || !strings.Contains(r.stderr, "no dead letter") {
+		t.Errorf("show unknown: %+v", r)
+	}
+	// Requeue puts the original message back where it came from, once.
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "requeue", idUndeliverable); r.code != 0 || !strings.Contains(r.stdout, "requeued 1 of 1") {
+		t.Fatalf("requeue: %+v", r)
+	}
+	if got, _ := rdb.LRange(ctx, redisapi.QueueLocal, 0, -1).Result(); len(got) != 1 || got[0] != `{"ver":1,"cmd":"x","dst":[5],"ret":"r"}` {
+		t.Fatalf("after requeue %s holds %q", redisapi.QueueLocal, got)
+	}
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "requeue", idUndeliverable); r.code != 1 {
+		t.Errorf("second requeue of the same entry: %+v", r)
+	}
+	// An entry that is not JSON cannot be requeued, only dropped.
+	notJSON := letterID("not even json")
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "requeue", notJSON); r.code != 1 || !strings.Contains(r.stderr, "drop it instead") {
+		t.Errorf("requeue of garbage: %+v", r)
+	}
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "drop", idGarbage, notJSON); r.code != 0 || !strings.Contains(r.stdout, "dropped 2 of 2") {
+		t.Errorf("drop: %+v", r)
+	}
+	if n, _ := rdb.LLen(ctx, redisapi.QueueDeadLetter).Result(); n != 0 {
+		t.Errorf("%d dead letters left", n)
+	}
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "drop"); r.code != 1 || !strings.Contains(r.stderr, "--all") {
+		t.Errorf("drop without ids: %+v", r)
+	}
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "frob"); r.code != 1 || !strings.Contains(r.stderr, "unknown action") {
+		t.Errorf("unknown action: %+v", r)
+	}
+	rdb.LPush(ctx, redisapi.QueueDeadLetter, garbage, undeliverable)
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "drop", "--all"); r.code != 0 || !strings.Contains(r.stdout, "dropped 2 of 2") {
+		t.Errorf("drop --all: %+v", r)
+	}
+}

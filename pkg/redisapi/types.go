@@ -3,6 +3,7 @@ package redisapi
 import (
 	"encoding/base64"
 	"fmt"
+	"time"
 )
 
 // Queue names.
@@ -94,3 +95,19 @@ func decode(s string) ([]byte, error) {
 }
 
 func encode(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// DeadLetter is an entry of QueueDeadLetter: a message the peer could not
+// parse or deliver, kept verbatim with the reason so nothing is lost
+// silently. `rmb deadletter` lists, shows, requeues and drops them.
+type DeadLetter struct {
+	Queue   string    `json:"queue"`             // where the message came from (or was going)
+	Message string    `json:"message"`           // the original message, verbatim
+	Reason  string    `json:"reason"`            // why it was not handled
+	Dst     uint32    `json:"dst,omitempty"`     // the destination that failed, if one
+	Time    time.Time `json:"time"`              // when it was dead-lettered
+	Code    uint32    `json:"code,omitempty"`    // RMB error code, if one
+	Ref     string    `json:"ref,omitempty"`     // the client's ref, if known
+	Ret     string    `json:"ret,omitempty"`     // the client's ret queue, if known
+	UID     string    `json:"uid,omitempty"`     // envelope uid, if one was made
+	Details string    `json:"details,omitempty"` // anything else
+}
