@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests and the demo need, only when they
-# are missing: redis-server, protoc, python3 with redis-py. Uses apt-get
+# are missing: redis-server, protoc, python3 with redis-py, chromium (the
+# relay status page's browser test). Uses apt-get
 # (Debian/Ubuntu); elsewhere it says what to install and fails.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 /usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need+=(python3-redis)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [[ ${#need[@]} -eq 0 ]]; then
   exit 0

@@ -86,8 +86,11 @@ type Options struct {
 	// nil allows everything. Replace it at runtime with SetPolicy.
 	Policy *Policy
 	// AdminToken enables the /api/ admin endpoints, which then require
-	// "Authorization: Bearer <AdminToken>". Default "": admin API disabled.
+	// "Authorization: Bearer <AdminToken>", and the sessions list of the
+	// status page. Default "": admin API disabled.
 	AdminToken string
+	// Version is shown on the status page (GET /). Default "dev".
+	Version string
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -235,6 +238,7 @@ func (r *Relay) routes() http.Handler {
 	})
 	mux.HandleFunc("POST /{$}", r.handleFederation)
 	mux.Handle("/api/", r.adminHandler())
+	r.statusRoutes(mux) // GET /, /status.json, /status/events (status.go)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if isWebSocket(req) {
 			r.handleConnect(w, req)
