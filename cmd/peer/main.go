@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
@@ -310,7 +312,10 @@ func (m *Main) serveMetrics(ctx context.Context) error {
 	}
 	m.mln = ln
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.peer.Registry(), promhttp.HandlerOpts{}))
+	// The peer's metrics plus go_goroutines, go_memstats_* and process_*.
+	rt := prometheus.NewRegistry()
+	rt.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{m.peer.Registry(), rt}, promhttp.HandlerOpts{}))
 	m.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 	go m.metrics.Serve(ln)
 	m.log.Info("metrics listening", "addr", ln.Addr().String())

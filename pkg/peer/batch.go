@@ -4,48 +4,44 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// Per-message Redis work is coalesced: handlers hand their commands to one
-// of two loops, and each loop sends everything queued in one pipeline as
-// soon as the previous pipeline returned. An idle peer sends each command
-// at once, so coalescing adds no latency; a busy one sends many commands
-// per round trip. (This is the write coalescing of a send loop that
-// flushes when its queue runs dry.)
+// Per-message Redis work shares round trips. Nothing waits to fill a
+// batch: what is queued while one round trip is out goes in the next, so
+// an idle peer sends each command at once and a busy one many per round
+// trip (the write coalescing of a send loop that flushes when its queue
+// runs dry).
 //
-//   - pushLoop runs the bounded pushes (pushScript) and hands each caller
-//     its own result, so the bound holds exactly: Redis runs the scripts
-//     one after the other.
-//   - writeLoop runs the bookkeeping nobody waits for: LREM of handled
-//     messages from a processing list, and HSET/HDEL of the persisted
-//     pending requests (pending.go), in one MULTI/EXEC per batch. It runs
-//     them in the order they were queued, which pending.go relies on.
+//   - Bounded pushes, whose callers wait for the result, go through a
+//     combiner: the caller that finds it idle runs the batch itself (no
+//     goroutine handoff on the idle path), callers that come meanwhile
+//     queue and the first of them runs the next batch. A batch is one call
+//     of pushManyScript; Redis runs it atomically and checks each push
+//     against the bound in turn, so the bound holds exactly.
+//   - Bookkeeping nobody waits for (LREM of handled messages, HSET/HDEL of
+//     the persisted pending requests, pending.go) goes to writeLoop, one
+//     pipeline per batch (MULTI/EXEC when it persists a request). Batches
+//     run in the order they were queued, which pending.go relies on.
 
 const (
 	// maxBatch bounds the commands of one pipeline.
-	maxBatch = 256
+	maxBatch = 256 // also bounds the lists of one pushManyScript call
 	// popBatch bounds how many messages popLoop moves to a processing
 	// list in one round trip.
 	popBatch = 64
 )
 
-// errStopped means the peer stopped before a Redis command was sent.
-var errStopped = errors.New("peer: stopped")
-
-// pushOp is one bounded push waiting for pushLoop.
+// pushOp is one bounded push; runPushes sets n and err.
 type pushOp struct {
 	ctx   context.Context
 	queue string
 	b     []byte
-	res   chan pushResult // buffered 1; pushLoop sends exactly one result
-}
-
-type pushResult struct {
-	n   int64 // new length of the list, -1 when it was full
-	err error
+	n     int64 // new length of the list, -1 when it was full
+	err   error
 }
 
 // writeOp is bookkeeping for writeLoop. Each set field adds a command.
@@ -56,153 +52,156 @@ type writeOp struct {
 	forget     []string // HDEL these fields of PendingHash
 }
 
-// batchers are the two loops. Run starts them before the loops that use
-// them and stops them after those returned.
-type batchers struct {
-	pushes  chan *pushOp
-	writes  chan writeOp
-	stop    chan struct{} // closed to stop the loops
-	stopped chan struct{} // closed once both loops returned
+// combiner runs the ops of concurrent callers in batches, one batch at a
+// time, on the callers' own goroutines. The zero value is ready to use.
+type combiner[T any] struct {
+	mu    sync.Mutex
+	busy  bool       // a batch is running
+	queue []*slot[T] // waiting for the next batch; queue[0] will lead it
 }
 
-// startBatchers starts pushLoop and writeLoop. The returned function stops
-// them, after they have sent what is queued, and waits for them.
+type slot[T any] struct {
+	op   T
+	turn chan bool // buffered 1: true to lead the next batch, false when done
+}
+
+// do returns once run has been called with a batch holding op. The caller
+// that finds the combiner idle runs the batch; others wait, and the first
+// of them runs the next one, so every caller runs at most one batch.
+func (c *combiner[T]) do(op T, run func([]T)) {
+	me := &slot[T]{op: op, turn: make(chan bool, 1)}
+	c.mu.Lock()
+	c.queue = append(c.queue, me)
+	if c.busy {
+		c.mu.Unlock()
+		if !<-me.turn {
+			return // a leader ran it
+		}
+		c.mu.Lock()
+	}
+	// me is queue[0]: the queue was empty when idle, and a leader hands
+	// on to queue[0].
+	c.busy = true
+	n := min(len(c.queue), maxBatch)
+	batch := make([]*slot[T], n)
+	copy(batch, c.queue)
+	c.queue = append(c.queue[:0:0], c.queue[n:]...)
+	c.mu.Unlock()
+
+	ops := make([]T, n)
+	for i, s := range batch {
+		ops[i] = s.op
+	}
+	run(ops)
+
+	c.mu.Lock()
+	if len(c.queue) > 0 {
+		c.queue[0].turn <- true
+	} else {
+		c.busy = false
+	}
+	c.mu.Unlock()
+	for _, s := range batch[1:] {
+		s.turn <- false
+	}
+}
+
+// batchers is writeLoop's queue. Run starts it before the loops that use
+// it and stops it after those returned.
+type batchers struct {
+	writes  chan writeOp
+	stop    chan struct{} // closed to stop writeLoop
+	stopped chan struct{} // closed once writeLoop returned
+}
+
+// startBatchers starts writeLoop. The returned function stops it, after it
+// has sent what is queued, and waits for it; it may be called more than
+// once.
 func (p *Peer) startBatchers() (stop func()) {
 	b := &batchers{
-		pushes:  make(chan *pushOp, 4*maxBatch),
 		writes:  make(chan writeOp, 16*maxBatch),
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
 	p.batch = b
-	done := make(chan struct{}, 2)
-	go func() { p.pushLoop(b); done <- struct{}{} }()
-	go func() { p.writeLoop(b); done <- struct{}{} }()
-	go func() { <-done; <-done; close(b.stopped) }()
+	go func() {
+		defer close(b.stopped)
+		p.writeLoop(b)
+	}()
+	var once sync.Once
 	return func() {
-		close(b.stop)
+		once.Do(func() { close(b.stop) })
 		<-b.stopped
 	}
 }
 
-// collect returns first followed by whatever else is queued on ch, up to
-// maxBatch items, without waiting.
-func collect[T any](ch <-chan T, first T) []T {
-	batch := []T{first}
-	for len(batch) < maxBatch {
-		select {
-		case op := <-ch:
-			batch = append(batch, op)
-		default:
-			return batch
-		}
-	}
-	return batch
-}
-
-// next waits for the first queued item. After stop it returns what is
-// still queued and then ok == false.
-func next[T any](ch <-chan T, stop <-chan struct{}) (op T, ok bool) {
-	select {
-	case op = <-ch:
-		return op, true
-	case <-stop:
-	}
-	select {
-	case op = <-ch:
-		return op, true
-	default:
-		return op, false
-	}
-}
-
-// push runs pushScript for queue through pushLoop: the new list length, or
-// -1 when the list is at QueueLimit.
+// push pushes b onto queue unless queue holds QueueLimit entries: the new
+// list length, or -1 when the list is full. Concurrent pushes share round
+// trips.
 func (p *Peer) push(ctx context.Context, queue string, b []byte) (int64, error) {
-	op := &pushOp{ctx: ctx, queue: queue, b: b, res: make(chan pushResult, 1)}
-	select {
-	case p.batch.pushes <- op:
-	case <-p.batch.stopped:
-		return 0, errStopped
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	// pushLoop answers every op it took, quickly (one round trip); wait
-	// for it even when ctx ends so the answer tells what Redis did.
-	select {
-	case r := <-op.res:
-		return r.n, r.err
-	case <-p.batch.stopped:
-		select {
-		case r := <-op.res:
-			return r.n, r.err
-		default:
-			return 0, errStopped
-		}
-	}
+	op := &pushOp{ctx: ctx, queue: queue, b: b}
+	p.pushes.do(op, p.runPushes)
+	return op.n, op.err
 }
 
-func (p *Peer) pushLoop(b *batchers) {
-	for {
-		first, ok := next(b.pushes, b.stop)
-		if !ok {
-			return
-		}
-		p.runPushes(collect(b.pushes, first))
-	}
-}
+// pushManyScript LPUSHes ARGV[i+1] onto KEYS[i], for each i in turn,
+// unless that list already holds ARGV[1] entries. Redis runs it
+// atomically, so the bound holds exactly however the pushes are batched.
+// It returns, per push, the new length, -1 when the list was full, or the
+// error of that list alone.
+var pushManyScript = redis.NewScript(`
+local limit = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.pcall('LLEN', key)
+  if type(n) == 'table' then
+    out[i] = n
+  elseif n >= limit then
+    out[i] = -1
+  else
+    out[i] = redis.pcall('LPUSH', key, ARGV[i + 1])
+  end
+end
+return out
+`)
 
-// runPushes sends ops in one pipeline and answers each. An op whose
-// context ended is answered without being sent.
+// runPushes sends ops in one call of pushManyScript and sets the result
+// of each. An op whose context ended is not sent.
 func (p *Peer) runPushes(ops []*pushOp) {
+	keys := make([]string, 0, len(ops))
+	args := make([]any, 1, 1+len(ops))
+	args[0] = p.opts.QueueLimit
 	live := ops[:0:0]
 	for _, op := range ops {
-		if err := op.ctx.Err(); err != nil {
-			op.res <- pushResult{err: err}
+		if op.err = op.ctx.Err(); op.err != nil {
 			continue
 		}
 		live = append(live, op)
+		keys = append(keys, op.queue)
+		args = append(args, op.b)
 	}
 	if len(live) == 0 {
 		return
 	}
-	// The pipeline is not cancelled with any one caller: go-redis bounds
-	// it with its read and write timeouts.
-	ctx := context.Background()
-	cmds := p.pushPipeline(ctx, live)
-	var again []int
-	for i, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			again = append(again, i)
-		}
+	// The call is not cancelled with any one caller: go-redis bounds it
+	// with its read and write timeouts.
+	res, err := pushManyScript.Run(context.Background(), p.rdb, keys, args...).Slice()
+	if err == nil && len(res) != len(live) {
+		err = fmt.Errorf("push script returned %d results for %d pushes", len(res), len(live))
 	}
-	if len(again) > 0 {
-		// The script cache was flushed (or Redis restarted): load it once
-		// and send those again.
-		if err := pushScript.Load(ctx, p.rdb).Err(); err == nil {
-			retry := make([]*pushOp, len(again))
-			for j, i := range again {
-				retry[j] = live[i]
-			}
-			for j, c := range p.pushPipeline(ctx, retry) {
-				cmds[again[j]] = c
+	for i, op := range live {
+		op.err = err
+		if err == nil {
+			switch v := res[i].(type) {
+			case int64:
+				op.n = v
+			case error:
+				op.err = v
+			default:
+				op.err = fmt.Errorf("push script returned %T", v)
 			}
 		}
 	}
-	for i, c := range cmds {
-		n, err := c.Int64()
-		live[i].res <- pushResult{n: n, err: err}
-	}
-}
-
-func (p *Peer) pushPipeline(ctx context.Context, ops []*pushOp) []*redis.Cmd {
-	pipe := p.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(ops))
-	for i, op := range ops {
-		cmds[i] = pushScript.EvalSha(ctx, pipe, []string{op.queue}, p.opts.QueueLimit, op.b)
-	}
-	pipe.Exec(ctx) // errors are on each command
-	return cmds
 }
 
 // write queues bookkeeping for writeLoop. It blocks while the queue is
@@ -216,36 +215,70 @@ func (p *Peer) write(op writeOp) {
 	}
 }
 
+// writeLoop sends the queued bookkeeping until stop is closed, then what
+// is still queued.
 func (p *Peer) writeLoop(b *batchers) {
 	for {
-		first, ok := next(b.writes, b.stop)
-		if !ok {
-			return
+		var first writeOp
+		select {
+		case first = <-b.writes:
+		case <-b.stop:
+			select {
+			case first = <-b.writes:
+			default:
+				return
+			}
 		}
-		p.runWrites(collect(b.writes, first))
+		batch := []writeOp{first}
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case op := <-b.writes:
+				batch = append(batch, op)
+			default:
+				break more
+			}
+		}
+		p.runWrites(batch)
 	}
 }
 
-// runWrites sends ops in one MULTI/EXEC, so the HSET of a request and the
-// LREM of the message it came from happen together or not at all. A
-// failed round trip is retried a few times; after that the messages stay
-// in their processing list and are handled again on the next start.
+// runWrites sends ops in one pipeline, in a MULTI/EXEC when it persists a
+// request, so the HSET of a request and the LREM of the message it came
+// from happen together or not at all. A failed round trip is retried a
+// few times; after that the messages stay in their processing list and
+// are handled again on the next start.
 func (p *Peer) runWrites(ops []writeOp) {
 	ctx := context.Background()
+	tx := false
+	for _, op := range ops {
+		tx = tx || op.persist != ""
+	}
 	for i := 0; ; i++ {
-		pipe := p.rdb.TxPipeline()
+		pipe := p.rdb.Pipeline()
+		if tx {
+			pipe = p.rdb.TxPipeline()
+		}
+		var hset []any
+		var hdel []string
 		for _, op := range ops {
 			if op.persist != "" {
-				if fields := p.pendingFields(op.persist); len(fields) > 0 {
-					pipe.HSet(ctx, PendingHash, fields...)
-				}
+				hset = append(hset, p.pendingFields(op.persist)...)
 			}
+			hdel = append(hdel, op.forget...)
+		}
+		// Within a batch no field is both written and deleted: an HDEL is
+		// queued only after the HSET of its field was built (pending.go).
+		if len(hset) > 0 {
+			pipe.HSet(ctx, PendingHash, hset...)
+		}
+		for _, op := range ops {
 			if op.processing != "" {
 				pipe.LRem(ctx, op.processing, 1, op.raw)
 			}
-			if len(op.forget) > 0 {
-				pipe.HDel(ctx, PendingHash, op.forget...)
-			}
+		}
+		if len(hdel) > 0 {
+			pipe.HDel(ctx, PendingHash, hdel...)
 		}
 		if pipe.Len() == 0 {
 			return

@@ -201,9 +201,10 @@ type pending struct {
 // startRequest registers the request, then builds, signs and sends one
 // envelope per destination, retrying until the deadline. A destination
 // that cannot be reached is answered with an error through deliver and
-// reported to failed (may be nil).
+// reported to failed (may be nil). It returns false when ctx ended before
+// every destination was handled.
 func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint32,
-	deliver func(context.Context, *Response), failed func(dst uint32, e *Error)) {
+	deliver func(context.Context, *Response), failed func(dst uint32, e *Error)) bool {
 	deadline := spec.deadline()
 	pd := &pending{
 		uid:      spec.uid,
@@ -228,7 +229,7 @@ func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint3
 		if e == nil {
 			if err := p.send(sctx, b, deadline); err != nil {
 				if ctx.Err() != nil {
-					return // stopping: the caller keeps the request for later
+					return false // stopping: the caller keeps the request for later
 				}
 				e = &Error{Code: envelope.CodeUndeliverable, Message: fmt.Sprintf("request to twin %d not delivered: %v", d, errUndeliverable)}
 			} else {
@@ -242,6 +243,9 @@ func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint3
 				p.pendMu.Unlock()
 			}
 		}
+		if e != nil && ctx.Err() != nil {
+			return false // the registrar lookup was cut short by the stop
+		}
 		if e != nil {
 			if failed != nil {
 				failed(d, e)
@@ -249,6 +253,7 @@ func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint3
 			p.complete(ctx, spec.uid, d, &Response{Source: d, Timestamp: time.Now(), Err: e})
 		}
 	}
+	return true
 }
 
 // buildRequest makes the signed envelope of spec for dst, encrypted when
@@ -278,7 +283,17 @@ func (p *Peer) buildRequest(ctx context.Context, spec *requestSpec, dst uint32) 
 	if err != nil {
 		return nil, &Error{Code: envelope.CodeInternal, Message: err.Error()}
 	}
+	if len(b) > envelope.DefaultMaxSize {
+		// A relay closes the connection on such a frame (1009), and the
+		// request would be sent again on every reconnection.
+		return nil, &Error{Code: envelope.CodeBadPayload, Message: errTooBig(len(b)).Error()}
+	}
 	return b, nil
+}
+
+// errTooBig says an envelope would exceed what relays accept.
+func errTooBig(n int) error {
+	return fmt.Errorf("envelope of %d bytes is over the %d-byte limit of relays", n, envelope.DefaultMaxSize)
 }
 
 // setPayload puts payload in cipher when the twin has an e2e key, else in

@@ -18,21 +18,34 @@
 // reference peer), reads binary envelopes, pings every PingInterval and
 // reconnects with jittered exponential backoff. Sends go to a healthy
 // connection, round-robin, and fail over to the next on a write error; with
-// no connection up they wait for one until the envelope's deadline.
+// no connection up they wait for one until the envelope's deadline. A
+// send that finds its connection idle writes at once; envelopes sent while
+// a write is out are written together by the next sender, with the
+// network connection corked, so they share one syscall.
 //
 // # Outgoing requests (client -> peer -> relay)
 //
-//	msgbus.system.local --BLMOVE--> msgbus.system.local.processing
+//	msgbus.system.local --BLMOVE/LMOVE--> msgbus.system.local.processing
 //	  decode; garbage -> msgbus.system.deadletter (+ error on ret if known)
 //	  one uid, one signed envelope per destination (cipher when the
 //	  destination has an e2e key, else plain); remember uid -> (ret, ref,
 //	  deadline, destinations)
 //	  sent, or undeliverable before the TTL -> error on ret + dead letter
-//	LREM from the processing list
+//	MULTI; HSET msgbus.system.pending <uid>/<dst> ...; LREM processing; EXEC
 //
 // A request stays in the processing list until it was handed to a relay,
 // so a peer that stops or crashes sends it again on the next start
 // (at-least-once: a crash between the send and the LREM sends it twice).
+//
+// Which request an answer belongs to survives a restart: once sent, each
+// destination still waiting is a field of the hash msgbus.system.pending
+// (ret, ref, deadline, signed envelope), written in the same transaction
+// as the LREM, deleted once its answer or 408 was pushed on ret. Run loads
+// the hash before it connects to a relay, so answers the relay kept while
+// the peer was down reach the client, and requests that ran out of time
+// get their 408. (A crash between pushing an answer and deleting its field
+// gives the client a second, spurious 408 at the deadline; see
+// pending.go.)
 //
 // # Incoming envelopes (relay -> peer)
 //
@@ -55,6 +68,21 @@
 // pushed on the client's ret with its ref restored. An answer with an
 // unknown or expired uid is dropped and counted. When the deadline passes,
 // every destination that did not answer gets an error with code 408.
+//
+// # Batching
+//
+// Per-message Redis work shares round trips while keeping each message's
+// guarantees (batch.go). popLoop blocks in BLMOVE only when the queue ran
+// dry and otherwise moves up to 64 messages per call with a Lua loop of
+// LMOVEs, so every popped message is in the processing list before a
+// worker sees it. A fixed pool of Workers goroutines handles them.
+// Bounded pushes from concurrent handlers are combined: the handler that
+// finds no push under way sends at once, the pushes queued meanwhile go
+// out together as one Lua call, which Redis runs atomically, checking the
+// bound before each push, so it holds exactly. LREMs and pending-hash
+// writes go to a loop that sends what is queued as one pipeline; Run
+// stops it last. Nothing waits to fill a batch, so batching adds no
+// latency.
 //
 // # No silent loss
 //

@@ -36,6 +36,10 @@ type seenEntry struct {
 // left.
 const errorTTL = 60
 
+// maxClockSkew is how far beyond now + envelope.MaxTTL an incoming
+// envelope's deadline may lie.
+const maxClockSkew = time.Minute
+
 func (p *Peer) inboundWorker(ctx context.Context) {
 	for {
 		select {
@@ -86,6 +90,16 @@ func (p *Peer) handleEnvelope(ctx context.Context, b []byte) {
 		return
 	case env.Expired(now):
 		fail(dropExpired, envelope.CodeExpired, "envelope expired")
+		return
+	case env.Deadline().After(now.Add(envelope.MaxTTL*time.Second + maxClockSkew)):
+		// No peer stamps such a deadline (the TTL is clamped to MaxTTL).
+		// Accepted, it would pin a duplicate-filter entry, and the answer,
+		// for as long as it claims.
+		p.metrics.dropped.WithLabelValues(dropExpired).Inc()
+		if isReq {
+			p.sendError(ctx, env.Uid, src, envelope.CodeExpired, "envelope deadline is too far in the future",
+				now.Add(errorTTL*time.Second))
+		}
 		return
 	}
 	twin, err := p.reg.Twin(ctx, src.twin)
@@ -178,11 +192,18 @@ func (p *Peer) checkSeen(key seenKey, expires time.Time) (dup bool, response []b
 		return true, e.response
 	}
 	p.seen[key] = &seenEntry{expires: expires}
+	// Keep entries a little past the deadline: clocks differ.
+	sec := expires.Unix() + seenGrace
+	p.seenSweep[sec] = append(p.seenSweep[sec], key)
 	return false, nil
 }
 
-// requestDeadline returns the deadline of an incoming request we saw and
-// stores its signed answer.
+// seenGrace is how many seconds past its deadline an envelope is still
+// recognized as a duplicate.
+const seenGrace = 30
+
+// rememberAnswer returns the deadline of an incoming request we saw and
+// stores its signed answer (unless answer is nil).
 func (p *Peer) rememberAnswer(uid string, dst address, answer []byte) (deadline time.Time, ok bool) {
 	p.seenMu.Lock()
 	defer p.seenMu.Unlock()
@@ -196,18 +217,24 @@ func (p *Peer) rememberAnswer(uid string, dst address, answer []byte) (deadline 
 	return e.expires, true
 }
 
+// requestDeadline returns the deadline of an incoming request we saw.
 func (p *Peer) requestDeadline(uid string, dst address) (time.Time, bool) {
 	return p.rememberAnswer(uid, dst, nil)
 }
 
+// sweepSeen forgets the entries whose time has come. It visits the
+// seconds that have passed, not every entry.
 func (p *Peer) sweepSeen(now time.Time) {
 	p.seenMu.Lock()
 	defer p.seenMu.Unlock()
-	for k, e := range p.seen {
-		// Keep entries a little past the deadline: clocks differ.
-		if now.Sub(e.expires) > 30*time.Second {
+	for sec, keys := range p.seenSweep {
+		if sec >= now.Unix() {
+			continue
+		}
+		for _, k := range keys {
 			delete(p.seen, k)
 		}
+		delete(p.seenSweep, sec)
 	}
 }
 
@@ -314,6 +341,15 @@ func (p *Peer) sendAnswer(ctx context.Context, uid string, dst address, data []b
 	b, err := envelope.Marshal(env)
 	if err != nil {
 		return err
+	}
+	if len(b) > envelope.DefaultMaxSize {
+		// The relay would close the connection on it: answer with an
+		// error instead, and report the answer as not delivered.
+		tooBig := errTooBig(len(b))
+		if e == nil {
+			p.sendAnswer(ctx, uid, dst, nil, "", &Error{Code: envelope.CodeInternal, Message: "response " + tooBig.Error()}, deadline)
+		}
+		return tooBig
 	}
 	p.rememberAnswer(uid, dst, b)
 	if err := p.send(sctx, b, deadline); err != nil {

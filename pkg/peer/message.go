@@ -83,6 +83,11 @@ func (t *Twins) UnmarshalJSON(b []byte) error {
 		*t = nil
 		return nil
 	case len(b) > 0 && b[0] == '[':
+		var nums []uint32
+		if json.Unmarshal(b, &nums) == nil { // the usual [1,2]
+			*t = nums
+			return nil
+		}
 		var list []json.RawMessage
 		if err := json.Unmarshal(b, &list); err != nil {
 			return err

@@ -167,6 +167,8 @@ type Peer struct {
 	rr        atomic.Uint32 // round-robin start for sends
 	inbound   chan inboundMsg
 	resendReq chan struct{} // wakes the resender; buffered 1
+	batch     *batchers     // set by Run before anything uses Redis
+	pushes    combiner[*pushOp]
 
 	stateMu sync.Mutex
 	stateCh chan struct{} // closed and replaced when a relay connects or drops
@@ -177,8 +179,9 @@ type Peer struct {
 	pendMu  sync.Mutex
 	pending map[string]*pending // by uid
 
-	seenMu sync.Mutex
-	seen   map[seenKey]*seenEntry
+	seenMu    sync.Mutex
+	seen      map[seenKey]*seenEntry
+	seenSweep map[int64][]seenKey // keys of seen by the unix second they may go
 
 	runMu   sync.Mutex
 	running bool
@@ -210,6 +213,7 @@ func New(opts *Options) (*Peer, error) {
 		handlers:  make(map[string]Handler),
 		pending:   make(map[string]*pending),
 		seen:      make(map[seenKey]*seenEntry),
+		seenSweep: make(map[int64][]seenKey),
 		done:      make(chan struct{}),
 	}
 	p.metrics = newMetrics(func() float64 {
@@ -278,6 +282,16 @@ func (p *Peer) Run(ctx context.Context) error {
 	if err := p.register(ctx); err != nil {
 		return err
 	}
+	if p.rdb != nil {
+		// The batchers outlive every goroutine below (deferred after
+		// wg.Wait): handlers still write while they stop.
+		defer p.startBatchers()()
+		// Answers the relays kept for us while we were down come in as
+		// soon as we connect: know their requests first.
+		if err := p.loadPending(ctx); err != nil {
+			return nil // stopped while Redis was unavailable
+		}
+	}
 	close(p.ready)
 	p.log.Info("peer ready", "twin", p.Twin(), "relays", p.domains, "redis", p.rdb != nil)
 
@@ -289,7 +303,7 @@ func (p *Peer) Run(ctx context.Context) error {
 	for _, r := range p.relays {
 		goRun(r.run)
 	}
-	for range min(p.opts.Workers, 8) {
+	for range p.opts.Workers {
 		goRun(p.inboundWorker)
 	}
 	goRun(p.sweeper)

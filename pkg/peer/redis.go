@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -49,19 +50,13 @@ type DeadLetter struct {
 
 var errQueueFull = errors.New("queue is full")
 
-// pushScript LPUSHes ARGV[2] onto KEYS[1] unless the list already holds
-// ARGV[1] entries; it returns the new length or -1 when full.
-var pushScript = redis.NewScript(`
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return -1 end
-return redis.call('LPUSH', KEYS[1], ARGV[2])
-`)
-
 // pushBounded pushes b onto queue, refusing (errQueueFull) when the queue
-// is at its bound, and retrying Redis failures until deadline.
+// is at its bound, and retrying Redis failures until deadline. Concurrent
+// pushes share round trips (batch.go).
 func (p *Peer) pushBounded(ctx context.Context, queue string, b []byte, deadline time.Time) error {
 	delay := 50 * time.Millisecond
 	for {
-		n, err := pushScript.Run(ctx, p.rdb, []string{queue}, p.opts.QueueLimit, b).Int64()
+		n, err := p.push(ctx, queue, b)
 		if err == nil {
 			if n < 0 {
 				return fmt.Errorf("%s: %w (%d entries)", queue, errQueueFull, p.opts.QueueLimit)
@@ -116,6 +111,10 @@ func (p *Peer) deliverToQueue(ret, ref string, deadline time.Time) func(context.
 		if now := time.Now(); until.Before(now) {
 			until = now
 		}
+		// The answer cannot be had again: a peer that is stopping still
+		// pushes it, for a little while.
+		ctx, cancel := detach(ctx, stopGrace)
+		defer cancel()
 		if err := p.pushBounded(ctx, ret, b, until.Add(30*time.Second)); err != nil {
 			p.deadLetter(context.WithoutCancel(ctx), &DeadLetter{Queue: ret, Message: string(b),
 				Reason: "cannot push response to ret queue: " + err.Error(), Ref: ref, Ret: ret})
@@ -123,24 +122,45 @@ func (p *Peer) deliverToQueue(ret, ref string, deadline time.Time) func(context.
 	}
 }
 
+// stopGrace is how long answers are still pushed to Redis after the peer
+// was asked to stop.
+const stopGrace = 2 * time.Second
+
+// detach returns a context that ends grace after ctx ends, not with it.
+func detach(ctx context.Context, grace time.Duration) (context.Context, context.CancelFunc) {
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(grace, cancel) })
+	return dctx, func() { stop(); cancel() }
+}
+
 // popLoop moves messages from queue to its processing list and hands each
 // to handle on a bounded set of goroutines. Messages left in the
 // processing list by an earlier run are handled first. handle removes the
-// message from the processing list when done with it.
+// message from the processing list when done with it (finish).
+//
+// While messages keep coming, each round trip moves a batch of them
+// (moveScript); once a batch comes back short, popLoop blocks in BLMOVE,
+// hands the message it gets to a worker at once and then looks for more.
 func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle func(context.Context, string)) {
-	sem := make(chan struct{}, p.opts.Workers)
-	run := func(raw string) {
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem }()
-			handle(ctx, raw)
-		}()
+	// Long-lived workers: a goroutine per message would grow a new stack
+	// for the crypto every time.
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range p.opts.Workers {
+		wg.Go(func() {
+			for raw := range work {
+				handle(ctx, raw)
+			}
+		})
 	}
-	defer func() {
-		for range cap(sem) { // wait for the handlers
-			sem <- struct{}{}
+	defer wg.Wait()
+	defer close(work)
+	run := func(raw string) {
+		select {
+		case work <- raw:
+		case <-ctx.Done(): // stays in the processing list
 		}
-	}()
+	}
 	recovered := false
 	delay := 100 * time.Millisecond
 	fail := func(what string, err error) {
@@ -151,6 +171,8 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 		}
 		delay = min(2*delay, 5*time.Second)
 	}
+	batch := min(p.opts.Workers, popBatch)
+	more := false // whether the queue may hold more than one message
 	for ctx.Err() == nil {
 		if !recovered {
 			left, err := p.rdb.LRange(ctx, processing, 0, -1).Result()
@@ -162,37 +184,44 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 				p.log.Info("handling messages left from an earlier run", "queue", processing, "count", len(left))
 			}
 			// Oldest first: the processing list is pushed on the left.
-			for i := len(left) - 1; i >= 0; i-- {
+			for i := len(left) - 1; i >= 0 && ctx.Err() == nil; i-- {
 				run(left[i])
 			}
 			recovered = true
 		}
-		raw, err := p.rdb.BLMove(ctx, queue, processing, "RIGHT", "LEFT", time.Second).Result()
-		switch {
-		case errors.Is(err, redis.Nil):
-			continue
-		case err != nil:
+		var msgs []string
+		var err error
+		if more {
+			msgs, err = p.moveBatch(ctx, queue, processing, batch)
+			// A short batch emptied the queue: block next time.
+			more = len(msgs) == batch
+		} else {
+			var raw string
+			raw, err = p.rdb.BLMove(ctx, queue, processing, "RIGHT", "LEFT", time.Second).Result()
+			if errors.Is(err, redis.Nil) {
+				continue
+			}
+			// Others may have come with it.
+			more = err == nil
+			msgs = []string{raw}
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			more = false
 			fail("pop", err)
 			continue
 		}
 		delay = 100 * time.Millisecond
-		run(raw)
-	}
-}
-
-// finish removes raw from a processing list.
-func (p *Peer) finish(ctx context.Context, processing, raw string) {
-	ctx = context.WithoutCancel(ctx)
-	for i := 0; i < 5; i++ {
-		if err := p.rdb.LRem(ctx, processing, 1, raw).Err(); err == nil {
-			return
-		} else {
-			p.log.Warn("cannot remove handled message from processing list", "queue", processing, "err", err)
+		// A message not handed to a worker when the peer stops stays in
+		// the processing list for the next run.
+		for _, raw := range msgs {
+			if ctx.Err() != nil {
+				return
+			}
+			run(raw)
 		}
-		time.Sleep(time.Duration(i+1) * 100 * time.Millisecond)
 	}
 }
 
@@ -224,7 +253,7 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) {
 				deliver(ctx, &Response{Source: dst, Timestamp: time.Now(), Err: &Error{Code: d.Code, Message: err.Error()}})
 			}
 		}
-		p.finish(ctx, LocalProcessing, raw)
+		p.finish(LocalProcessing, raw, "")
 		return
 	}
 	now := time.Now()
@@ -257,17 +286,20 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) {
 			p.metrics.errorCode(e.Code)
 			deliver(ctx, &Response{Source: dst, Timestamp: now, Err: e})
 		}
-		p.finish(ctx, LocalProcessing, raw)
+		p.finish(LocalProcessing, raw, "")
 		return
 	}
-	p.startRequest(ctx, spec, uniqueTwins(req.Dst), deliver, func(dst uint32, e *Error) {
+	spec.ret, spec.ref = req.Ret, req.Ref
+	sent := p.startRequest(ctx, spec, uniqueTwins(req.Dst), deliver, func(dst uint32, e *Error) {
 		p.deadLetter(ctx, &DeadLetter{Queue: LocalQueue, Message: raw, Reason: e.Message,
 			Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.Ret, UID: spec.uid})
 	})
-	if ctx.Err() != nil {
+	if !sent {
 		return // stopping: keep it in the processing list for the next run
 	}
-	p.finish(ctx, LocalProcessing, raw)
+	// Remove it from the processing list and persist the request in one
+	// transaction.
+	p.finish(LocalProcessing, raw, spec.uid)
 }
 
 // handleReply sends one service response.
@@ -275,7 +307,7 @@ func (p *Peer) handleReply(ctx context.Context, raw string) {
 	rep, err := DecodeOutgoingResponse([]byte(raw))
 	if err != nil {
 		p.deadLetter(ctx, &DeadLetter{Queue: ReplyQueue, Message: raw, Reason: err.Error(), Code: envelope.CodeMalformed})
-		p.finish(ctx, ReplyProcessing, raw)
+		p.finish(ReplyProcessing, raw, "")
 		return
 	}
 	dst, _ := parseAddress(rep.Dst)
@@ -297,5 +329,5 @@ func (p *Peer) handleReply(ctx context.Context, raw string) {
 		p.deadLetter(ctx, &DeadLetter{Queue: ReplyQueue, Message: raw, Reason: "response not delivered: " + err.Error(),
 			Dst: dst.twin, UID: rep.Ref})
 	}
-	p.finish(ctx, ReplyProcessing, raw)
+	p.finish(ReplyProcessing, raw, "")
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -31,16 +33,37 @@ type relayConn struct {
 	log    *slog.Logger
 
 	mu   sync.Mutex
-	conn *websocket.Conn // nil while disconnected
+	conn *wsConn // nil while disconnected
 }
 
-func (r *relayConn) current() *websocket.Conn {
+// wsConn is one live WebSocket connection. Envelopes are written in
+// batches (sends): the sender that finds the connection idle writes at
+// once, envelopes sent meanwhile are written together by the next one,
+// with the network connection corked so the batch costs one write.
+type wsConn struct {
+	ctx   context.Context // ends with the session
+	c     *websocket.Conn
+	cork  *corkConn // the network connection under c; nil if unknown
+	sends combiner[*sendOp]
+}
+
+// sendOp is one envelope to write; writeBatch sets err.
+type sendOp struct {
+	ctx context.Context
+	b   []byte
+	err error
+}
+
+// maxFlush bounds the bytes corkConn holds back and keeps allocated.
+const maxFlush = 1 << 20
+
+func (r *relayConn) current() *wsConn {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.conn
 }
 
-func (r *relayConn) setConn(c *websocket.Conn) {
+func (r *relayConn) setConn(c *wsConn) {
 	r.mu.Lock()
 	r.conn = c
 	r.mu.Unlock()
@@ -94,10 +117,13 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 		u = u[:i]
 	}
 	dctx, cancel := context.WithTimeout(ctx, p.opts.WriteTimeout)
-	c, resp, err := websocket.Dial(dctx, u+"?"+token, nil)
+	c, cork, resp, err := dial(dctx, u+"?"+token)
 	cancel()
 	if err != nil {
 		p.metrics.relayDials.WithLabelValues(r.url, "error").Inc()
+		// A failed handshake quotes the URL, and the token in it is a
+		// credential for its lifetime: keep it out of the logs.
+		err = redactToken(err, token)
 		if resp != nil {
 			return false, fmt.Errorf("dial %s: HTTP %d: %w", r.url, resp.StatusCode, err)
 		}
@@ -106,13 +132,14 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 	p.metrics.relayDials.WithLabelValues(r.url, "ok").Inc()
 	c.SetReadLimit(envelope.DefaultMaxSize + 1024)
 	sctx, scancel := context.WithCancel(ctx)
+	wc := &wsConn{ctx: sctx, c: c, cork: cork}
 	defer func() {
 		scancel()
 		c.CloseNow()
 		r.setConn(nil)
 		p.connectionLost()
 	}()
-	r.setConn(c)
+	r.setConn(wc)
 	r.log.Info("relay connected", "twin", p.Twin())
 	go r.pinger(sctx, c)
 	for {
@@ -152,20 +179,58 @@ func (r *relayConn) pinger(ctx context.Context, c *websocket.Conn) {
 	}
 }
 
-// write sends one serialized envelope if the connection is up. A failed
-// write closes the connection so run reconnects.
+// errNotConnected means the relay connection is down or went down before
+// the envelope was written.
+var errNotConnected = errors.New("not connected")
+
+// write sends one serialized envelope if the connection is up and waits
+// until it was written, together with the envelopes other goroutines
+// send at the same time. A failed write closes the connection so run
+// reconnects.
 func (r *relayConn) write(ctx context.Context, b []byte) error {
-	c := r.current()
-	if c == nil {
-		return errors.New("not connected")
+	wc := r.current()
+	if wc == nil {
+		return errNotConnected
 	}
-	wctx, cancel := context.WithTimeout(ctx, r.p.opts.WriteTimeout)
+	op := &sendOp{ctx: ctx, b: b}
+	wc.sends.do(op, func(batch []*sendOp) { r.writeBatch(wc, batch) })
+	return op.err
+}
+
+// writeBatch writes the envelopes of batch and flushes them together. The
+// writes are bounded by WriteTimeout and the session, not by one sender.
+func (r *relayConn) writeBatch(wc *wsConn, batch []*sendOp) {
+	wctx, cancel := context.WithTimeout(wc.ctx, r.p.opts.WriteTimeout)
 	defer cancel()
-	if err := c.Write(wctx, websocket.MessageBinary, b); err != nil {
-		c.CloseNow()
-		return err
+	corked := wc.cork != nil && len(batch) > 1
+	if corked {
+		wc.cork.cork()
 	}
-	return nil
+	var err error
+	for _, op := range batch {
+		if op.err = op.ctx.Err(); op.err != nil {
+			continue // the sender gave up
+		}
+		if err = wc.c.Write(wctx, websocket.MessageBinary, op.b); err != nil {
+			break
+		}
+	}
+	if corked {
+		deadline, _ := wctx.Deadline()
+		if ferr := wc.cork.uncork(deadline); err == nil {
+			err = ferr
+		}
+	}
+	if err != nil {
+		// The senders try another relay; one that was written after all
+		// is suppressed as a duplicate by the receiver.
+		for _, op := range batch {
+			if op.err == nil {
+				op.err = err
+			}
+		}
+		wc.c.CloseNow()
+	}
 }
 
 // send writes b on a healthy relay connection, trying the others when a
@@ -182,6 +247,9 @@ func (p *Peer) send(ctx context.Context, b []byte, deadline time.Time) error {
 				continue
 			}
 			if err := r.write(ctx, b); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
 				r.log.Warn("relay write failed; trying another relay", "err", err)
 				continue
 			}
@@ -211,4 +279,96 @@ func (p *Peer) connectionLost() {
 	case p.resendReq <- struct{}{}:
 	default:
 	}
+}
+
+// dial opens a WebSocket connection to u and returns it with the network
+// connection under it (under TLS for wss), wrapped so sendLoop can cork
+// it.
+func dial(ctx context.Context, u string) (*websocket.Conn, *corkConn, *http.Response, error) {
+	var (
+		mu   sync.Mutex
+		cork *corkConn
+	)
+	tr := &http.Transport{Proxy: http.ProxyFromEnvironment}
+	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+		tr = dt.Clone()
+	}
+	base := tr.DialContext
+	if base == nil {
+		base = (&net.Dialer{}).DialContext
+	}
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := base(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		cork = &corkConn{Conn: c}
+		return cork, nil
+	}
+	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+	if err != nil {
+		return nil, nil, resp, err
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return c, cork, resp, nil
+}
+
+// corkConn holds writes back in memory while corked and sends them in one
+// write when uncorked (what TCP_CORK does in the kernel). Uncorked, it
+// writes through. Other writers of the WebSocket (pings, pongs, close)
+// may write while it is corked; their frames go out with the batch.
+type corkConn struct {
+	net.Conn
+	mu     sync.Mutex
+	corked bool
+	buf    []byte
+}
+
+func (c *corkConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked {
+		c.buf = append(c.buf, b...)
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// uncork writes what was held back, giving up at deadline (zero: none).
+func (c *corkConn) uncork(deadline time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if len(c.buf) == 0 {
+		return nil
+	}
+	c.Conn.SetWriteDeadline(deadline)
+	_, err := c.Conn.Write(c.buf)
+	c.Conn.SetWriteDeadline(time.Time{})
+	if cap(c.buf) > maxFlush {
+		c.buf = nil // do not keep a large buffer for an idle connection
+	} else {
+		c.buf = c.buf[:0]
+	}
+	if err != nil {
+		return fmt.Errorf("flush to relay: %w", err)
+	}
+	return nil
+}
+
+// redactToken replaces token in the text of err.
+func redactToken(err error, token string) error {
+	if !strings.Contains(err.Error(), token) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), token, "<token>"))
 }

@@ -1,0 +1,261 @@
+package peer
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/registrar"
+)
+
+// noRegistrar is never called: these tests use the Redis side only.
+type noRegistrar struct{}
+
+func (noRegistrar) Twin(context.Context, uint32) (*registrar.Twin, error) {
+	return nil, errors.New("no registrar")
+}
+func (noRegistrar) TwinByPublicKey(context.Context, []byte) (*registrar.Twin, error) {
+	return nil, errors.New("no registrar")
+}
+func (noRegistrar) Register(context.Context, *identity.Identity, []string) (*registrar.Twin, error) {
+	return nil, errors.New("no registrar")
+}
+func (noRegistrar) Update(context.Context, *identity.Identity, uint32, []string, []byte) (*registrar.Twin, error) {
+	return nil, errors.New("no registrar")
+}
+
+// redisPeer is a peer that is not running, with its batchers started on
+// a private redis-server.
+func redisPeer(t *testing.T, limit int64) (*Peer, *redis.Client) {
+	t.Helper()
+	srv := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	seed := make([]byte, 32)
+	rand.Read(seed)
+	id, err := identity.FromSeed(seed, identity.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(&Options{Identity: id, Relays: []string{"ws://127.0.0.1:1"}, Registrar: noRegistrar{},
+		Redis: rdb, QueueLimit: limit, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.startBatchers())
+	return p, rdb
+}
+
+// scriptCalls is how many scripts Redis ran.
+func scriptCalls(t *testing.T, rdb *redis.Client) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(info, "\n") {
+		if strings.HasPrefix(line, "cmdstat_evalsha:") || strings.HasPrefix(line, "cmdstat_eval:") {
+			calls, _, _ := strings.Cut(strings.TrimPrefix(line[strings.IndexByte(line, ':')+1:], "calls="), ",")
+			c, _ := strconv.Atoi(calls)
+			n += c
+		}
+	}
+	return n
+}
+
+// Many concurrent pushes share round trips and still respect the bound
+// exactly, per list.
+func TestPushBoundExactUnderConcurrency(t *testing.T) {
+	const limit, pushers = 50, 400
+	p, rdb := redisPeer(t, limit)
+	ctx := context.Background()
+	before := scriptCalls(t, rdb)
+	var (
+		wg            sync.WaitGroup
+		mu            sync.Mutex
+		ok, full, bad = map[string]int{}, map[string]int{}, 0
+	)
+	start := make(chan struct{})
+	for i := range pushers {
+		queue := "q" + strconv.Itoa(i%2)
+		wg.Go(func() {
+			<-start
+			err := p.pushBounded(ctx, queue, []byte(strconv.Itoa(i)), time.Now().Add(5*time.Second))
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				ok[queue]++
+			case errors.Is(err, errQueueFull):
+				full[queue]++
+			default:
+				bad++
+				t.Errorf("push: %v", err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	for _, q := range []string{"q0", "q1"} {
+		n, err := rdb.LLen(ctx, q).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok[q] != limit || full[q] != pushers/2-limit || n != limit {
+			t.Errorf("%s: %d pushed, %d refused, %d in the list; want %d, %d, %d", q, ok[q], full[q], n, limit, pushers/2-limit, limit)
+		}
+	}
+	// Coalesced: fewer script runs than pushes.
+	if calls := scriptCalls(t, rdb) - before; calls >= pushers {
+		t.Errorf("%d script calls for %d pushes: not batched", calls, pushers)
+	} else {
+		t.Logf("%d pushes in %d script calls", pushers, calls)
+	}
+}
+
+// A push whose context ended is not sent.
+func TestPushCancelled(t *testing.T) {
+	p, rdb := redisPeer(t, 10)
+	cctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := p.push(cctx, "q", []byte("x")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled push: %v", err)
+	}
+	if n := rdb.LLen(context.Background(), "q").Val(); n != 0 {
+		t.Fatalf("cancelled push was sent: %d in the list", n)
+	}
+}
+
+// Every op of concurrent callers runs exactly once, in batches, and no
+// caller returns before its op ran.
+func TestCombiner(t *testing.T) {
+	var (
+		c       combiner[*int]
+		mu      sync.Mutex
+		batches int
+	)
+	run := func(ops []*int) {
+		mu.Lock()
+		batches++
+		mu.Unlock()
+		time.Sleep(time.Millisecond)
+		for _, op := range ops {
+			*op++
+		}
+	}
+	const n = 500
+	ops := make([]int, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			c.do(&ops[i], run)
+			if ops[i] != 1 {
+				t.Errorf("op %d returned after running %d times", i, ops[i])
+			}
+		})
+	}
+	wg.Wait()
+	if batches >= n || c.busy || len(c.queue) != 0 {
+		t.Fatalf("%d batches for %d ops; busy %v, %d queued", batches, n, c.busy, len(c.queue))
+	}
+}
+
+// moveBatch takes the oldest messages first, at most n, and leaves them in
+// the processing list.
+func TestMoveBatch(t *testing.T) {
+	p, rdb := redisPeer(t, 10)
+	ctx := context.Background()
+	for i := range 5 {
+		rdb.LPush(ctx, "in", fmt.Sprint(i))
+	}
+	got, err := p.moveBatch(ctx, "in", "in.processing", 3)
+	if err != nil || strings.Join(got, ",") != "0,1,2" {
+		t.Fatalf("first batch %v, %v", got, err)
+	}
+	got, _ = p.moveBatch(ctx, "in", "in.processing", 3)
+	if strings.Join(got, ",") != "3,4" {
+		t.Fatalf("second batch %v", got)
+	}
+	if got, err = p.moveBatch(ctx, "in", "in.processing", 3); err != nil || len(got) != 0 {
+		t.Fatalf("empty queue: %v, %v", got, err)
+	}
+	if n := rdb.LLen(ctx, "in.processing").Val(); n != 5 {
+		t.Fatalf("%d in processing, want 5", n)
+	}
+}
+
+// Removals from concurrent handlers are coalesced and all happen.
+func TestFinishBatched(t *testing.T) {
+	p, rdb := redisPeer(t, 10)
+	ctx := context.Background()
+	const n = 300
+	for i := range n {
+		rdb.LPush(ctx, "proc", fmt.Sprint(i))
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { p.finish("proc", fmt.Sprint(i), "") })
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for rdb.LLen(ctx, "proc").Val() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d left in the processing list", rdb.LLen(ctx, "proc").Val())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestPendingField(t *testing.T) {
+	for _, c := range []struct {
+		f   string
+		uid string
+		dst uint32
+		ok  bool
+	}{
+		{pendingField("0b9c6a2e-1f7d-4a53-9b1e-2d4f6a8c0e11", 42), "0b9c6a2e-1f7d-4a53-9b1e-2d4f6a8c0e11", 42, true},
+		{"a/b/7", "a/b", 7, true},
+		{"uid/0", "", 0, false},
+		{"uid/x", "", 0, false},
+		{"/5", "", 0, false},
+		{"nouid", "", 0, false},
+	} {
+		uid, dst, ok := parsePendingField(c.f)
+		if uid != c.uid || dst != c.dst || ok != c.ok {
+			t.Errorf("%q: got %q %d %v", c.f, uid, dst, ok)
+		}
+	}
+}
+
+// A list Redis refuses fails its own push only, not the others of the
+// same batch.
+func TestPushErrorIsPerList(t *testing.T) {
+	p, rdb := redisPeer(t, 10)
+	ctx := context.Background()
+	rdb.Set(ctx, "not-a-list", "x", 0)
+	ops := []*pushOp{
+		{ctx: ctx, queue: "good", b: []byte("1")},
+		{ctx: ctx, queue: "not-a-list", b: []byte("2")},
+		{ctx: ctx, queue: "good", b: []byte("3")},
+	}
+	p.runPushes(ops)
+	r0, r1, r2 := ops[0], ops[1], ops[2]
+	if r0.err != nil || r0.n != 1 || r2.err != nil || r2.n != 2 {
+		t.Fatalf("good pushes: %+v %+v", r0, r2)
+	}
+	if r1.err == nil || !strings.Contains(r1.err.Error(), "WRONGTYPE") {
+		t.Fatalf("push to a string: %+v", r1)
+	}
+}
