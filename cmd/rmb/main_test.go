@@ -31,10 +31,15 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	rmbBin = filepath.Join(dir, "rmb")
-	if out, err := exec.Command("go", "build", "-o", rmbBin, ".").CombinedOutput(); err != nil {
-		os.Stderr.Write(out)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	// The demo runs the other binaries from the same directory.
+	for out, pkg := range map[string]string{
+		"rmb": ".", "rmb-registrar": "../registrar", "rmb-relay": "../relay", "rmb-peer": "../peer",
+	} {
+		if b, err := exec.Command("go", "build", "-o", filepath.Join(dir, out), pkg).CombinedOutput(); err != nil {
+			os.Stderr.Write(b)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -264,5 +269,41 @@ func TestDeadletter(t *testing.T) {
 	rdb.LPush(ctx, redisapi.QueueDeadLetter, garbage, undeliverable)
 	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "drop", "--all"); r.code != 0 || !strings.Contains(r.stdout, "dropped 2 of 2") {
 		t.Errorf("drop --all: %+v", r)
+	}
+}
+
+func TestDemo(t *testing.T) {
+	r := rmb(t, nil, "demo", "--bin", filepath.Dir(rmbBin))
+	if r.code != 0 {
+		t.Fatalf("demo failed: %+v", r)
+	}
+	for _, want := range []string{"calc.add     [1,2]  → 3", "calc.mul     [6,7]  → 42", "error 400: division by zero", "demo calls succeeded"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if r := rmb(t, nil, "demo", "--bin", t.TempDir()); r.code != 1 || !strings.Contains(r.stderr, "not found") {
+		t.Errorf("demo without binaries: %+v", r)
+	}
+}
+
+func TestBench(t *testing.T) {
+	r := rmb(t, nil, "bench", "relay", "--pairs", "2", "--messages", "500", "--json")
+	if r.code != 0 {
+		t.Fatalf("bench relay: %+v", r)
+	}
+	var rel struct{ Sent, Delivered, Lost int64 }
+	if err := json.Unmarshal([]byte(r.stdout), &rel); err != nil || rel.Sent != 1000 || rel.Delivered != 1000 || rel.Lost != 0 {
+		t.Errorf("bench relay --json printed %q (%v)", r.stdout, err)
+	}
+	r = rmb(t, nil, "bench", "e2e", "--callers", "2", "--duration", "1s")
+	if r.code != 0 || !strings.Contains(r.stdout, "round trips/s") || !strings.Contains(r.stdout, "plain redis") {
+		t.Errorf("bench e2e: %+v", r)
+	}
+	if r := rmb(t, nil, "bench"); r.code != 2 {
+		t.Errorf("bench without a mode: %+v", r)
+	}
+	if r := rmb(t, nil, "bench", "relay", "--pairs", "x"); r.code != 2 {
+		t.Errorf("bench with a bad flag: %+v", r)
 	}
 }
