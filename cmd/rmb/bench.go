@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rmb-go/rmb/internal/bench"
@@ -15,6 +18,9 @@ func init() {
 }
 
 func benchCmd(ctx context.Context, e *env, args []string) int {
+	if len(args) > 0 && args[0] == "relay-clients" {
+		return benchRelayClients(ctx, e, args[1:])
+	}
 	if len(args) == 0 || (args[0] != "relay" && args[0] != "e2e") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [--cpuprofile FILE] [flags]   (rmb bench relay --help for the flags)")
@@ -36,6 +42,11 @@ func benchCmd(ctx context.Context, e *env, args []string) int {
 			break
 		}
 	}
+	if profile != "" && args[0] == "relay" {
+		// Only the send phase: signing the envelopes up front would
+		// dominate the profile.
+		return benchRelay(ctx, e, rest, profile)
+	}
 	if profile != "" {
 		f, err := os.Create(profile)
 		if err != nil {
@@ -48,30 +59,57 @@ func benchCmd(ctx context.Context, e *env, args []string) int {
 		defer pprof.StopCPUProfile()
 	}
 	if args[0] == "relay" {
-		return benchRelay(ctx, e, rest)
+		return benchRelay(ctx, e, rest, "")
 	}
 	return benchE2E(ctx, e, rest)
 }
 
-func benchRelay(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "bench relay", "[--pairs 16] [--messages 20000] [--size 256] [--rate 0] [--json]")
+func benchRelay(ctx context.Context, e *env, args []string, profile string) int {
+	fs := newFlags(e, "bench relay", "[--pairs 16] [--messages 20000] [--size 256] [--rate 0] [--window 1000] [--coder-clients] [--json] | --idle N")
 	var o bench.RelayOptions
 	fs.IntVar(&o.Pairs, "pairs", 16, "sender connections, and as many receivers")
 	fs.IntVar(&o.Messages, "messages", 20000, "envelopes per sender")
 	fs.IntVar(&o.PayloadSize, "size", 256, "payload bytes")
 	fs.IntVar(&o.Rate, "rate", 0, "total envelopes/s to send (0 = as fast as possible)")
 	fs.IntVar(&o.Window, "window", 1000, "most envelopes in flight per sender (-1 = unbounded)")
+	fs.BoolVar(&o.CoderClients, "coder-clients", false, "load clients use coder/websocket (a write syscall per envelope) instead of wsframe")
+	idle := fs.Int("idle", 0, "instead of forwarding, open this many idle authenticated sessions (from a child process) and report the relay's memory per session")
 	asJSON := fs.Bool("json", false, "print the result as JSON (no progress line)")
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	if *idle > 0 {
+		return benchIdle(ctx, e, *idle, *asJSON)
 	}
 	if !*asJSON {
 		o.Progress = os.Stderr
 		fmt.Fprintf(e.stderr, "signing %d envelopes, then sending through an in-process relay on 127.0.0.1...\n", o.Pairs*o.Messages)
 	}
+	var profErr error
+	if profile != "" {
+		o.SendPhase = func() func() {
+			f, err := os.Create(profile)
+			if err != nil {
+				profErr = err
+				return func() {}
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				f.Close()
+				profErr = err
+				return func() {}
+			}
+			return func() {
+				pprof.StopCPUProfile()
+				f.Close()
+			}
+		}
+	}
 	res, err := bench.RunRelay(ctx, o)
 	if err != nil {
 		return e.errorf("bench relay: %v", err)
+	}
+	if profErr != nil {
+		return e.errorf("cpu profile: %v", profErr)
 	}
 	if *asJSON {
 		return printJSON(e, res)
@@ -138,4 +176,60 @@ func roundDur(d time.Duration) time.Duration {
 		return d.Round(10 * time.Microsecond)
 	}
 	return d.Round(time.Microsecond)
+}
+
+// benchIdle measures the relay's memory per idle session; the client ends
+// live in a child process (rmb bench relay-clients).
+func benchIdle(ctx context.Context, e *env, sessions int, asJSON bool) int {
+	exe, err := os.Executable()
+	if err != nil {
+		return e.errorf("%v", err)
+	}
+	o := bench.IdleOptions{Sessions: sessions, ClientCommand: func(args []string) *exec.Cmd {
+		return exec.CommandContext(ctx, exe, append([]string{"bench", "relay-clients"}, args...)...)
+	}}
+	if !asJSON {
+		o.Progress = e.stderr
+		fmt.Fprintf(e.stderr, "opening %d sessions to an in-process relay from a child process...\n", sessions)
+	}
+	res, err := bench.RunIdle(ctx, o)
+	if err != nil {
+		return e.errorf("bench relay --idle: %v", err)
+	}
+	if asJSON {
+		return printJSON(e, res)
+	}
+	fmt.Fprintf(e.stdout, `
+  idle sessions   %d (connected in %s)
+  heap            %.0f B per session
+  stacks          %.0f B per session
+  heap + stacks   %.1f KiB per session
+  resident (RSS)  %.1f KiB per session
+  goroutines      %.2f per session
+`, res.Sessions, res.ConnectTime.Round(time.Millisecond), res.HeapPerSession, res.StackPerSession,
+		res.GoPerSession/1024, res.RSSPerSession/1024, res.GoroutinesPerSession)
+	return 0
+}
+
+// benchRelayClients is the child process of bench relay --idle.
+func benchRelayClients(ctx context.Context, e *env, args []string) int {
+	fs := newFlags(e, "bench relay-clients", "--url ws://HOST/ --twins ID,ID,... --sessions N")
+	url := fs.String("url", "", "relay URL")
+	twinList := fs.String("twins", "", "comma-separated twin ids (registered by the parent)")
+	sessions := fs.Int("sessions", 0, "sessions to open")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	var twins []uint32
+	for f := range strings.SplitSeq(*twinList, ",") {
+		n, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return e.errorf("--twins: %v", err)
+		}
+		twins = append(twins, uint32(n))
+	}
+	if err := bench.RunIdleClients(ctx, *url, twins, *sessions, e.stdout, os.Stdin); err != nil {
+		return e.errorf("relay-clients: %v", err)
+	}
+	return 0
 }

@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/rmb-go/rmb/pkg/envelope"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/relay"
@@ -40,6 +38,15 @@ type RelayOptions struct {
 	Drain time.Duration
 	// Progress receives a status line every second; nil for none.
 	Progress io.Writer
+	// CoderClients makes the load clients use coder/websocket (one write
+	// syscall per envelope, as most clients do) instead of wsframe, whose
+	// senders coalesce writes.
+	CoderClients bool
+	// SendPhase, if set, is called when the send phase starts (after the
+	// envelopes are signed and the connections are up), and the function
+	// it returns when the phase ends (after the drain): profile the relay
+	// and nothing else.
+	SendPhase func() (end func())
 }
 
 // RelayResult is what a relay run measured.
@@ -131,16 +138,15 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 	close(work)
 	wg.Wait()
 
-	dial := func(i int) (*websocket.Conn, error) {
+	dial := func(i int) (client, error) {
 		tok, err := identity.NewToken(ids[i], twins[i], "", time.Now(), 10*time.Minute)
 		if err != nil {
 			return nil, err
 		}
-		c, _, err := websocket.Dial(ctx, "ws://"+domain+"/?"+tok, nil)
+		c, err := dialClient(ctx, "ws://"+domain+"/?"+tok, o.PayloadSize+4096, o.CoderClients)
 		if err != nil {
 			return nil, fmt.Errorf("dial relay as twin %d: %w", twins[i], err)
 		}
-		c.SetReadLimit(int64(o.PayloadSize) + 4096)
 		return c, nil
 	}
 
@@ -159,20 +165,24 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 	recvCtx, stopRecv := context.WithCancel(ctx)
 	defer stopRecv()
 	var rwg sync.WaitGroup
+	receivers := make([]client, o.Pairs)
 	for r := range o.Pairs {
 		c, err := dial(o.Pairs + r)
 		if err != nil {
 			return nil, err
 		}
 		defer c.CloseNow()
+		receivers[r] = c
 		lat[r] = make([]time.Duration, 0, o.Messages)
 		rwg.Go(func() {
 			var rt envelope.Routing
+			var buf []byte
 			for {
-				_, b, err := c.Read(recvCtx)
+				b, err := c.Read(recvCtx, buf)
 				if err != nil {
 					return
 				}
+				buf = b
 				now := time.Now().UnixNano()
 				if envelope.ReadRouting(b, &rt) != nil || rt.Kind != envelope.KindRequest {
 					continue
@@ -192,7 +202,7 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 			}
 		})
 	}
-	senders := make([]*websocket.Conn, o.Pairs)
+	senders := make([]client, o.Pairs)
 	for s := range o.Pairs {
 		if senders[s], err = dial(s); err != nil {
 			return nil, err
@@ -202,6 +212,10 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 	// Let the relay register every session before the clock starts.
 	time.Sleep(200 * time.Millisecond)
 
+	endPhase := func() {}
+	if o.SendPhase != nil {
+		endPhase = o.SendPhase()
+	}
 	stop := make(chan struct{})
 	total := int64(o.Pairs * o.Messages)
 	start := time.Now()
@@ -217,26 +231,40 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 	var sendErr atomic.Pointer[error]
 	for s := range o.Pairs {
 		swg.Go(func() {
+			c := senders[s]
+			fail := func(err error) { sendErr.CompareAndSwap(nil, &err) }
 			next := time.Now()
 			for q, f := range frames[s] {
+				// Before waiting, send what is buffered.
 				if perSender > 0 {
 					next = next.Add(perSender)
 					if d := time.Until(next); d > 0 {
+						if err := c.Flush(); err != nil {
+							fail(err)
+							return
+						}
 						time.Sleep(d)
 					}
 				}
 				for o.Window > 0 && int64(q)-pairDelivered[s].Load() >= int64(o.Window) {
+					if err := c.Flush(); err != nil {
+						fail(err)
+						return
+					}
 					if ctx.Err() != nil {
 						return
 					}
 					time.Sleep(50 * time.Microsecond)
 				}
 				sentAt[s][q].Store(time.Now().UnixNano())
-				if err := senders[s].Write(ctx, websocket.MessageBinary, f); err != nil {
-					sendErr.CompareAndSwap(nil, &err)
+				if err := c.Write(ctx, f); err != nil {
+					fail(err)
 					return
 				}
 				sent.Add(1)
+			}
+			if err := c.Flush(); err != nil {
+				fail(err)
 			}
 		})
 	}
@@ -249,9 +277,13 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 			last, lastChange = d, time.Now()
 		}
 	}
+	endPhase()
 	close(stop)
 	stopRecv()
 	for _, c := range senders {
+		c.CloseNow()
+	}
+	for _, c := range receivers { // wsframe reads take no context
 		c.CloseNow()
 	}
 	rwg.Wait()

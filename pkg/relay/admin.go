@@ -23,7 +23,7 @@ func (r *Relay) Sessions() []SessionInfo {
 	for _, s := range r.liveSessions(nil) {
 		out = append(out, SessionInfo{
 			Twin: s.key.Twin, SID: s.key.SID, Remote: s.remote,
-			ConnectedAt: s.connectedAt.UTC(), SendQueue: len(s.send),
+			ConnectedAt: s.connectedAt.UTC(), SendQueue: s.queued(),
 		})
 	}
 	return out

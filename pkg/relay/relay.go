@@ -110,6 +110,9 @@ type Relay struct {
 	handler http.Handler
 	ctx     context.Context // cancelled by Shutdown
 	cancel  context.CancelFunc
+	// realClock: Options.Now was not set, so handleFrame reads the clock
+	// once per envelope instead of twice.
+	realClock bool
 
 	counters counters               // atomics, any goroutine
 	policy   atomic.Pointer[Policy] // swapped by SetPolicy
@@ -182,11 +185,13 @@ func New(opts *Options) (*Relay, error) {
 	if o.RankerPeriod <= 0 {
 		o.RankerPeriod = time.Hour
 	}
+	realClock := o.Now == nil
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	r := &Relay{
 		opts:        o,
+		realClock:   realClock,
 		domains:     make(map[string]bool),
 		log:         o.Logger,
 		store:       o.Store,

@@ -41,7 +41,10 @@ func (r *Relay) handleFrame(s *session, b []byte) {
 		s.log.Debug("malformed envelope", "err", err)
 		return
 	}
-	now := r.opts.Now()
+	now := start
+	if !r.realClock {
+		now = r.opts.Now()
+	}
 	if r.limiter != nil && !r.limiter.allow(s.key.Twin, len(b), now) {
 		r.counters.drop(dropRateLimited)
 		r.replyError(s, &rt, envelope.CodeRateLimited, msgRateLimited, now)

@@ -10,9 +10,12 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/rmb-go/rmb/internal/wsframe"
 )
 
-// Close codes the relay sends.
+// Close codes the relay sends. They keep coder/websocket's type, which the
+// clients (and the tests) use; the connection itself is a wsframe.Conn.
 const (
 	statusGoingAway = websocket.StatusGoingAway       // relay shutting down
 	statusReplaced  = websocket.StatusCode(4000)      // a newer connection took the session
@@ -29,16 +32,20 @@ const closeGrace = time.Second
 // storeTimeout bounds one store operation.
 const storeTimeout = 5 * time.Second
 
+// flushBytes: the send loop flushes at least this often while its queue
+// keeps refilling; otherwise it flushes when the queue runs dry.
+const flushBytes = 32 << 10
+
 // session is one live WebSocket connection of a (twin, sid).
 //
-// Three goroutines own it: the HTTP handler runs readLoop and then the
-// cleanup, sendLoop is the only writer of envelopes, pingLoop sends
-// WebSocket pings when the client is silent.
+// Two goroutines own it: serve runs readLoop and then the cleanup, sendLoop
+// is the only writer of envelopes. A timer (pingCheck) pings a silent
+// client.
 type session struct {
 	// Set before the goroutines start, read-only afterwards.
 	r           *Relay
 	key         SessionKey
-	conn        *websocket.Conn // nil in tests that drive handleFrame directly
+	conn        *wsframe.Conn // nil in tests that drive handleFrame directly
 	log         *slog.Logger
 	remote      string
 	connectedAt time.Time
@@ -46,15 +53,31 @@ type session struct {
 	cancel      context.CancelFunc
 	prev        *session // the session this one replaced; sendLoop waits for it
 
-	send     chan Message  // bounded; filled by deliver under mu, drained by sendLoop
-	wakeup   chan struct{} // cap 1: "the store may have something for you"
+	wakeup   chan struct{} // cap 1: "the store (or a new send queue) may have something for you"
 	sendDone chan struct{} // closed when sendLoop has returned
-	pingDone chan struct{} // closed when pingLoop has returned
 
-	lastRead  atomic.Int64 // unix nanoseconds of the last frame; readLoop writes, pingLoop reads
+	// frames counts the messages and pongs read: a sign of life for
+	// pingCheck that costs no clock read per frame. The reader writes it.
+	frames    atomic.Uint64
 	closeOnce sync.Once
 
+	// Owned by pingCheck (timer callbacks run one at a time: the timer is
+	// re-armed at the end of each).
+	seen     uint64    // frames at the previous check
+	quiet    int       // checks in a row that saw no frame
+	pingSent time.Time // when the unanswered ping went out; zero when none is
+	pingSeen uint64    // frames when it went out
+
+	// Owned by sendLoop.
+	unflushed      []Message // written to the connection's buffer, not flushed yet
+	unflushedBytes int
+
 	mu sync.Mutex // guards the following
+	// send is the bounded send queue, filled by deliver and drained by
+	// sendLoop. It is made at the first delivery (and sendLoop woken to
+	// pick it up): an idle session does not pay for its buffer.
+	send      chan Message
+	pingTimer *time.Timer // runs pingCheck
 	// spilled is set when an envelope went to the store while the session
 	// was live (its queue was full, or it just connected and the store may
 	// hold older envelopes). While set, new envelopes go to the store
@@ -65,7 +88,7 @@ type session struct {
 	closed  bool // sendLoop is finishing; deliver goes to the store
 }
 
-func (r *Relay) newSession(key SessionKey, conn *websocket.Conn, remote string) *session {
+func (r *Relay) newSession(key SessionKey, conn *wsframe.Conn, remote string) *session {
 	s := &session{
 		r:           r,
 		key:         key,
@@ -73,14 +96,11 @@ func (r *Relay) newSession(key SessionKey, conn *websocket.Conn, remote string) 
 		log:         r.log.With("twin", key.Twin, "sid", key.SID),
 		remote:      remote,
 		connectedAt: time.Now(),
-		send:        make(chan Message, r.opts.SendQueueSize),
 		wakeup:      make(chan struct{}, 1),
 		sendDone:    make(chan struct{}),
-		pingDone:    make(chan struct{}),
 		spilled:     true, // drain the store before anything else
 	}
 	s.ctx, s.cancel = context.WithCancel(r.ctx)
-	s.lastRead.Store(time.Now().UnixNano())
 	s.wake()
 	return s
 }
@@ -99,6 +119,10 @@ func (s *session) wake() {
 func (s *session) deliver(m Message) (routeResult, error) {
 	s.mu.Lock()
 	if !s.closed && !s.spilled {
+		if s.send == nil {
+			s.send = make(chan Message, s.r.opts.SendQueueSize)
+			s.wake() // sendLoop picks the new queue up
+		}
 		select {
 		case s.send <- m:
 			s.mu.Unlock()
@@ -126,6 +150,16 @@ func (s *session) deliver(m Message) (routeResult, error) {
 	return routedStored, nil
 }
 
+// queue returns the send queue, nil until the first delivery.
+func (s *session) queue() chan Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.send
+}
+
+// queued returns the number of envelopes in the send queue.
+func (s *session) queued() int { return len(s.queue()) }
+
 // close starts closing the connection with code and reason. The close
 // handshake runs in its own goroutine: close never blocks.
 func (s *session) close(code websocket.StatusCode, reason string) {
@@ -137,16 +171,18 @@ func (s *session) close(code websocket.StatusCode, reason string) {
 		go func() {
 			done := make(chan struct{})
 			go func() {
-				s.conn.Close(code, reason)
+				// Waits up to closeGrace for the client's close frame.
+				s.conn.Close(wsframe.StatusCode(code), reason, closeGrace)
 				close(done)
 			}()
-			t := time.NewTimer(closeGrace)
+			t := time.NewTimer(closeGrace + closeGrace/2)
 			defer t.Stop()
 			select {
 			case <-done:
 			case <-t.C:
-				// A stuck peer (or a write stuck on it) holds up the
-				// handshake; cancelling the context tears the socket down.
+				// A write stuck on a stuck peer holds up the close
+				// frame; closing the socket tears everything down.
+				s.conn.CloseNow()
 			}
 			s.cancel()
 		}()
@@ -167,32 +203,43 @@ func (s *session) kill() {
 // serve runs the session until its connection ends and cleans up.
 func (s *session) serve() {
 	s.log.Info("session connected", "remote", s.remote)
+	// Shutdown gives up on sessions by cancelling the relay context: that
+	// must unblock the read.
+	stop := context.AfterFunc(s.r.ctx, func() { s.conn.CloseNow() })
+	defer stop()
 	go s.sendLoop()
-	go s.pingLoop()
+	s.mu.Lock()
+	s.pingTimer = time.AfterFunc(s.r.opts.PingInterval/2, s.pingCheck)
+	s.mu.Unlock()
 	s.readLoop()
 	s.r.unregister(s)
 	s.close(websocket.StatusNormalClosure, "")
 	s.cancel()
+	s.mu.Lock()
+	s.pingTimer.Stop()
+	s.mu.Unlock()
 	<-s.sendDone
-	<-s.pingDone
 	s.log.Info("session disconnected")
 }
+
+// touch records a sign of life from the client.
+func (s *session) touch() { s.frames.Add(1) }
 
 // readLoop reads frames and routes them until the connection fails.
 func (s *session) readLoop() {
 	for {
-		typ, b, err := s.conn.Read(s.ctx)
+		typ, b, err := s.conn.ReadMessage(nil)
 		if err != nil {
-			if errors.Is(err, websocket.ErrMessageTooBig) {
+			if errors.Is(err, wsframe.ErrMessageTooBig) {
 				s.r.counters.drop(dropTooBig)
 				s.log.Info("frame over the size limit, closing", "limit", s.r.opts.MaxEnvelopeSize)
-			} else if st := websocket.CloseStatus(err); st == -1 && s.ctx.Err() == nil {
+			} else if st := wsframe.CloseStatus(err); st == -1 && s.ctx.Err() == nil {
 				s.log.Debug("read failed", "err", err)
 			}
 			return
 		}
-		s.lastRead.Store(time.Now().UnixNano())
-		if typ != websocket.MessageBinary {
+		s.touch()
+		if typ != wsframe.OpBinary {
 			s.r.counters.drop(dropNotBinary)
 			continue
 		}
@@ -202,7 +249,13 @@ func (s *session) readLoop() {
 
 // sendLoop is the only writer of envelopes. It drains the send queue and,
 // when woken, the store, in order: the envelopes in the queue are older than
-// those stored while spilled.
+// those stored while spilled. Writes go to the connection's buffer; the loop
+// flushes when the queue runs dry (and every flushBytes), so a burst of
+// envelopes costs one write syscall, not one each.
+//
+// Envelopes written but not flushed when the connection fails are put back
+// in the store with those not written: delivery is at least once, and a
+// client may see an envelope twice after a reconnect.
 func (s *session) sendLoop() {
 	defer close(s.sendDone)
 	var leftover []Message
@@ -217,45 +270,66 @@ func (s *session) sendLoop() {
 		}
 		s.prev = nil
 	}
+	send := s.queue()
 	for {
 		select {
 		case <-s.ctx.Done():
+			leftover = s.takeUnflushed()
 			return
-		case m := <-s.send:
-			if err := s.write(m.Data); err != nil {
-				leftover = []Message{m}
+		case m := <-send:
+			var err error
+			if leftover, err = s.writeQueue(m, send); err != nil {
 				return
 			}
 		case <-s.wakeup:
+			send = s.queue()
 			var err error
-			if leftover, err = s.drain(); err != nil {
+			if leftover, err = s.drain(send); err != nil {
 				return
 			}
 		}
 	}
 }
 
-// drain writes the send queue, then the store, until both are empty, and
-// then clears spilled. It returns the envelopes taken but not written when a
-// write fails.
-func (s *session) drain() ([]Message, error) {
+// writeQueue writes m and whatever else is queued, then flushes. It
+// returns the envelopes taken but not delivered when a write fails.
+func (s *session) writeQueue(m Message, send chan Message) ([]Message, error) {
 	for {
-		for {
+		if err := s.write(m); err != nil {
+			return s.takeUnflushed(), err
+		}
+		select {
+		case m = <-send:
+			continue
+		default:
+		}
+		if err := s.flush(); err != nil {
+			return s.takeUnflushed(), err
+		}
+		return nil, nil
+	}
+}
+
+// drain writes the send queue, then the store, until both are empty, and
+// then clears spilled. It returns the envelopes taken but not delivered
+// when a write fails.
+func (s *session) drain(send chan Message) ([]Message, error) {
+	for {
+		for done := false; !done; {
 			select {
-			case m := <-s.send:
-				if err := s.write(m.Data); err != nil {
-					return []Message{m}, err
+			case m := <-send:
+				if err := s.write(m); err != nil {
+					return s.takeUnflushed(), err
 				}
-				continue
 			default:
+				done = true
 			}
-			break
 		}
 		msgs, err := s.r.pop(s.key, popBatch)
 		if err != nil {
 			s.log.Warn("store pop failed, retrying", "err", err)
 			time.AfterFunc(time.Second, s.wake)
-			return nil, nil
+			return s.flushOrLeftover()
 		}
 		if len(msgs) == 0 {
 			s.mu.Lock()
@@ -268,33 +342,70 @@ func (s *session) drain() ([]Message, error) {
 				continue
 			}
 			// With a push in flight, its wake brings us back.
-			return nil, nil
+			return s.flushOrLeftover()
 		}
 		for i, m := range msgs {
-			if err := s.write(m.Data); err != nil {
-				return msgs[i:], err
+			if err := s.write(m); err != nil {
+				return append(s.takeUnflushed(), msgs[i+1:]...), err
 			}
 		}
 	}
 }
 
-// write sends one envelope with the write deadline. coder/websocket flushes
-// every message, so there is no write coalescing to be had here; a message
-// is one frame and one flush.
-func (s *session) write(b []byte) error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.r.opts.WriteTimeout)
-	err := s.conn.Write(ctx, websocket.MessageBinary, b)
-	cancel()
-	if err != nil {
-		if s.ctx.Err() == nil {
-			s.log.Info("write failed, closing", "err", err)
-		}
-		s.kill()
-		return err
+func (s *session) flushOrLeftover() ([]Message, error) {
+	if err := s.flush(); err != nil {
+		return s.takeUnflushed(), err
 	}
-	s.r.counters.msgsOut.Add(1)
-	s.r.counters.bytesOut.Add(uint64(len(b)))
+	return nil, nil
+}
+
+// write puts one envelope in the connection's write buffer (every write to
+// the network has the deadline WriteTimeout), flushing every flushBytes. A
+// failed write closes the session.
+func (s *session) write(m Message) error {
+	s.unflushed = append(s.unflushed, m)
+	s.unflushedBytes += len(m.Data)
+	if err := s.conn.WriteMessage(wsframe.OpBinary, m.Data); err != nil {
+		return s.writeFailed(err)
+	}
+	if s.unflushedBytes >= flushBytes {
+		return s.flush()
+	}
 	return nil
+}
+
+// flush writes the connection's buffer out and counts what it delivered.
+func (s *session) flush() error {
+	if len(s.unflushed) == 0 {
+		return nil
+	}
+	if err := s.conn.Flush(); err != nil {
+		return s.writeFailed(err)
+	}
+	s.r.counters.msgsOut.Add(uint64(len(s.unflushed)))
+	s.r.counters.bytesOut.Add(uint64(s.unflushedBytes))
+	clear(s.unflushed)
+	s.unflushed, s.unflushedBytes = s.unflushed[:0], 0
+	if cap(s.unflushed) > 1024 {
+		s.unflushed = nil
+	}
+	return nil
+}
+
+func (s *session) writeFailed(err error) error {
+	if s.ctx.Err() == nil {
+		s.log.Info("write failed, closing", "err", err)
+	}
+	s.kill()
+	return err
+}
+
+// takeUnflushed returns the envelopes written but not flushed, which the
+// client may not have received.
+func (s *session) takeUnflushed() []Message {
+	out := s.unflushed
+	s.unflushed, s.unflushedBytes = nil, 0
+	return out
 }
 
 // finish runs when sendLoop ends: from now on deliver goes to the store, and
@@ -302,10 +413,11 @@ func (s *session) write(b []byte) error {
 func (s *session) finish(leftover []Message) {
 	s.mu.Lock()
 	s.closed = true
+	send := s.send
 	s.mu.Unlock()
 	for done := false; !done; {
 		select {
-		case m := <-s.send:
+		case m := <-send:
 			leftover = append(leftover, m)
 		default:
 			done = true
@@ -327,36 +439,48 @@ func (s *session) finish(leftover []Message) {
 	}
 }
 
-// pingLoop pings a silent client and closes the session when no pong comes.
-func (s *session) pingLoop() {
-	defer close(s.pingDone)
-	if s.conn == nil {
+// pingCheck runs on pingTimer every PingInterval/2: after two checks in a
+// row without a frame (the client silent for PingInterval) it pings, and
+// when nothing at all (a pong or anything else) comes back within
+// PingTimeout it closes the session. A timer instead of a goroutine per
+// session: idle sessions are most sessions.
+func (s *session) pingCheck() {
+	if s.ctx.Err() != nil {
 		return
 	}
-	interval := s.r.opts.PingInterval
-	t := time.NewTicker(interval / 2)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
+	interval, timeout := s.r.opts.PingInterval, s.r.opts.PingTimeout
+	n := s.frames.Load()
+	next := interval / 2
+	switch {
+	case !s.pingSent.IsZero() && n == s.pingSeen:
+		wait := time.Until(s.pingSent.Add(timeout))
+		if wait <= 0 {
+			s.log.Info("ping unanswered, closing", "timeout", timeout)
+			s.kill()
 			return
-		case <-t.C:
 		}
-		if time.Since(time.Unix(0, s.lastRead.Load())) < interval {
-			continue
+		next = wait
+	case !s.pingSent.IsZero() || n != s.seen:
+		s.pingSent, s.seen, s.quiet = time.Time{}, n, 0
+	default:
+		s.quiet++
+		if s.quiet < 2 {
+			break
 		}
-		ctx, cancel := context.WithTimeout(s.ctx, s.r.opts.PingTimeout)
-		err := s.conn.Ping(ctx)
-		cancel()
-		if err != nil {
+		if err := s.conn.Ping(); err != nil {
 			if s.ctx.Err() == nil {
-				s.log.Info("ping unanswered, closing", "err", err)
+				s.log.Info("ping failed, closing", "err", err)
 				s.kill()
 			}
 			return
 		}
-		s.lastRead.Store(time.Now().UnixNano())
+		s.pingSent, s.pingSeen, next = time.Now(), n, timeout
 	}
+	s.mu.Lock()
+	if s.ctx.Err() == nil {
+		s.pingTimer.Reset(next)
+	}
+	s.mu.Unlock()
 }
 
 // handleConnect authenticates a WebSocket request, upgrades it and serves
@@ -382,22 +506,33 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 	}
 	r.conns.Add(1)
 	r.mu.Unlock()
-	defer r.conns.Done()
 
-	conn, err := websocket.Accept(w, req, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	var s *session
+	conn, err := wsframe.Upgrade(w, req, &wsframe.Options{
+		ReadLimit:    r.opts.MaxEnvelopeSize,
+		WriteTimeout: r.opts.WriteTimeout,
+		OnPong:       func() { s.touch() },
+	})
 	if err != nil {
 		r.log.Debug("websocket upgrade failed", "remote", req.RemoteAddr, "err", err)
+		r.conns.Done()
 		return
 	}
-	conn.SetReadLimit(int64(r.opts.MaxEnvelopeSize))
-	s := r.newSession(key, conn, req.RemoteAddr)
+	s = r.newSession(key, conn, req.RemoteAddr)
 	if !r.register(s) {
-		conn.Close(statusGoingAway, "relay shutting down")
+		conn.Close(wsframe.StatusCode(statusGoingAway), "relay shutting down", closeGrace)
 		s.cancel()
+		r.conns.Done()
 		return
 	}
 	r.counters.connects.Add(1)
-	s.serve()
+	// The session runs on its own goroutine and the handler returns: the
+	// connection is hijacked, and net/http's per-connection state (request,
+	// buffers, a deep stack) need not live as long as the session.
+	go func() {
+		defer r.conns.Done()
+		s.serve()
+	}()
 }
 
 // register makes s the live session of its key, replacing (and closing) the
@@ -470,7 +605,7 @@ func (r *Relay) sendQueueDepth() int {
 	n := 0
 	for _, m := range r.sessions {
 		for _, s := range m {
-			n += len(s.send)
+			n += s.queued()
 		}
 	}
 	return n

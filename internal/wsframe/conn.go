@@ -1,0 +1,445 @@
+package wsframe
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// Options configure a Conn. Zero fields mean the documented defaults.
+type Options struct {
+	// ReadLimit bounds one message, all its fragments together; a larger
+	// message is answered with close 1009 and ReadMessage returns
+	// ErrMessageTooBig. Default 1 MiB.
+	ReadLimit int
+	// WriteTimeout bounds every write to the network; a write that times
+	// out fails the connection. Default 10 seconds.
+	WriteTimeout time.Duration
+	// OnPong, if set, is called by the reading goroutine for every pong
+	// frame received.
+	OnPong func()
+}
+
+func (o *Options) withDefaults() Options {
+	var v Options
+	if o != nil {
+		v = *o
+	}
+	if v.ReadLimit <= 0 {
+		v.ReadLimit = 1 << 20
+	}
+	if v.WriteTimeout <= 0 {
+		v.WriteTimeout = 10 * time.Second
+	}
+	return v
+}
+
+// Sizes of the pooled buffers.
+const (
+	readBufSize  = 16 << 10
+	writeBufSize = 16 << 10
+	// flushAt: WriteMessage flushes on its own once this much is buffered.
+	flushAt = 64 << 10
+	// directWrite: a payload this large is not copied into the write
+	// buffer but written after it with one vectored write (server only:
+	// a client has to mask a copy anyway).
+	directWrite = 8 << 10
+)
+
+var (
+	readPool  = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+	writePool = sync.Pool{New: func() any { b := make([]byte, 0, writeBufSize); return &b }}
+)
+
+// Conn is one WebSocket connection, server or client side.
+//
+// ReadMessage must not be called concurrently with itself; every other
+// method may be called from any goroutine.
+type Conn struct {
+	// Set at creation, read-only afterwards.
+	nc     net.Conn
+	client bool // we mask what we write and expect unmasked frames
+	opts   Options
+
+	// Owned by the goroutine in ReadMessage (and by Close once readerDone
+	// is closed).
+	rd         reader
+	skip       int64 // payload bytes of an abandoned frame still on the wire
+	readErr    error // sticky: the error that ended reading
+	closeRcvd  bool  // the peer's close frame was read
+	readerDone chan struct{}
+
+	wmu       sync.Mutex // guards the following
+	wbuf      *[]byte    // pending frames; nil when there are none
+	wErr      error      // sticky: the error that ended writing
+	closeSent bool
+
+	closed atomic.Bool // CloseNow was called
+}
+
+func newConn(nc net.Conn, client bool, buffered []byte, opts *Options) *Conn {
+	c := &Conn{nc: nc, client: client, opts: opts.withDefaults(), readerDone: make(chan struct{})}
+	c.rd.init(nc, buffered)
+	return c
+}
+
+// NetConn returns the underlying connection.
+func (c *Conn) NetConn() net.Conn { return c.nc }
+
+// ReadMessage reads the next text or binary message, answering pings and
+// handling the close handshake on the way. The payload is appended to
+// dst[:0] (dst may be nil: then a new slice of the message's size is
+// returned, which the caller owns).
+//
+// When the peer closes the connection the error is a CloseError. After an
+// error, every later call returns the same error.
+func (c *Conn) ReadMessage(dst []byte) (Opcode, []byte, error) {
+	if c.readErr != nil {
+		return 0, nil, c.readErr
+	}
+	op, msg, err := c.readMessage(dst[:0])
+	if err != nil {
+		c.failRead(err)
+		return 0, nil, err
+	}
+	return op, msg, nil
+}
+
+func (c *Conn) readMessage(msg []byte) (Opcode, []byte, error) {
+	var msgOp Opcode
+	inMsg := false
+	for {
+		h, err := c.readHeader()
+		if err != nil {
+			return 0, nil, err
+		}
+		if h.rsv != 0 {
+			return 0, nil, protocolError("reserved bits set without an extension")
+		}
+		if h.masked == c.client {
+			if c.client {
+				return 0, nil, protocolError("masked frame from the server")
+			}
+			return 0, nil, protocolError("unmasked frame from a client")
+		}
+		if h.op.control() {
+			if !h.fin || h.length > 125 {
+				return 0, nil, protocolError("fragmented or long control frame")
+			}
+			var buf [125]byte
+			p := buf[:h.length]
+			if err := c.readPayload(p, h); err != nil {
+				return 0, nil, err
+			}
+			switch h.op {
+			case OpPing:
+				if err := c.writeControl(OpPong, p); err != nil && !errors.Is(err, ErrClosed) {
+					return 0, nil, err
+				}
+			case OpPong:
+				if c.opts.OnPong != nil {
+					c.opts.OnPong()
+				}
+			case OpClose:
+				return 0, nil, c.handleClose(p)
+			default:
+				return 0, nil, protocolError("unknown control opcode")
+			}
+			continue
+		}
+		switch h.op {
+		case OpText, OpBinary:
+			if inMsg {
+				return 0, nil, protocolError("new message inside a fragmented message")
+			}
+			msgOp, inMsg = h.op, true
+		case OpContinuation:
+			if !inMsg {
+				return 0, nil, protocolError("continuation frame without a message")
+			}
+		default:
+			return 0, nil, protocolError("unknown data opcode")
+		}
+		if int64(len(msg))+h.length > int64(c.opts.ReadLimit) {
+			c.skip = h.length
+			c.sendClose(StatusMessageTooBig, "message too big")
+			return 0, nil, ErrMessageTooBig
+		}
+		n := len(msg)
+		if avail := c.rd.buffered(); int64(len(avail)) >= h.length {
+			// The common case: the whole payload is buffered. append
+			// does not zero what it copies over, as make would.
+			msg = append(msg, avail[:h.length]...)
+			c.rd.r += int(h.length)
+			if h.masked {
+				mask(h.key, 0, msg[n:])
+			}
+		} else {
+			msg = slices.Grow(msg, int(h.length))[:n+int(h.length)]
+			if err := c.readPayload(msg[n:], h); err != nil {
+				return 0, nil, err
+			}
+		}
+		if h.fin {
+			return msgOp, msg, nil
+		}
+	}
+}
+
+// handleClose answers the peer's close frame and ends the connection.
+func (c *Conn) handleClose(p []byte) error {
+	ce := CloseError{Code: StatusNoStatusRcvd}
+	switch {
+	case len(p) == 1:
+		return protocolError("close frame with a one-byte payload")
+	case len(p) >= 2:
+		ce.Code = StatusCode(int(p[0])<<8 | int(p[1]))
+		ce.Reason = string(p[2:])
+		if !validWireCode(ce.Code) || !utf8.ValidString(ce.Reason) {
+			return protocolError("invalid close frame")
+		}
+	}
+	c.closeRcvd = true
+	// Echo the code (RFC 6455 §5.5.1) unless we started the handshake.
+	c.wmu.Lock()
+	if !c.closeSent && c.wErr == nil {
+		c.closeSent = true
+		if ce.Code == StatusNoStatusRcvd {
+			c.writeFrame(OpClose, nil)
+		} else {
+			c.writeFrame(OpClose, p[:2])
+		}
+		c.flushLocked()
+	}
+	c.wmu.Unlock()
+	c.CloseNow()
+	return ce
+}
+
+// failRead ends reading with err: a protocol violation is answered with
+// close 1002.
+func (c *Conn) failRead(err error) {
+	c.readErr = err
+	var pe protocolError
+	if errors.As(err, &pe) {
+		c.sendClose(StatusProtocolError, "protocol error")
+	}
+	close(c.readerDone)
+}
+
+func (c *Conn) readHeader() (header, error) {
+	for {
+		h, n, err := parseHeader(c.rd.buffered())
+		if err != nil {
+			return h, err
+		}
+		if n > 0 {
+			c.rd.r += n
+			return h, nil
+		}
+		if err := c.rd.fill(); err != nil {
+			return h, err
+		}
+	}
+}
+
+// readPayload reads the payload of h into p (len(p) == h.length) and
+// unmasks it.
+func (c *Conn) readPayload(p []byte, h header) error {
+	if err := c.rd.readFull(p); err != nil {
+		return err
+	}
+	if h.masked {
+		mask(h.key, 0, p)
+	}
+	return nil
+}
+
+// WriteMessage buffers one message as a single frame. It does not flush
+// (unless a lot is buffered already): call Flush when there is nothing more
+// to send right now.
+func (c *Conn) WriteMessage(op Opcode, p []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wErr != nil {
+		return c.wErr
+	}
+	if c.closeSent {
+		return ErrClosed
+	}
+	return c.writeFrame(op, p)
+}
+
+// Buffered returns the number of bytes written but not flushed yet.
+func (c *Conn) Buffered() int {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wbuf == nil {
+		return 0
+	}
+	return len(*c.wbuf)
+}
+
+// Flush writes what is buffered.
+func (c *Conn) Flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+// Ping sends a ping frame; the peer's pong reaches Options.OnPong.
+func (c *Conn) Ping() error { return c.writeControl(OpPing, nil) }
+
+// writeControl writes a control frame and flushes.
+func (c *Conn) writeControl(op Opcode, p []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wErr != nil {
+		return c.wErr
+	}
+	if c.closeSent {
+		return ErrClosed
+	}
+	if err := c.writeFrame(op, p); err != nil {
+		return err
+	}
+	return c.flushLocked()
+}
+
+// writeFrame appends a final frame to the write buffer; c.wmu is held.
+func (c *Conn) writeFrame(op Opcode, p []byte) error {
+	if c.wErr != nil {
+		return c.wErr
+	}
+	if c.wbuf == nil {
+		c.wbuf = writePool.Get().(*[]byte)
+	}
+	b := *c.wbuf
+	if !c.client && len(p) >= directWrite {
+		b = appendHeader(b, op, len(p), false, 0)
+		bufs := net.Buffers{b, p}
+		*c.wbuf = b[:0]
+		c.nc.SetWriteDeadline(time.Now().Add(c.opts.WriteTimeout))
+		if _, err := bufs.WriteTo(c.nc); err != nil {
+			return c.failWrite(err)
+		}
+		return nil
+	}
+	var key uint32
+	if c.client {
+		key = rand.Uint32()
+	}
+	b = appendHeader(b, op, len(p), c.client, key)
+	start := len(b)
+	b = append(b, p...)
+	if c.client {
+		mask(key, 0, b[start:])
+	}
+	*c.wbuf = b
+	if len(b) >= flushAt {
+		return c.flushLocked()
+	}
+	return nil
+}
+
+// flushLocked writes the buffer and gives it back to the pool; c.wmu is
+// held.
+func (c *Conn) flushLocked() error {
+	if c.wbuf == nil {
+		return c.wErr
+	}
+	bp := c.wbuf
+	c.wbuf = nil
+	b := *bp
+	var err error
+	if len(b) > 0 && c.wErr == nil {
+		c.nc.SetWriteDeadline(time.Now().Add(c.opts.WriteTimeout))
+		_, err = c.nc.Write(b)
+	}
+	if cap(b) <= 4*writeBufSize {
+		*bp = b[:0]
+		writePool.Put(bp)
+	}
+	if err != nil {
+		return c.failWrite(err)
+	}
+	return c.wErr
+}
+
+// failWrite ends writing with err and tears the connection down: after a
+// failed write the stream is in an unknown state.
+func (c *Conn) failWrite(err error) error {
+	if c.wErr == nil {
+		c.wErr = err
+	}
+	c.nc.Close()
+	return c.wErr
+}
+
+// sendClose writes a close frame with code and reason, once.
+func (c *Conn) sendClose(code StatusCode, reason string) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closeSent {
+		return nil
+	}
+	c.closeSent = true
+	if len(reason) > 123 {
+		reason = reason[:123]
+	}
+	var buf [125]byte
+	p := append(buf[:0], byte(code>>8), byte(code))
+	p = append(p, reason...)
+	if err := c.writeFrame(OpClose, p); err != nil {
+		return err
+	}
+	return c.flushLocked()
+}
+
+// Close runs the close handshake: it sends a close frame with code and
+// reason, waits up to wait for the peer's close frame, and closes the
+// connection. The peer's answer is read by the goroutine in ReadMessage;
+// when there is none (or it has returned), Close reads it itself.
+func (c *Conn) Close(code StatusCode, reason string, wait time.Duration) error {
+	err := c.sendClose(code, reason)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-c.readerDone:
+		if !c.closeRcvd && !c.closed.Load() {
+			c.drainUntilClose(time.Now().Add(wait))
+		}
+	case <-t.C:
+	}
+	c.CloseNow()
+	return err
+}
+
+// drainUntilClose reads and discards frames until the peer's close frame,
+// the deadline, or an error. The reader has returned: we own it.
+func (c *Conn) drainUntilClose(deadline time.Time) {
+	c.nc.SetReadDeadline(deadline)
+	if c.rd.discard(c.skip) != nil {
+		return
+	}
+	c.skip = 0
+	for {
+		h, err := c.readHeader()
+		if err != nil || c.rd.discard(h.length) != nil || h.op == OpClose {
+			return
+		}
+	}
+}
+
+// CloseNow closes the connection without a close handshake.
+func (c *Conn) CloseNow() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	return c.nc.Close()
+}
