@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 5s
 
-.PHONY: all build test fuzz deps proto demo bench clean
+.PHONY: all build test fuzz deps proto demo bench clean soak
 
 all: build
 
@@ -42,3 +42,7 @@ clean:
 ## demo: registrar, relay, Redis, two peers, a calculator and real calls (DEMO_KEEP=1 stays up)
 demo: deps build
 	./bin/rmb demo
+
+## soak: relay, two peers and Redis under mixed load for SOAK_DURATION (default 5m); fails on loss or a leak trend
+soak: deps
+	$(GO) run ./test/soak

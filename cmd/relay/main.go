@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/pkg/identity"
@@ -72,6 +73,7 @@ type Main struct {
 	AdminToken      string
 	MaxEnvelopeSize int
 	MaxTokenLife    time.Duration
+	FedScheme       string
 	Debug           bool
 	ShutdownTimeout time.Duration
 
@@ -98,6 +100,7 @@ func NewMain() *Main {
 		LimitWindow:     time.Minute,
 		RankerPeriod:    time.Hour,
 		MaxEnvelopeSize: 1 << 20,
+		FedScheme:       "https",
 		ShutdownTimeout: 30 * time.Second,
 		Stderr:          os.Stderr,
 	}
@@ -160,6 +163,7 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.StringVar(&m.AdminToken, "admin-token", m.AdminToken, "bearer token of the /api/ admin endpoints (default: disabled)")
 	fs.IntVar(&m.MaxEnvelopeSize, "max-envelope-size", m.MaxEnvelopeSize, "largest envelope accepted, bytes")
 	fs.DurationVar(&m.MaxTokenLife, "max-token-lifetime", m.MaxTokenLife, "longest token lifetime accepted (default 1h)")
+	fs.StringVar(&m.FedScheme, "federation-scheme", m.FedScheme, "scheme of federation POSTs to other relays: https, or http for relays on a private network")
 	fs.DurationVar(&m.ShutdownTimeout, "shutdown-timeout", m.ShutdownTimeout, "how long a graceful shutdown may take")
 	fs.BoolVar(&m.Debug, "debug", m.Debug, "debug logging")
 	if err := fs.Parse(args); err != nil {
@@ -175,6 +179,8 @@ func (m *Main) ParseFlags(args []string) error {
 		return errors.New("at least one -m/--domain is required")
 	case (m.TLSCert == "") != (m.TLSKey == ""):
 		return errors.New("--tls-cert and --tls-key go together")
+	case m.FedScheme != "https" && m.FedScheme != "http":
+		return fmt.Errorf("--federation-scheme must be https or http, got %q", m.FedScheme)
 	case m.Limit < 0 || m.LimitBytes < 0:
 		return errors.New("--limit and --limit-size must not be negative")
 	}
@@ -198,14 +204,15 @@ func (m *Main) Run(ctx context.Context) error {
 
 	m.registrar = registrar.NewClient(m.Registrar, &registrar.ClientOptions{Logger: m.log.With("component", "registrar")})
 	opts := &relay.Options{
-		Domains:         m.Domains,
-		Directory:       m.registrar,
-		Logger:          m.log,
-		MaxEnvelopeSize: m.MaxEnvelopeSize,
-		TokenPolicy:     identity.TokenPolicy{MaxLifetime: m.MaxTokenLife},
-		RankerPeriod:    m.RankerPeriod,
-		Policy:          policy,
-		AdminToken:      m.AdminToken,
+		Domains:          m.Domains,
+		Directory:        m.registrar,
+		Logger:           m.log,
+		MaxEnvelopeSize:  m.MaxEnvelopeSize,
+		TokenPolicy:      identity.TokenPolicy{MaxLifetime: m.MaxTokenLife},
+		RankerPeriod:     m.RankerPeriod,
+		Policy:           policy,
+		AdminToken:       m.AdminToken,
+		FederationScheme: m.FedScheme,
 	}
 	if m.Limit > 0 || m.LimitBytes > 0 {
 		opts.RateLimit = &relay.RateLimit{Messages: m.Limit, Bytes: m.LimitBytes, Window: m.LimitWindow}
@@ -228,6 +235,9 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.relay, err = relay.New(opts); err != nil {
 		return err
 	}
+	// go_goroutines, go_memstats_* and process_* next to the relay's own
+	// metrics: what a leak shows in first.
+	m.relay.Registry().MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if m.ln, err = net.Listen("tcp", m.Listen); err != nil {
 		m.relay.Shutdown(ctx)
 		m.closeBackends()
@@ -242,7 +252,10 @@ func (m *Main) Run(ctx context.Context) error {
 	m.server = &http.Server{
 		Handler:           m.relay.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+		// Keep-alive connections (federation) idle this long are closed;
+		// WebSocket sessions are hijacked and not affected.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
 	}
 	m.serveDone = make(chan error, 1)
 	go func() {

@@ -30,16 +30,26 @@
 //
 // # A session
 //
-// Three goroutines serve a session. The HTTP handler runs the read loop:
-// it reads one binary message at a time (the read limit is
-// MaxEnvelopeSize; a larger frame closes the connection with 1009) and
-// routes it. The send loop is the only writer: it drains the bounded send
-// queue and, when woken, the session's queue in the Store; every write has
-// a deadline (WriteTimeout) and a failed write closes the session. The ping
-// loop sends a WebSocket ping when the client has been silent for
-// PingInterval and closes the session when no pong comes within
-// PingTimeout. coder/websocket flushes every message, so writes are not
-// coalesced beyond what one message is.
+// Two goroutines serve a session. The read loop reads one message at a
+// time (the read limit is MaxEnvelopeSize; a larger frame closes the
+// connection with 1009) and routes it. The send loop is the only writer of
+// envelopes: it drains the bounded send queue and, when woken, the
+// session's queue in the Store, writing frames into the connection's
+// buffer and flushing once when the queue runs dry (or every 32 KiB), so a
+// burst of envelopes costs one write syscall (write coalescing, as in
+// DERP). Every write to the network has a deadline (WriteTimeout) and a
+// failed write closes the session; envelopes written but not flushed then
+// go back to the Store with the unwritten ones (at least once). A timer,
+// not a goroutine, pings a client silent for PingInterval and closes the
+// session when nothing comes back within PingTimeout.
+//
+// The WebSocket codec on this path is internal/wsframe (handshake, frames,
+// close handshake; no extensions), not coder/websocket, which flushes
+// every message and allocates on every read; clients and peers keep
+// coder/websocket. An idle session holds no read or write buffer (they
+// come from pools while there is traffic) and no send queue (it is made at
+// the first delivery): about 11 KiB of heap and stacks per idle session,
+// see docs/benchmarks.md.
 //
 // # Routing an envelope
 //
@@ -108,6 +118,14 @@
 // must pass the routing rules (403), and its destination must be a twin of
 // this relay (404). Then it is delivered or stored and the answer is 202.
 // Envelopes received by federation are never federated again.
+//
+// Federation remembers what it accepted, by (source, destination, kind,
+// uid), until the envelope's deadline: a replayed POST is answered 202
+// again but not delivered again (dropped_total{reason="replay"}). The
+// memory is bounded (the entries closest to their deadline go first when
+// it is full) and does not survive a restart; peers suppress duplicates by
+// uid as well. An envelope whose deadline lies more than MaxTTL plus a
+// minute ahead is refused with 400 (reason "future").
 //
 // # Operations
 //

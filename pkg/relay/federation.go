@@ -2,7 +2,10 @@ package relay
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -47,6 +50,7 @@ type federator struct {
 	// Set by newFederator, read-only afterwards.
 	r      *Relay
 	ranker *ranker
+	replay *replayGuard    // receiving side: accepted envelopes
 	ctx    context.Context // cancelled by stop
 	cancel context.CancelFunc
 
@@ -61,6 +65,7 @@ func newFederator(r *Relay) *federator {
 	f := &federator{
 		r:      r,
 		ranker: newRanker(r.opts.RankerPeriod, r.opts.Now),
+		replay: newReplayGuard(replayGuardSize),
 		queues: make(map[string]chan *fedJob),
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
@@ -356,12 +361,27 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 		w.WriteHeader(http.StatusAccepted)
 		return
 	}
+	dl := deadline(&rt)
+	if dl.After(now.Add(envelope.MaxTTL*time.Second + maxClockSkew)) {
+		// No peer stamps such a deadline (they clamp the TTL); remembering
+		// it for replays would take memory for as long as it claims.
+		r.counters.drop(dropFuture)
+		http.Error(w, "envelope deadline too far in the future", http.StatusBadRequest)
+		return
+	}
 	if p := r.policy.Load(); !p.mayRoute(src, rt.Destination.Twin) {
 		r.counters.drop(dropDenied)
 		http.Error(w, msgDenied, http.StatusForbidden)
 		return
 	}
-	m := Message{Data: body, Deadline: deadline(&rt)}
+	key := replayKeyOf(&rt)
+	if r.fed.replay.seen(key, now) {
+		// Accepted before: say so again, deliver nothing.
+		r.counters.drop(dropReplay)
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	m := Message{Data: body, Deadline: dl}
 	dst := SessionKey{Twin: rt.Destination.Twin, SID: string(rt.Destination.Session)}
 	var res routeResult
 	if s := r.lookup(dst); s != nil {
@@ -393,6 +413,120 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, msg, http.StatusServiceUnavailable)
 		return
 	}
+	// Remembered only once accepted: a sender whose POST failed may try
+	// again. (Two identical POSTs racing may both be delivered; the
+	// destination peer suppresses the second.)
+	r.fed.replay.add(key, dl, now)
 	r.counters.routed[res].Add(1)
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// maxClockSkew is how far an envelope's deadline may lie beyond now +
+// envelope.MaxTTL before federation refuses it.
+const maxClockSkew = time.Minute
+
+// replayGuardSize bounds the envelopes remembered against replays: at
+// about 100 bytes each, 128 Ki entries take some 13 MiB.
+const replayGuardSize = 1 << 17
+
+// replayKey identifies a federated envelope: SHA-256 (first 16 bytes) of
+// its source and destination (twin and session), kind and uid. Peers
+// suppress duplicates by (uid, source, kind); the destination is part of
+// the key because one request to N twins is N envelopes with one uid.
+type replayKey [16]byte
+
+func replayKeyOf(rt *envelope.Routing) replayKey {
+	h := sha256.New()
+	var b [4]byte
+	field := func(p []byte) {
+		binary.BigEndian.PutUint32(b[:], uint32(len(p)))
+		h.Write(b[:])
+		h.Write(p)
+	}
+	binary.BigEndian.PutUint32(b[:], rt.Source.Twin)
+	h.Write(b[:])
+	field(rt.Source.Session)
+	binary.BigEndian.PutUint32(b[:], rt.Destination.Twin)
+	h.Write(b[:])
+	field(rt.Destination.Session)
+	h.Write([]byte{byte(rt.Kind)})
+	field(rt.UID)
+	var k replayKey
+	copy(k[:], h.Sum(nil))
+	return k
+}
+
+// replayGuard remembers the envelopes federation accepted until their
+// deadline, so that a replayed POST (same source, destination, kind and
+// uid) is answered 202 without being delivered twice. It holds at most
+// max entries: when full, the one closest to its deadline is forgotten
+// first (a replay of it would then be delivered, and the destination
+// peer's own duplicate suppression is the last line).
+//
+// A consequence worth knowing: a peer that re-sends a request after losing
+// its relay (to recover an answer that relay may have lost) is also
+// suppressed here when it crosses federation again; the first copy was
+// delivered, so its answer normally still comes.
+type replayGuard struct {
+	max int
+
+	mu      sync.Mutex          // guards the following
+	entries map[replayKey]int64 // -> deadline, unix seconds
+	order   replayHeap          // the same entries by deadline, for expiry and eviction
+}
+
+func newReplayGuard(max int) *replayGuard {
+	return &replayGuard{max: max, entries: make(map[replayKey]int64)}
+}
+
+// seen reports whether key is recorded and not past its deadline.
+func (g *replayGuard) seen(key replayKey, now time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	d, ok := g.entries[key]
+	return ok && d >= now.Unix()
+}
+
+// add records key until deadline, forgetting expired entries and, when
+// full, those closest to their deadline.
+func (g *replayGuard) add(key replayKey, deadline, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := now.Unix()
+	for len(g.order) > 0 && g.order[0].deadline < n {
+		g.evict()
+	}
+	if _, ok := g.entries[key]; ok {
+		return
+	}
+	for len(g.entries) >= g.max && len(g.order) > 0 {
+		g.evict()
+	}
+	d := deadline.Unix()
+	g.entries[key] = d
+	heap.Push(&g.order, replayEntry{key: key, deadline: d})
+}
+
+// evict pops the earliest deadline; g.mu is held.
+func (g *replayGuard) evict() {
+	e := heap.Pop(&g.order).(replayEntry)
+	delete(g.entries, e.key)
+}
+
+type replayEntry struct {
+	key      replayKey
+	deadline int64
+}
+
+type replayHeap []replayEntry
+
+func (h replayHeap) Len() int           { return len(h) }
+func (h replayHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
+func (h replayHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *replayHeap) Push(x any)        { *h = append(*h, x.(replayEntry)) }
+func (h *replayHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
 }

@@ -27,6 +27,8 @@ const (
 	dropLookup                           // registrar lookup failed
 	dropNotBinary                        // text WebSocket message
 	dropShutdown                         // relay shutting down
+	dropReplay                           // federated envelope accepted before (answered 202)
+	dropFuture                           // deadline beyond now + MaxTTL + clock skew
 	numDropReasons
 )
 
@@ -34,7 +36,7 @@ var dropReasonNames = [numDropReasons]string{
 	"malformed", "too_big", "wrong_source", "expired", "rate_limited",
 	"denied", "unknown_twin", "offline", "queue_full", "store_error",
 	"store_expired", "federation_failed", "federation_queue_full", "lookup_failed",
-	"not_binary", "shutdown",
+	"not_binary", "shutdown", "replay", "future",
 }
 
 func (d dropReason) String() string { return dropReasonNames[d] }
