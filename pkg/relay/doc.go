@@ -130,7 +130,10 @@
 // # Operations
 //
 // /metrics serves the relay's own Prometheus registry, /healthz answers 200
-// until Shutdown. With Options.AdminToken, /api/stats, /api/sessions and
+// until Shutdown. GET / is a live status page (status.html, embedded) fed
+// by /status/events (server-sent events, one snapshot a second) or
+// /status.json; it shows aggregates only unless the request carries the
+// admin token, which adds the sessions list. With Options.AdminToken, /api/stats, /api/sessions and
 // DELETE /api/sessions/{twin} are served behind "Authorization: Bearer".
 // SetPolicy swaps the allow list and routing rules at runtime without
 // touching sessions, except that sessions of twins no longer allowed are

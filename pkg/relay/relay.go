@@ -224,7 +224,8 @@ func (r *Relay) Registry() *prometheus.Registry { return r.metrics.reg }
 func (r *Relay) Stats() Stats { return r.stats() }
 
 // Handler serves everything: a WebSocket upgrade on any path is a session,
-// POST / is federation, GET /metrics, GET /healthz, and the admin API under
+// POST / is federation, GET / the status page (with /status.json and
+// /status/events), GET /metrics, GET /healthz, and the admin API under
 // /api/.
 func (r *Relay) Handler() http.Handler { return r.handler }
 
