@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -201,6 +202,16 @@ func (m *Main) Run(ctx context.Context) error {
 		return fmt.Errorf("policy: %w", err)
 	}
 	m.policyFiles = m.AllowFile != "" || m.RulesFile != ""
+	// Load the TLS key pair now, so a bad file fails Run instead of the
+	// server dying in the background after "listening".
+	var tlsConfig *tls.Config
+	if m.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(m.TLSCert, m.TLSKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 
 	m.registrar = registrar.NewClient(m.Registrar, &registrar.ClientOptions{Logger: m.log.With("component", "registrar")})
 	opts := &relay.Options{
@@ -256,11 +267,12 @@ func (m *Main) Run(ctx context.Context) error {
 		// WebSocket sessions are hijacked and not affected.
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(m.log.Handler(), slog.LevelWarn),
+		TLSConfig:   tlsConfig,
 	}
 	m.serveDone = make(chan error, 1)
 	go func() {
-		if m.TLSCert != "" {
-			m.serveDone <- m.server.ServeTLS(m.ln, m.TLSCert, m.TLSKey)
+		if tlsConfig != nil {
+			m.serveDone <- m.server.ServeTLS(m.ln, "", "")
 		} else {
 			m.serveDone <- m.server.Serve(m.ln)
 		}
