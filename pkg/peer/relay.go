@@ -282,7 +282,7 @@ func (p *Peer) connectionLost() {
 }
 
 // dial opens a WebSocket connection to u and returns it with the network
-// connection under it (under TLS for wss), wrapped so sendLoop can cork
+// connection under it (under TLS for wss), wrapped so writeBatch can cork
 // it.
 func dial(ctx context.Context, u string) (*websocket.Conn, *corkConn, *http.Response, error) {
 	var (
