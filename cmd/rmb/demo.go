@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rmb-go/rmb/internal/wait"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/redisapi"
 	"github.com/rmb-go/rmb/pkg/registrar"
@@ -98,7 +98,7 @@ func (d *demoRun) run(ctx context.Context, keep bool) error {
 	rdbB := redis.NewClient(&redis.Options{Addr: redisAddr, DB: 2})
 	defer rdbA.Close()
 	defer rdbB.Close()
-	if err := waitFor(ctx, 10*time.Second, func() error { return rdbA.Ping(ctx).Err() }); err != nil {
+	if err := wait.For(ctx, 10*time.Second, func() error { return rdbA.Ping(ctx).Err() }); err != nil {
 		return fmt.Errorf("redis did not start: %w", err)
 	}
 
@@ -107,7 +107,7 @@ func (d *demoRun) run(ctx context.Context, keep bool) error {
 		"--listen", regAddr, "--db", filepath.Join(d.dir, "registrar.db")); err != nil {
 		return err
 	}
-	if err := waitHTTP(ctx, regURL+"/healthz"); err != nil {
+	if err := wait.HTTP(ctx, regURL+"/healthz", 15*time.Second); err != nil {
 		return fmt.Errorf("registrar: %w", err)
 	}
 
@@ -116,7 +116,7 @@ func (d *demoRun) run(ctx context.Context, keep bool) error {
 		"--listen", relayAddr, "--domain", relayAddr, "--registrar", regURL); err != nil {
 		return err
 	}
-	if err := waitHTTP(ctx, "http://"+relayAddr+"/healthz"); err != nil {
+	if err := wait.HTTP(ctx, "http://"+relayAddr+"/healthz", 15*time.Second); err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
 
@@ -139,7 +139,7 @@ func (d *demoRun) run(ctx context.Context, keep bool) error {
 			"--relay", "ws://"+relayAddr, "--redis", redisURL, "--registrar", regURL); err != nil {
 			return err
 		}
-		err = waitFor(ctx, 20*time.Second, func() error {
+		err = wait.For(ctx, 20*time.Second, func() error {
 			t, err := reg.TwinByPublicKey(ctx, id.PublicKey())
 			if err == nil {
 				twins[i] = t.ID
@@ -163,7 +163,7 @@ func (d *demoRun) run(ctx context.Context, keep bool) error {
 	client := redisapi.NewClient(rdbA)
 	// Both peers are registered, but their relay sessions may still be
 	// coming up: wait until peer-b answers its built-in rmb.version.
-	err = waitFor(ctx, 30*time.Second, func() error {
+	err = wait.For(ctx, 30*time.Second, func() error {
 		out, err := client.Call(ctx, []uint32{twins[1]}, "rmb.version", nil, &redisapi.CallOptions{TTL: 3 * time.Second})
 		if err == nil && out[0].Error != nil {
 			err = out[0].Error
@@ -308,41 +308,4 @@ func freePorts(n int) ([]string, error) {
 		out = append(out, "127.0.0.1:"+strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
 	}
 	return out, nil
-}
-
-func waitHTTP(ctx context.Context, url string) error {
-	return waitFor(ctx, 15*time.Second, func() error {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s answered %s", url, resp.Status)
-		}
-		return nil
-	})
-}
-
-// waitFor polls f until it succeeds, ctx ends or timeout passes.
-func waitFor(ctx context.Context, timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/internal/wait"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
@@ -439,38 +439,11 @@ func (r *Relay) Metrics(ctx context.Context) (Metrics, error) {
 
 // WaitHTTP polls url until it answers 200.
 func WaitHTTP(ctx context.Context, url string, timeout time.Duration) error {
-	return WaitFor(ctx, timeout, func() error {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s answered %s", url, resp.Status)
-		}
-		return nil
-	})
+	return wait.HTTP(ctx, url, timeout)
 }
 
 // WaitFor polls f every 50 ms until it succeeds, ctx ends or timeout
 // passes; it returns f's last error.
 func WaitFor(ctx context.Context, timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return wait.For(ctx, timeout, f)
 }
