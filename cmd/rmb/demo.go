@@ -29,9 +29,10 @@ func init() {
 
 // demoRun owns the processes and files of one demo.
 type demoRun struct {
-	e   *env
-	bin string
-	dir string
+	e         *env
+	bin       string
+	dir       string
+	redisAddr string // an existing Redis to use; "" starts one
 
 	mu    sync.Mutex
 	procs []*demoProc
@@ -49,6 +50,7 @@ func demo(ctx context.Context, e *env, args []string) int {
 	self, _ := os.Executable()
 	bin := fs.String("bin", filepath.Dir(self), "directory holding rmb-registrar, rmb-relay and rmb-peer")
 	keep := fs.Bool("keep", os.Getenv("DEMO_KEEP") == "1", "stay up after the calls until Ctrl-C (also DEMO_KEEP=1)")
+	redisAddr := fs.String("redis", "", "use this Redis (host:port; databases 14 and 15) instead of starting a private redis-server")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -56,7 +58,7 @@ func demo(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		return e.errorf("%v", err)
 	}
-	d := &demoRun{e: e, bin: *bin, dir: dir}
+	d := &demoRun{e: e, bin: *bin, dir: dir, redisAddr: *redisAddr}
 	defer d.cleanup()
 	if err := d.run(ctx, *keep); err != nil {
 		if ctx.Err() != nil {
@@ -77,29 +79,36 @@ func (d *demoRun) run(ctx context.Context, keep bool) error {
 			return fmt.Errorf("%s not found in %s: run `make build` first (make demo does)", b, d.bin)
 		}
 	}
-	redisBin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return errors.New("redis-server not found: `make demo` installs it, or apt-get install redis-server")
-	}
 	ports, err := freePorts(3)
 	if err != nil {
 		return err
 	}
 	regAddr, relayAddr, redisAddr := ports[0], ports[1], ports[2]
 	regURL := "http://" + regAddr
-
-	d.say("▶ starting redis-server on %s", redisAddr)
-	_, redisPort, _ := net.SplitHostPort(redisAddr)
-	if err := d.start(ctx, "redis", nil, redisBin, "--port", redisPort, "--bind", "127.0.0.1",
-		"--dir", d.dir, "--save", "", "--appendonly", "no"); err != nil {
-		return err
+	dbA, dbB := 1, 2
+	if d.redisAddr != "" {
+		// Someone else's Redis: stay out of the usual databases.
+		redisAddr, dbA, dbB = d.redisAddr, 14, 15
+		d.say("▶ using the Redis at %s (databases %d and %d)", redisAddr, dbA, dbB)
+	} else {
+		redisBin, err := exec.LookPath("redis-server")
+		if err != nil {
+			return errors.New("redis-server not found: `make demo` installs it, or apt-get install redis-server, or give --redis HOST:PORT")
+		}
+		d.say("▶ starting redis-server on %s", redisAddr)
+		_, port, _ := net.SplitHostPort(redisAddr)
+		if err := d.start(ctx, "redis", nil, redisBin, "--port", port, "--bind", "127.0.0.1",
+			"--dir", d.dir, "--save", "", "--appendonly", "no"); err != nil {
+			return err
+		}
 	}
-	rdbA := redis.NewClient(&redis.Options{Addr: redisAddr, DB: 1})
-	rdbB := redis.NewClient(&redis.Options{Addr: redisAddr, DB: 2})
+	_, redisPort, _ := net.SplitHostPort(redisAddr)
+	rdbA := redis.NewClient(&redis.Options{Addr: redisAddr, DB: dbA})
+	rdbB := redis.NewClient(&redis.Options{Addr: redisAddr, DB: dbB})
 	defer rdbA.Close()
 	defer rdbB.Close()
 	if err := wait.For(ctx, 10*time.Second, func() error { return rdbA.Ping(ctx).Err() }); err != nil {
-		return fmt.Errorf("redis did not start: %w", err)
+		return fmt.Errorf("redis at %s does not answer: %w", redisAddr, err)
 	}
 
 	d.say("▶ starting rmb-registrar on %s", regAddr)
@@ -205,12 +214,13 @@ func (d *demoRun) run(ctx context.Context, keep bool) error {
 	d.say(`
 Everything stays up until Ctrl-C. Try, in another terminal:
 
-  %[1]s/rmb call --redis redis://%[2]s/1 --dst %[3]d --cmd calc.add --data '[40,2]'
+  %[1]s/rmb call --redis redis://%[2]s/%[8]d --dst %[3]d --cmd calc.add --data '[40,2]'
   %[1]s/rmb whois --registrar %[4]s %[3]d
-  redis-cli -p %[5]s -n 1 lrange msgbus.system.deadletter 0 -1
+  %[1]s/rmb deadletter list --redis redis://%[2]s/%[8]d
+  redis-cli -p %[5]s -n %[8]d lrange msgbus.system.deadletter 0 -1
 
 Relay status page: http://%[6]s/   metrics: http://%[6]s/metrics
-Logs: %[7]s`, d.bin, redisAddr, twins[1], regURL, redisPort, relayAddr, d.dir)
+Logs: %[7]s`, d.bin, redisAddr, twins[1], regURL, redisPort, relayAddr, d.dir, dbA)
 	<-ctx.Done()
 	return nil
 }

@@ -282,6 +282,15 @@ func TestDemo(t *testing.T) {
 			t.Errorf("demo output lacks %q:\n%s", want, r.stdout)
 		}
 	}
+	// With a Redis given, the demo uses it instead of starting one.
+	rs := redistest.Start(t, nil)
+	r = rmb(t, nil, "demo", "--bin", filepath.Dir(rmbBin), "--redis", rs.Addr)
+	if r.code != 0 || !strings.Contains(r.stdout, "using the Redis at "+rs.Addr) || strings.Contains(r.stdout, "starting redis-server") {
+		t.Errorf("demo --redis: %+v", r)
+	}
+	if r := rmb(t, nil, "demo", "--bin", filepath.Dir(rmbBin), "--redis", "127.0.0.1:1"); r.code != 1 || !strings.Contains(r.stderr, "does not answer") {
+		t.Errorf("demo with a dead Redis: %+v", r)
+	}
 	if r := rmb(t, nil, "demo", "--bin", t.TempDir()); r.code != 1 || !strings.Contains(r.stderr, "not found") {
 		t.Errorf("demo without binaries: %+v", r)
 	}
