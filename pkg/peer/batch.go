@@ -212,6 +212,9 @@ func (p *Peer) write(op writeOp) {
 	case p.batch.writes <- op:
 	case <-p.batch.stopped:
 		p.log.Warn("bookkeeping after stop not written", "processing", op.processing, "persist", op.persist, "forget", op.forget)
+		if op.processing != "" {
+			p.release(op.processing, op.raw)
+		}
 	}
 }
 
@@ -247,8 +250,16 @@ func (p *Peer) writeLoop(b *batchers) {
 // request, so the HSET of a request and the LREM of the message it came
 // from happen together or not at all. A failed round trip is retried a
 // few times; after that the messages stay in their processing list and
-// are handled again on the next start.
+// are handled again (popLoop finds them unheld, or the next start does).
+// Once the LREMs ran or were given up, their entries are no longer held.
 func (p *Peer) runWrites(ops []writeOp) {
+	defer func() {
+		for _, op := range ops {
+			if op.processing != "" {
+				p.release(op.processing, op.raw)
+			}
+		}
+	}()
 	ctx := context.Background()
 	tx := false
 	for _, op := range ops {
@@ -301,9 +312,9 @@ func (p *Peer) runWrites(ops []writeOp) {
 	}
 }
 
-// finish removes raw from a processing list (through writeLoop). When
-// persist is a uid, the pending request is persisted in the same
-// transaction.
+// finish removes raw from a processing list (through writeLoop) and then
+// gives up the hold on it. When persist is a uid, the pending request is
+// persisted in the same transaction.
 func (p *Peer) finish(processing, raw, persist string) {
 	p.write(writeOp{processing: processing, raw: raw, persist: persist})
 }

@@ -37,6 +37,20 @@
 // so a peer that stops or crashes sends it again on the next start
 // (at-least-once: a crash between the send and the LREM sends it twice).
 //
+// An entry can also be in a processing list with no worker holding it
+// while the peer runs: Redis moved it but the reply was lost (the
+// connection dropped, or Redis restarted after the move with AOF), or its
+// LREM failed for good. The peer counts the entries its workers hold by
+// their exact raw value and scans each processing list every two seconds,
+// and at once after a Redis error; an entry two consecutive scans saw
+// unheld is handled like a new one (processing.go). So a lost reply costs
+// the client a few seconds, not its whole timeout, and no entry is handled
+// twice at the same time by one process.
+//
+// One Redis database serves one peer process. A second peer on the same
+// database would take the entries the first one is handling for lost and
+// send them again; the processing lists are this peer's.
+//
 // Which request an answer belongs to survives a restart: once sent, each
 // destination still waiting is a field of the hash msgbus.system.pending
 // (ret, ref, deadline, signed envelope), written in the same transaction
@@ -96,6 +110,7 @@
 // # Operations
 //
 // Registry exposes Prometheus metrics (requests and responses in and out,
-// errors by code, drops by reason, dead letters, relay connection state,
-// round-trip latency); logs go to Options.Logger.
+// errors by code, drops by reason, dead letters, messages recovered from
+// a processing list, relay connection state, round-trip latency); logs go
+// to Options.Logger.
 package peer

@@ -279,7 +279,7 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		Expiration: env.Expiration,
 		Data:       base64.StdEncoding.EncodeToString(payload),
 		Tags:       env.Tags,
-		Ret:        ReplyQueue,
+		ReplyTo:    ReplyQueue,
 		Schema:     env.GetSchema(),
 		Now:        int64(env.Timestamp),
 	}

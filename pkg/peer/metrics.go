@@ -20,7 +20,8 @@ type metrics struct {
 	deadLettered *prometheus.CounterVec // by queue
 	duplicates   prometheus.Counter
 	resent       prometheus.Counter
-	relayUp      *prometheus.GaugeVec // by relay
+	recovered    *prometheus.CounterVec // by processing list
+	relayUp      *prometheus.GaugeVec   // by relay
 	relayDials   *prometheus.CounterVec
 	roundTrip    prometheus.Histogram
 	pending      prometheus.GaugeFunc
@@ -56,6 +57,10 @@ func newMetrics(pendingCount func() float64) *metrics {
 		resent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rmb_peer_resent_total", Help: "Unanswered requests sent again after a relay connection was lost.",
 		}),
+		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rmb_peer_recovered_total",
+			Help: "Messages found in a processing list with no worker holding them (left by an earlier run, or a lost Redis reply), by list.",
+		}, []string{"list"}),
 		relayUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "rmb_peer_relay_connected", Help: "1 when the connection to the relay is up.",
 		}, []string{"relay"}),
@@ -72,7 +77,7 @@ func newMetrics(pendingCount func() float64) *metrics {
 		Name: "rmb_peer_pending_requests", Help: "Requests waiting for responses.",
 	}, pendingCount)
 	m.reg.MustRegister(m.requestsOut, m.requestsIn, m.responsesOut, m.responsesIn,
-		m.errors, m.dropped, m.deadLettered, m.duplicates, m.resent, m.relayUp,
+		m.errors, m.dropped, m.deadLettered, m.duplicates, m.resent, m.recovered, m.relayUp,
 		m.relayDials, m.roundTrip, m.pending)
 	return m
 }

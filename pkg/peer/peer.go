@@ -169,6 +169,9 @@ type Peer struct {
 	resendReq chan struct{} // wakes the resender; buffered 1
 	batch     *batchers     // set by Run before anything uses Redis
 	pushes    combiner[*pushOp]
+	// held are the processing-list entries this process handles, by
+	// processing list (processing.go). The map is not changed after New.
+	held map[string]*holds
 
 	stateMu sync.Mutex
 	stateCh chan struct{} // closed and replaced when a relay connects or drops
@@ -215,6 +218,7 @@ func New(opts *Options) (*Peer, error) {
 		seen:      make(map[seenKey]*seenEntry),
 		seenSweep: make(map[int64][]seenKey),
 		done:      make(chan struct{}),
+		held:      map[string]*holds{LocalProcessing: newHolds(), ReplyProcessing: newHolds()},
 	}
 	p.metrics = newMetrics(func() float64 {
 		p.pendMu.Lock()

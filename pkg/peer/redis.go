@@ -12,41 +12,31 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/pkg/envelope"
+	"github.com/rmb-go/rmb/pkg/redisapi"
 )
 
-// Redis lists of the local API (PROTOCOL.md §6) and of this peer's
-// bookkeeping.
+// Redis lists of the local API (PROTOCOL.md §6, package redisapi) and of
+// this peer's bookkeeping.
 const (
 	// LocalQueue receives outgoing requests from clients.
-	LocalQueue = "msgbus.system.local"
+	LocalQueue = redisapi.QueueLocal
 	// ReplyQueue receives outgoing responses from services.
-	ReplyQueue = "msgbus.system.reply"
+	ReplyQueue = redisapi.QueueReply
 	// LocalProcessing and ReplyProcessing hold the messages the peer has
 	// popped but not yet handed to a relay; they are handled again after a
-	// restart.
-	LocalProcessing = "msgbus.system.local.processing"
-	ReplyProcessing = "msgbus.system.reply.processing"
+	// restart, or when no worker holds them (popLoop).
+	LocalProcessing = LocalQueue + ".processing"
+	ReplyProcessing = ReplyQueue + ".processing"
 	// DeadLetterQueue receives what could not be handled, as DeadLetter
 	// JSON.
-	DeadLetterQueue = "msgbus.system.deadletter"
+	DeadLetterQueue = redisapi.QueueDeadLetter
 )
 
 // CommandQueue is the list a service for cmd pops requests from.
-func CommandQueue(cmd string) string { return "msgbus." + cmd }
+func CommandQueue(cmd string) string { return redisapi.CommandQueue(cmd) }
 
 // DeadLetter is an entry of DeadLetterQueue.
-type DeadLetter struct {
-	Queue   string    `json:"queue"`             // where the message came from
-	Message string    `json:"message"`           // the original message, verbatim
-	Reason  string    `json:"reason"`            // why it was not handled
-	Dst     uint32    `json:"dst,omitempty"`     // the destination that failed, if one
-	Time    time.Time `json:"time"`              // when it was dead-lettered
-	Code    uint32    `json:"code,omitempty"`    // RMB error code, if one
-	Ref     string    `json:"ref,omitempty"`     // the client's ref, if known
-	Ret     string    `json:"ret,omitempty"`     // the client's ret queue, if known
-	UID     string    `json:"uid,omitempty"`     // envelope uid, if one was made
-	Extra   string    `json:"details,omitempty"` // anything else
-}
+type DeadLetter = redisapi.DeadLetter
 
 var errQueueFull = errors.New("queue is full")
 
@@ -135,13 +125,17 @@ func detach(ctx context.Context, grace time.Duration) (context.Context, context.
 
 // popLoop moves messages from queue to its processing list and hands each
 // to handle on a bounded set of goroutines. Messages left in the
-// processing list by an earlier run are handled first. handle removes the
-// message from the processing list when done with it (finish).
+// processing list by an earlier run are handled first, and entries no
+// worker holds are found and handled while it runs (processing.go).
+// handle removes the message from the processing list when done with it
+// (finish) and returns whether it did; one it did not finish stays in the
+// list.
 //
 // While messages keep coming, each round trip moves a batch of them
 // (moveScript); once a batch comes back short, popLoop blocks in BLMOVE,
 // hands the message it gets to a worker at once and then looks for more.
-func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle func(context.Context, string)) {
+func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle func(context.Context, string) bool) {
+	held := p.held[processing]
 	// Long-lived workers: a goroutine per message would grow a new stack
 	// for the crypto every time.
 	work := make(chan string)
@@ -149,22 +143,38 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 	for range p.opts.Workers {
 		wg.Go(func() {
 			for raw := range work {
-				handle(ctx, raw)
+				if !handle(ctx, raw) {
+					held.release(raw)
+				}
 			}
 		})
 	}
 	defer wg.Wait()
 	defer close(work)
-	run := func(raw string) {
-		select {
-		case work <- raw:
-		case <-ctx.Done(): // stays in the processing list
+	// run hands held messages to the workers. A message not handed to a
+	// worker when the peer stops stays in the processing list for the
+	// next run.
+	run := func(msgs []string) {
+		for i, raw := range msgs {
+			if ctx.Err() == nil {
+				select {
+				case work <- raw:
+					continue
+				case <-ctx.Done():
+				}
+			}
+			for _, raw := range msgs[i:] {
+				held.release(raw)
+			}
+			return
 		}
 	}
-	recovered := false
+	sc := &scanner{processing: processing, held: held, first: true}
 	delay := 100 * time.Millisecond
 	fail := func(what string, err error) {
 		p.log.Warn("redis unavailable", "op", what, "queue", queue, "err", err, "retry_in", delay)
+		// The reply of a move may have been lost with the connection.
+		sc.soon()
 		select {
 		case <-ctx.Done():
 		case <-time.After(delay):
@@ -174,20 +184,26 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 	batch := min(p.opts.Workers, popBatch)
 	more := false // whether the queue may hold more than one message
 	for ctx.Err() == nil {
-		if !recovered {
-			left, err := p.rdb.LRange(ctx, processing, 0, -1).Result()
+		if sc.due(time.Now()) {
+			first := sc.first
+			left, err := p.scan(ctx, sc)
 			if err != nil {
-				fail("recover", err)
+				if ctx.Err() != nil {
+					return
+				}
+				fail("scan", err)
 				continue
 			}
+			delay = 100 * time.Millisecond
 			if len(left) > 0 {
-				p.log.Info("handling messages left from an earlier run", "queue", processing, "count", len(left))
+				if first {
+					p.log.Info("handling messages left from an earlier run", "queue", processing, "count", len(left))
+				} else {
+					p.log.Warn("handling messages no worker held (a lost Redis reply)", "queue", processing, "count", len(left))
+				}
+				p.metrics.recovered.WithLabelValues(processing).Add(float64(len(left)))
 			}
-			// Oldest first: the processing list is pushed on the left.
-			for i := len(left) - 1; i >= 0 && ctx.Err() == nil; i-- {
-				run(left[i])
-			}
-			recovered = true
+			run(left)
 		}
 		var msgs []string
 		var err error
@@ -214,14 +230,8 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 			continue
 		}
 		delay = 100 * time.Millisecond
-		// A message not handed to a worker when the peer stops stays in
-		// the processing list for the next run.
-		for _, raw := range msgs {
-			if ctx.Err() != nil {
-				return
-			}
-			run(raw)
-		}
+		held.add(msgs...)
+		run(msgs)
 	}
 }
 
@@ -233,29 +243,31 @@ func (p *Peer) replyLoop(ctx context.Context) {
 	p.popLoop(ctx, ReplyQueue, ReplyProcessing, p.handleReply)
 }
 
-// handleLocal sends one outgoing request from a client.
-func (p *Peer) handleLocal(ctx context.Context, raw string) {
+// handleLocal sends one outgoing request from a client. It returns
+// whether it finished the message (removed it from the processing list).
+func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 	req, err := DecodeOutgoingRequest([]byte(raw))
 	if err != nil {
 		d := &DeadLetter{Queue: LocalQueue, Message: raw, Reason: err.Error(), Code: envelope.CodeMalformed}
 		if req != nil {
-			d.Ref, d.Ret, d.Code = req.Ref, req.Ret, envelope.CodeBadPayload
+			d.Ref, d.Ret, d.Code = req.Ref, req.ReplyTo, envelope.CodeBadPayload
 		}
 		p.deadLetter(ctx, d)
 		if req != nil {
-			dsts := uniqueTwins(req.Dst)
+			dsts := uniqueTwins(req.Destinations)
 			if len(dsts) == 0 {
 				dsts = []uint32{0}
 			}
-			deliver := p.deliverToQueue(req.Ret, req.Ref, time.Now())
+			deliver := p.deliverToQueue(req.ReplyTo, req.Ref, time.Now())
 			for _, dst := range dsts {
 				p.metrics.errorCode(d.Code)
 				deliver(ctx, &Response{Source: dst, Timestamp: time.Now(), Err: &Error{Code: d.Code, Message: err.Error()}})
 			}
 		}
 		p.finish(LocalProcessing, raw, "")
-		return
+		return true
 	}
+	payload, _ := req.Payload() // decoded by DecodeOutgoingRequest
 	now := time.Now()
 	start := now
 	// A client's now anchors the deadline, so a request that waited in the
@@ -266,8 +278,8 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) {
 	spec := &requestSpec{
 		uid:     newUID(),
 		cmd:     req.Command,
-		payload: req.payload,
-		ttl:     envelope.ClampTTL(req.Expiration),
+		payload: payload,
+		ttl:     envelope.ClampTTL(uint64(req.Expiration)),
 		start:   start,
 		tags:    req.Tags,
 		schema:  req.Schema,
@@ -276,41 +288,43 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) {
 		spec.session = *req.Session
 	}
 	deadline := spec.deadline()
-	deliver := p.deliverToQueue(req.Ret, req.Ref, deadline)
+	deliver := p.deliverToQueue(req.ReplyTo, req.Ref, deadline)
 	if !now.Before(deadline) {
 		// It expired while queued (the peer was down or overloaded).
-		for _, dst := range uniqueTwins(req.Dst) {
+		for _, dst := range uniqueTwins(req.Destinations) {
 			e := &Error{Code: envelope.CodeExpired, Message: "request expired in " + LocalQueue + " before it was sent"}
 			p.deadLetter(ctx, &DeadLetter{Queue: LocalQueue, Message: raw, Reason: e.Message,
-				Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.Ret})
+				Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.ReplyTo})
 			p.metrics.errorCode(e.Code)
 			deliver(ctx, &Response{Source: dst, Timestamp: now, Err: e})
 		}
 		p.finish(LocalProcessing, raw, "")
-		return
+		return true
 	}
-	spec.ret, spec.ref = req.Ret, req.Ref
-	sent := p.startRequest(ctx, spec, uniqueTwins(req.Dst), deliver, func(dst uint32, e *Error) {
+	spec.ret, spec.ref = req.ReplyTo, req.Ref
+	sent := p.startRequest(ctx, spec, uniqueTwins(req.Destinations), deliver, func(dst uint32, e *Error) {
 		p.deadLetter(ctx, &DeadLetter{Queue: LocalQueue, Message: raw, Reason: e.Message,
-			Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.Ret, UID: spec.uid})
+			Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.ReplyTo, UID: spec.uid})
 	})
 	if !sent {
-		return // stopping: keep it in the processing list for the next run
+		return false // stopping: keep it in the processing list for the next run
 	}
 	// Remove it from the processing list and persist the request in one
 	// transaction.
 	p.finish(LocalProcessing, raw, spec.uid)
+	return true
 }
 
-// handleReply sends one service response.
-func (p *Peer) handleReply(ctx context.Context, raw string) {
+// handleReply sends one service response. It returns whether it finished
+// the message (removed it from the processing list).
+func (p *Peer) handleReply(ctx context.Context, raw string) bool {
 	rep, err := DecodeOutgoingResponse([]byte(raw))
 	if err != nil {
 		p.deadLetter(ctx, &DeadLetter{Queue: ReplyQueue, Message: raw, Reason: err.Error(), Code: envelope.CodeMalformed})
 		p.finish(ReplyProcessing, raw, "")
-		return
+		return true
 	}
-	dst, _ := parseAddress(rep.Dst)
+	dst, _ := parseAddress(rep.Destination)
 	deadline, ok := p.requestDeadline(rep.Ref, dst)
 	if !ok {
 		// Not seen by this run (restart, or a made-up ref): answer
@@ -321,13 +335,15 @@ func (p *Peer) handleReply(ctx context.Context, raw string) {
 	if rep.Error != nil {
 		e = &Error{Code: rep.Error.Code, Message: rep.Error.Message}
 	}
-	err = p.sendAnswer(ctx, rep.Ref, dst, rep.payload, rep.Schema, e, deadline)
+	payload, _ := rep.Payload() // decoded by DecodeOutgoingResponse
+	err = p.sendAnswer(ctx, rep.Ref, dst, payload, rep.Schema, e, deadline)
 	if err != nil && ctx.Err() != nil {
-		return // stopping: keep it for the next run
+		return false // stopping: keep it for the next run
 	}
 	if err != nil {
 		p.deadLetter(ctx, &DeadLetter{Queue: ReplyQueue, Message: raw, Reason: "response not delivered: " + err.Error(),
 			Dst: dst.twin, UID: rep.Ref})
 	}
 	p.finish(ReplyProcessing, raw, "")
+	return true
 }

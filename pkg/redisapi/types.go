@@ -20,19 +20,21 @@ func CommandQueue(cmd string) string { return CommandPrefix + cmd }
 // Version is the only message version in use.
 const Version = 1
 
-// OutgoingRequest is pushed by a client to QueueLocal.
+// OutgoingRequest is pushed by a client to QueueLocal. The peer reads it
+// with DecodeOutgoingRequest.
 type OutgoingRequest struct {
-	Version      int      `json:"ver"`
-	Ref          string   `json:"ref"`
-	Command      string   `json:"cmd"`
-	Expiration   int64    `json:"exp"`
-	Data         string   `json:"dat"`
-	Tags         *string  `json:"tag"`
-	Destinations []uint32 `json:"dst"`
-	Session      *string  `json:"con,omitempty"`
-	ReplyTo      string   `json:"ret"`
-	Schema       string   `json:"shm"`
-	Now          int64    `json:"now"`
+	Version      int     `json:"ver"`
+	Ref          string  `json:"ref"`
+	Command      string  `json:"cmd"`
+	Expiration   int64   `json:"exp"` // seconds; the peer refuses a negative one
+	Data         string  `json:"dat"`
+	Tags         *string `json:"tag"`
+	Destinations Twins   `json:"dst"`
+	Session      *string `json:"con,omitempty"`
+	ReplyTo      string  `json:"ret"`
+	Schema       string  `json:"shm"`
+	Now          int64   `json:"now"`
+	payload      decoded // set by DecodeOutgoingRequest
 }
 
 // IncomingRequest is pushed by the peer to CommandQueue(cmd).
@@ -41,7 +43,7 @@ type IncomingRequest struct {
 	Ref        string  `json:"ref"`
 	Source     string  `json:"src"`
 	Command    string  `json:"cmd"`
-	Expiration int64   `json:"exp"`
+	Expiration uint64  `json:"exp"` // seconds
 	Data       string  `json:"dat"`
 	Tags       *string `json:"tag"`
 	ReplyTo    string  `json:"ret"`
@@ -50,15 +52,16 @@ type IncomingRequest struct {
 }
 
 // OutgoingResponse is pushed by a service to QueueReply (or the request's
-// ReplyTo).
+// ReplyTo). The peer reads it with DecodeOutgoingResponse.
 type OutgoingResponse struct {
-	Version     int    `json:"ver"`
-	Ref         string `json:"ref"`
-	Data        string `json:"dat"`
-	Destination string `json:"dst"`
-	Schema      string `json:"shm"`
-	Now         int64  `json:"now"`
-	Error       *Error `json:"err"`
+	Version     int     `json:"ver"`
+	Ref         string  `json:"ref"`
+	Data        string  `json:"dat"`
+	Destination string  `json:"dst"`
+	Schema      string  `json:"shm"`
+	Now         int64   `json:"now"`
+	Error       *Error  `json:"err"`
+	payload     decoded // set by DecodeOutgoingResponse
 }
 
 // IncomingResponse is pushed by the peer to the client's ReplyTo queue.
@@ -85,6 +88,14 @@ func (r *IncomingResponse) Payload() ([]byte, error) { return decode(r.Data) }
 
 // Payload decodes Data.
 func (r *IncomingRequest) Payload() ([]byte, error) { return decode(r.Data) }
+
+// Payload decodes Data; after DecodeOutgoingRequest it returns what that
+// decoded.
+func (r *OutgoingRequest) Payload() ([]byte, error) { return r.payload.get(r.Data) }
+
+// Payload decodes Data; after DecodeOutgoingResponse it returns what that
+// decoded.
+func (r *OutgoingResponse) Payload() ([]byte, error) { return r.payload.get(r.Data) }
 
 func decode(s string) ([]byte, error) {
 	b, err := base64.StdEncoding.DecodeString(s)
