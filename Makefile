@@ -40,7 +40,8 @@ clean:
 	rm -rf bin
 
 ## demo: registrar, relay, Redis, two peers, a calculator and real calls (DEMO_KEEP=1 stays up)
-demo: deps build
+demo: build
+	@./scripts/deps.sh demo
 	./bin/rmb demo
 
 ## soak: relay, two peers and Redis under mixed load for SOAK_DURATION (default 5m); fails on loss or a leak trend

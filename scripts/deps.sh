@@ -5,11 +5,15 @@
 # (Debian/Ubuntu); elsewhere it says what to install and fails.
 set -euo pipefail
 
+# `deps.sh demo` installs only what the demo runs (redis-server); with no
+# argument, everything the tests need.
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-/usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need+=(python3-redis)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [[ "${1:-}" != demo ]]; then
+  command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+  /usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need+=(python3-redis)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 
 if [[ ${#need[@]} -eq 0 ]]; then
   exit 0
