@@ -12,4 +12,10 @@
 // sr25519 with the signing context "substrate") followed by the raw 64-byte
 // signature. Verify accepts only that form; VerifyRaw takes a bare 64-byte
 // signature and tries ed25519 first, then sr25519, as the registrar does.
+//
+// Both schemes are curve25519-voi's (Oasis Protocol): it signs and verifies
+// ed25519 about a third faster than crypto/ed25519 and sr25519 two to three
+// times faster than go-schnorrkel. Verification uses the crypto/ed25519
+// rules (backend_test.go holds the two to the same verdicts), and decoded
+// public keys are cached (keycache.go).
 package identity

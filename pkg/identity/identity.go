@@ -1,7 +1,7 @@
 package identity
 
 import (
-	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
@@ -9,9 +9,10 @@ import (
 	"math/big"
 	"strings"
 
-	schnorrkel "github.com/ChainSafe/go-schnorrkel"
 	bip39 "github.com/cosmos/go-bip39"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
+	"github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
+	"github.com/oasisprotocol/curve25519-voi/primitives/sr25519"
 	"golang.org/x/crypto/pbkdf2"
 )
 
@@ -104,7 +105,7 @@ type Identity struct {
 	public  []byte
 
 	ed    ed25519.PrivateKey    // set for Ed25519
-	sr    *schnorrkel.SecretKey // set for Sr25519
+	sr    *sr25519.KeyPair      // set for Sr25519
 	e2    *secp256k1.PrivateKey // end-to-end key
 	e2pub []byte                // compressed
 }
@@ -129,19 +130,17 @@ func FromSeed(seed []byte, kt KeyType) (*Identity, error) {
 		id.ed = ed25519.NewKeyFromSeed(seed)
 		id.public = []byte(id.ed.Public().(ed25519.PublicKey))
 	case Sr25519:
-		var raw [32]byte
-		copy(raw[:], seed)
-		mini, err := schnorrkel.NewMiniSecretKeyFromRaw(raw)
+		mini, err := sr25519.NewMiniSecretKeyFromBytes(seed)
 		if err != nil {
 			return nil, fmt.Errorf("identity: sr25519 key: %w", err)
 		}
-		id.sr = mini.ExpandEd25519()
-		pub, err := id.sr.Public()
+		// Substrate expands the mini secret the ed25519 way.
+		id.sr = mini.ExpandEd25519().KeyPair()
+		pub, err := id.sr.PublicKey().MarshalBinary()
 		if err != nil {
 			return nil, fmt.Errorf("identity: sr25519 public key: %w", err)
 		}
-		enc := pub.Encode()
-		id.public = enc[:]
+		id.public = pub
 	default:
 		return nil, fmt.Errorf("%w: %q", ErrBadKeyType, kt)
 	}
@@ -179,16 +178,18 @@ func (id *Identity) SignRaw(msg []byte) []byte {
 	if id.keyType == Ed25519 {
 		return ed25519.Sign(id.ed, msg)
 	}
-	sig, err := id.sr.Sign(schnorrkel.NewSigningContext(substrateContext, msg))
+	sig, err := id.sr.Sign(rand.Reader, substrateContext.NewTranscriptBytes(msg))
 	if err != nil {
 		// Sign fails only when the system random source does.
 		panic(fmt.Sprintf("identity: sr25519 sign: %v", err))
 	}
-	enc := sig.Encode()
-	return enc[:]
+	enc, _ := sig.MarshalBinary()
+	return enc
 }
 
-var substrateContext = []byte("substrate")
+// substrateContext is the signing context of Substrate's sr25519
+// signatures.
+var substrateContext = sr25519.NewSigningContext([]byte("substrate"))
 
 // Verify checks a 65-byte type-prefixed signature of msg against a 32-byte
 // public key. The type byte picks the scheme.
@@ -220,30 +221,36 @@ func verifyEd25519(public, msg, sig []byte) error {
 	if len(public) != PublicKeySize {
 		return fmt.Errorf("%w: public key length %d", ErrBadSignature, len(public))
 	}
-	if !ed25519.Verify(ed25519.PublicKey(public), msg, sig) {
+	var ok bool
+	if k, err := verifyKeys.ed25519(public); err == nil {
+		ok = ed25519.VerifyExpandedWithOptions(k, msg, sig, stdlibOptions)
+	} else {
+		ok = ed25519.VerifyWithOptions(public, msg, sig, stdlibOptions)
+	}
+	if !ok {
 		return ErrBadSignature
 	}
 	return nil
 }
 
+// stdlibOptions accept exactly the ed25519 signatures Go's crypto/ed25519
+// accepts (cofactorless, RFC 8032 without the extra key checks), which is
+// what the reference SDK and relay use.
+var stdlibOptions = &ed25519.Options{Verify: ed25519.VerifyOptionsStdLib}
+
 func verifySr25519(public, msg, sig []byte) error {
 	if len(public) != PublicKeySize || len(sig) != RawSignatureSize {
 		return ErrBadSignature
 	}
-	var pk [32]byte
-	copy(pk[:], public)
-	pub := new(schnorrkel.PublicKey)
-	if err := pub.Decode(pk); err != nil {
+	pub, err := verifyKeys.sr25519(public)
+	if err != nil {
 		return fmt.Errorf("%w: bad sr25519 public key", ErrBadSignature)
 	}
-	var raw [64]byte
-	copy(raw[:], sig)
-	s := new(schnorrkel.Signature)
-	if err := s.Decode(raw); err != nil {
+	s, err := sr25519.NewSignatureFromBytes(sig)
+	if err != nil {
 		return fmt.Errorf("%w: malformed sr25519 signature", ErrBadSignature)
 	}
-	ok, err := pub.Verify(s, schnorrkel.NewSigningContext(substrateContext, msg))
-	if err != nil || !ok {
+	if !pub.Verify(substrateContext.NewTranscriptBytes(msg), s) {
 		return ErrBadSignature
 	}
 	return nil

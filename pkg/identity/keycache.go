@@ -1,0 +1,82 @@
+package identity
+
+import (
+	"sync"
+
+	"github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
+	"github.com/oasisprotocol/curve25519-voi/primitives/sr25519"
+)
+
+// A peer verifies every envelope against the key of its sender, and most
+// traffic comes from few senders. Decoding a public key (a point
+// decompression) and, for ed25519, expanding it into a table of
+// multiples costs about a fifth of a verification; keyCache keeps the
+// results for the keys seen recently.
+
+// maxCachedKeys bounds each map of keyCache. An expanded ed25519 key is
+// about 1.5 KiB.
+const maxCachedKeys = 1024
+
+type keyCache struct {
+	mu sync.RWMutex
+	ed map[[PublicKeySize]byte]*ed25519.ExpandedPublicKey
+	sr map[[PublicKeySize]byte]*sr25519.PublicKey
+}
+
+var verifyKeys = &keyCache{
+	ed: make(map[[PublicKeySize]byte]*ed25519.ExpandedPublicKey),
+	sr: make(map[[PublicKeySize]byte]*sr25519.PublicKey),
+}
+
+// ed25519 returns the expanded form of public (32 bytes).
+func (c *keyCache) ed25519(public []byte) (*ed25519.ExpandedPublicKey, error) {
+	k := [PublicKeySize]byte(public)
+	c.mu.RLock()
+	e := c.ed[k]
+	c.mu.RUnlock()
+	if e != nil {
+		return e, nil
+	}
+	e, err := ed25519.NewExpandedPublicKey(public)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	evict(c.ed)
+	c.ed[k] = e
+	c.mu.Unlock()
+	return e, nil
+}
+
+// sr25519 returns the decoded form of public (32 bytes).
+func (c *keyCache) sr25519(public []byte) (*sr25519.PublicKey, error) {
+	k := [PublicKeySize]byte(public)
+	c.mu.RLock()
+	pk := c.sr[k]
+	c.mu.RUnlock()
+	if pk != nil {
+		return pk, nil
+	}
+	pk, err := sr25519.NewPublicKeyFromBytes(public)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	evict(c.sr)
+	c.sr[k] = pk
+	c.mu.Unlock()
+	return pk, nil
+}
+
+// evict makes room for one entry in a full map by dropping an arbitrary
+// one (Go's map iteration starts at a random place). The caller holds the
+// write lock.
+func evict[V any](m map[[PublicKeySize]byte]V) {
+	if len(m) < maxCachedKeys {
+		return
+	}
+	for k := range m {
+		delete(m, k)
+		return
+	}
+}
