@@ -30,42 +30,32 @@ var verifyKeys = &keyCache{
 
 // ed25519 returns the expanded form of public (32 bytes).
 func (c *keyCache) ed25519(public []byte) (*ed25519.ExpandedPublicKey, error) {
-	k := [PublicKeySize]byte(public)
-	c.mu.RLock()
-	e := c.ed[k]
-	c.mu.RUnlock()
-	if e != nil {
-		return e, nil
-	}
-	e, err := ed25519.NewExpandedPublicKey(public)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	evict(c.ed)
-	c.ed[k] = e
-	c.mu.Unlock()
-	return e, nil
+	return cached(&c.mu, c.ed, public, ed25519.NewExpandedPublicKey)
 }
 
 // sr25519 returns the decoded form of public (32 bytes).
 func (c *keyCache) sr25519(public []byte) (*sr25519.PublicKey, error) {
+	return cached(&c.mu, c.sr, public, sr25519.NewPublicKeyFromBytes)
+}
+
+// cached returns m's entry for public, or decodes public and adds it.
+func cached[V any, B ~[]byte](mu *sync.RWMutex, m map[[PublicKeySize]byte]*V, public []byte, decode func(B) (*V, error)) (*V, error) {
 	k := [PublicKeySize]byte(public)
-	c.mu.RLock()
-	pk := c.sr[k]
-	c.mu.RUnlock()
-	if pk != nil {
-		return pk, nil
+	mu.RLock()
+	v := m[k]
+	mu.RUnlock()
+	if v != nil {
+		return v, nil
 	}
-	pk, err := sr25519.NewPublicKeyFromBytes(public)
+	v, err := decode(B(public))
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	evict(c.sr)
-	c.sr[k] = pk
-	c.mu.Unlock()
-	return pk, nil
+	mu.Lock()
+	evict(m)
+	m[k] = v
+	mu.Unlock()
+	return v, nil
 }
 
 // evict makes room for one entry in a full map by dropping an arbitrary
