@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime/pprof"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +48,10 @@ func benchCmd(ctx context.Context, e *env, args []string) int {
 		// dominate the profile.
 		return benchRelay(ctx, e, rest, profile)
 	}
+	if profile != "" && args[0] == "e2e" {
+		// Only the bus phase.
+		return benchE2E(ctx, e, rest, profile)
+	}
 	if profile != "" {
 		f, err := os.Create(profile)
 		if err != nil {
@@ -61,7 +66,28 @@ func benchCmd(ctx context.Context, e *env, args []string) int {
 	if args[0] == "relay" {
 		return benchRelay(ctx, e, rest, "")
 	}
-	return benchE2E(ctx, e, rest)
+	return benchE2E(ctx, e, rest, "")
+}
+
+// profilePhase returns a phase hook that CPU-profiles the phase into
+// file; *errp receives a failure to start.
+func profilePhase(file string, errp *error) func() func() {
+	return func() func() {
+		f, err := os.Create(file)
+		if err != nil {
+			*errp = err
+			return func() {}
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			*errp = err
+			return func() {}
+		}
+		return func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}
+	}
 }
 
 func benchRelay(ctx context.Context, e *env, args []string, profile string) int {
@@ -87,22 +113,7 @@ func benchRelay(ctx context.Context, e *env, args []string, profile string) int 
 	}
 	var profErr error
 	if profile != "" {
-		o.SendPhase = func() func() {
-			f, err := os.Create(profile)
-			if err != nil {
-				profErr = err
-				return func() {}
-			}
-			if err := pprof.StartCPUProfile(f); err != nil {
-				f.Close()
-				profErr = err
-				return func() {}
-			}
-			return func() {
-				pprof.StopCPUProfile()
-				f.Close()
-			}
-		}
+		o.SendPhase = profilePhase(profile, &profErr)
 	}
 	res, err := bench.RunRelay(ctx, o)
 	if err != nil {
@@ -137,13 +148,14 @@ func benchRelay(ctx context.Context, e *env, args []string, profile string) int 
 	return 0
 }
 
-func benchE2E(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "bench e2e", "[--callers 32] [--duration 10s] [--size 256] [--json]")
+func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
+	fs := newFlags(e, "bench e2e", "[--callers 32] [--duration 10s] [--size 256] [--no-plain] [--json]")
 	var o bench.E2EOptions
 	fs.IntVar(&o.Callers, "callers", 32, "concurrent callers")
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "length of each measured phase")
 	fs.IntVar(&o.PayloadSize, "size", 256, "payload bytes")
 	fs.IntVar(&o.Workers, "workers", 32, "service workers behind the remote peer")
+	fs.BoolVar(&o.NoPlain, "no-plain", false, "skip the plain Redis request/reply phase")
 	asJSON := fs.Bool("json", false, "print the result as JSON (no progress line)")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -152,9 +164,16 @@ func benchE2E(ctx context.Context, e *env, args []string) int {
 		o.Progress = os.Stderr
 		fmt.Fprintln(e.stderr, "starting redis-server, a registrar, a relay and two peers on 127.0.0.1...")
 	}
+	var profErr error
+	if profile != "" {
+		o.BusPhase = profilePhase(profile, &profErr)
+	}
 	res, err := bench.RunE2E(ctx, o)
 	if err != nil {
 		return e.errorf("bench e2e: %v", err)
+	}
+	if profErr != nil {
+		return e.errorf("cpu profile: %v", profErr)
 	}
 	if *asJSON {
 		return printJSON(e, res)
@@ -162,13 +181,43 @@ func benchE2E(ctx context.Context, e *env, args []string) int {
 	fmt.Fprintf(e.stdout, "\n  %d callers, %d B payload, e2e encryption on\n\n  %-12s %14s %7s %10s %10s %10s %10s\n",
 		res.Callers, res.PayloadSize, "", "round trips/s", "errors", "p50", "p90", "p99", "max")
 	for _, p := range []bench.E2EPhase{res.Bus, res.PlainRedis} {
+		if p.Name == "" {
+			continue
+		}
 		fmt.Fprintf(e.stdout, "  %-12s %14.0f %7d %10s %10s %10s %10s\n", p.Name, p.PerSecond, p.Errors,
 			roundDur(p.Latency.P50), roundDur(p.Latency.P90), roundDur(p.Latency.P99), roundDur(p.Latency.Max))
+	}
+	fmt.Fprintf(e.stdout, "\n  per round trip   %14s %14s %14s   %s\n", "CPU, this proc", "CPU, redis", "redis commands", "by command")
+	for _, p := range []bench.E2EPhase{res.Bus, res.PlainRedis} {
+		if p.Name == "" {
+			continue
+		}
+		fmt.Fprintf(e.stdout, "  %-16s %14s %14s %14.2f   %s\n", p.Name, p.Cost.ProcessCPU.Round(time.Microsecond),
+			p.Cost.RedisCPU.Round(time.Microsecond), p.Cost.RedisCommands, byCommand(p.Cost.ByCommand))
 	}
 	if res.Bus.Errors > 0 {
 		return 1
 	}
 	return 0
+}
+
+// byCommand lists per-round-trip command counts, most first.
+func byCommand(m map[string]float64) string {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		return m[names[i]] > m[names[j]] || m[names[i]] == m[names[j]] && names[i] < names[j]
+	})
+	var b strings.Builder
+	for _, k := range names {
+		if m[k] < 0.005 {
+			continue
+		}
+		fmt.Fprintf(&b, "%s %.2f  ", k, m[k])
+	}
+	return strings.TrimSpace(b.String())
 }
 
 func roundDur(d time.Duration) time.Duration {

@@ -32,6 +32,11 @@ type E2EOptions struct {
 	Workers int
 	// Progress receives a status line every second; nil for none.
 	Progress io.Writer
+	// BusPhase, if set, is called as the bus phase starts; the function
+	// it returns is called as the phase ends (to profile only that).
+	BusPhase func() (end func())
+	// NoPlain skips the plain Redis phase.
+	NoPlain bool
 }
 
 // E2EPhase is one measured phase.
@@ -41,6 +46,7 @@ type E2EPhase struct {
 	Errors     int64
 	PerSecond  float64
 	Latency    Latency
+	Cost       Cost
 }
 
 // E2EResult compares the bus with plain Redis request/reply.
@@ -144,13 +150,21 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	}
 
 	res := &E2EResult{Callers: o.Callers, PayloadSize: o.PayloadSize}
-	res.Bus = measure(ctx, "bus", o, func(ctx context.Context) error {
+	end := func() {}
+	if o.BusPhase != nil {
+		end = o.BusPhase()
+	}
+	res.Bus = measure(ctx, "bus", o, botRedis, func(ctx context.Context) error {
 		out, err := caller.Call(ctx, []uint32{dst}, "bench.echo", payload, &redisapi.CallOptions{TTL: 30 * time.Second})
 		if err == nil && out[0].Error != nil {
 			err = out[0].Error
 		}
 		return err
 	})
+	end()
+	if o.NoPlain {
+		return res, nil
+	}
 
 	// Plain Redis request/reply on the same server, same payload, same
 	// number of workers.
@@ -166,7 +180,7 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 			}
 		})
 	}
-	res.PlainRedis = measure(ctx, "plain redis", o, func(ctx context.Context) error {
+	res.PlainRedis = measure(ctx, "plain redis", o, botRedis, func(ctx context.Context) error {
 		id := newReplyID()
 		if err := plain.LPush(ctx, "bench.plain", id+string(payload)).Err(); err != nil {
 			return err
@@ -177,9 +191,11 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	return res, nil
 }
 
-// measure runs o.Callers goroutines calling f for o.Duration.
-func measure(ctx context.Context, name string, o E2EOptions, f func(context.Context) error) E2EPhase {
+// measure runs o.Callers goroutines calling f for o.Duration. rdb is a
+// client of the Redis server, for its counters.
+func measure(ctx context.Context, name string, o E2EOptions, rdb *redis.Client, f func(context.Context) error) E2EPhase {
 	var n, errs atomic.Int64
+	meter := startCost(ctx, rdb)
 	lats := make([][]time.Duration, o.Callers)
 	stop := make(chan struct{})
 	start := time.Now()
@@ -208,7 +224,8 @@ func measure(ctx context.Context, name string, o E2EOptions, f func(context.Cont
 	for _, l := range lats {
 		all = append(all, l...)
 	}
-	return E2EPhase{Name: name, RoundTrips: n.Load(), Errors: errs.Load(), PerSecond: float64(n.Load()) / elapsed.Seconds(), Latency: summarize(all)}
+	return E2EPhase{Name: name, RoundTrips: n.Load(), Errors: errs.Load(), PerSecond: float64(n.Load()) / elapsed.Seconds(),
+		Latency: summarize(all), Cost: meter.stop(ctx, n.Load())}
 }
 
 var replySeq atomic.Uint64
