@@ -19,9 +19,8 @@ import (
 //   - Bounded pushes, whose callers wait for the result, go through a
 //     combiner: the caller that finds it idle runs the batch itself (no
 //     goroutine handoff on the idle path), callers that come meanwhile
-//     queue and the first of them runs the next batch. A batch is one call
-//     of pushManyScript; Redis runs it atomically and checks each push
-//     against the bound in turn, so the bound holds exactly.
+//     queue and the first of them runs the next batch. A batch is one
+//     pipeline of LPUSHes (runPushes says how the bound is kept).
 //   - Bookkeeping nobody waits for (LREM of handled messages, HSET/HDEL of
 //     the persisted pending requests, pending.go) goes to writeLoop, one
 //     pipeline per batch (MULTI/EXEC when it persists a request). Batches
@@ -144,62 +143,66 @@ func (p *Peer) push(ctx context.Context, queue string, b []byte) (int64, error) 
 	return op.n, op.err
 }
 
-// pushManyScript LPUSHes ARGV[i+1] onto KEYS[i], for each i in turn,
-// unless that list already holds ARGV[1] entries. Redis runs it
-// atomically, so the bound holds exactly however the pushes are batched.
-// It returns, per push, the new length, -1 when the list was full, or the
-// error of that list alone.
-var pushManyScript = redis.NewScript(`
-local limit = tonumber(ARGV[1])
-local out = {}
-for i, key in ipairs(KEYS) do
-  local n = redis.pcall('LLEN', key)
-  if type(n) == 'table' then
-    out[i] = n
-  elseif n >= limit then
-    out[i] = -1
-  else
-    out[i] = redis.pcall('LPUSH', key, ARGV[i + 1])
-  end
-end
-return out
-`)
-
-// runPushes sends ops in one call of pushManyScript and sets the result
-// of each. An op whose context ended is not sent.
+// runPushes sends ops in one pipeline of LPUSHes and sets the result of
+// each. An op whose context ended is not sent.
+//
+// The bound is kept without a script: LPUSH returns the new length, and a
+// push that took a list past QueueLimit is taken back with LREM (a second
+// round trip, only then). If a consumer popped the message in between,
+// LREM finds nothing and the push counts as done: the message was
+// delivered. So a list may hold more than QueueLimit entries only for
+// that moment, no push is reported full yet delivered, and none is
+// dropped unreported. Identical messages are interchangeable here: taking
+// back a twin of ours leaves the same list.
 func (p *Peer) runPushes(ops []*pushOp) {
-	keys := make([]string, 0, len(ops))
-	args := make([]any, 1, 1+len(ops))
-	args[0] = p.opts.QueueLimit
+	ctx := context.Background() // bounded by go-redis's timeouts, not by one caller
 	live := ops[:0:0]
 	for _, op := range ops {
-		if op.err = op.ctx.Err(); op.err != nil {
-			continue
+		if op.err = op.ctx.Err(); op.err == nil {
+			live = append(live, op)
 		}
-		live = append(live, op)
-		keys = append(keys, op.queue)
-		args = append(args, op.b)
 	}
 	if len(live) == 0 {
 		return
 	}
-	// The call is not cancelled with any one caller: go-redis bounds it
-	// with its read and write timeouts.
-	res, err := pushManyScript.Run(context.Background(), p.rdb, keys, args...).Slice()
-	if err == nil && len(res) != len(live) {
-		err = fmt.Errorf("push script returned %d results for %d pushes", len(res), len(live))
-	}
+	// Each command carries its own error: Redis refusing one list (wrong
+	// type) fails that push only; a lost connection fails them all.
+	cmds := make([]*redis.IntCmd, len(live))
+	p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, op := range live {
+			cmds[i] = pipe.LPush(ctx, op.queue, op.b)
+		}
+		return nil
+	})
+	var over []int
 	for i, op := range live {
-		op.err = err
-		if err == nil {
-			switch v := res[i].(type) {
-			case int64:
-				op.n = v
-			case error:
-				op.err = v
-			default:
-				op.err = fmt.Errorf("push script returned %T", v)
-			}
+		op.n, op.err = cmds[i].Result()
+		if op.err == nil && op.n > p.opts.QueueLimit {
+			over = append(over, i)
+		}
+	}
+	if len(over) == 0 {
+		return
+	}
+	undo := make([]*redis.IntCmd, len(over))
+	p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for j, i := range over {
+			undo[j] = pipe.LRem(ctx, live[i].queue, 1, live[i].b)
+		}
+		return nil
+	})
+	for j, i := range over {
+		op := live[i]
+		removed, uerr := undo[j].Result()
+		switch {
+		case uerr == nil && removed == 1:
+			op.n = -1 // taken back: the list was full
+		case uerr == nil:
+			// Popped before we could take it back: delivered.
+		default:
+			// Whether it is still there is unknown: report the error and
+			// let the caller retry, at worst a duplicate delivery.
+			op.err = fmt.Errorf("taking back a push over the bound: %w", uerr)
 		}
 	}
 }

@@ -92,20 +92,21 @@
 // worker sees it. A fixed pool of Workers goroutines handles them.
 // Bounded pushes from concurrent handlers are combined: the handler that
 // finds no push under way sends at once, the pushes queued meanwhile go
-// out together as one Lua call, which Redis runs atomically, checking the
-// bound before each push, so it holds exactly. LREMs and pending-hash
-// writes go to a loop that sends what is queued as one pipeline; Run
-// stops it last. Nothing waits to fill a batch, so batching adds no
-// latency.
+// out together as one pipeline of LPUSHes; a push that took its list past
+// the bound is taken back (LREM) unless a consumer already popped it.
+// LREMs and pending-hash writes go to a loop that sends what is queued as
+// one pipeline; Run stops it last. Nothing waits to fill a batch, so
+// batching adds no latency.
 //
 // # No silent loss
 //
-// Every Redis list the peer pushes to is bounded by QueueLimit with a Lua
-// check-and-push: a full service queue answers the caller with 429, a full
-// ret queue dead-letters the answer; nothing is trimmed. When a relay
-// connection drops, every unanswered request is sent again on another
-// connection: the lost relay may have dropped the request or its answer,
-// and receivers suppress the duplicate and re-send their cached answer.
+// Every Redis list the peer pushes to is bounded by QueueLimit: a push
+// that finds the list full is taken back, so a full service queue answers
+// the caller with 429 and a full ret queue dead-letters the answer;
+// nothing is trimmed. When a relay connection drops, every unanswered
+// request is sent again on another connection: the lost relay may have
+// dropped the request or its answer, and receivers suppress the duplicate
+// and re-send their cached answer.
 //
 // # Operations
 //
