@@ -193,7 +193,7 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 			continue
 		}
 		fmt.Fprintf(e.stdout, "  %-16s %14s %14s %14.2f   %s\n", p.Name, p.Cost.ProcessCPU.Round(time.Microsecond),
-			p.Cost.RedisCPU.Round(time.Microsecond), p.Cost.RedisCommands, byCommand(p.Cost.ByCommand))
+			p.Cost.RedisCPU.Round(time.Microsecond), p.Cost.RedisCommands, byCommand(p.Cost.ByCommand, p.Cost.CommandTime))
 	}
 	if res.Bus.Errors > 0 {
 		return 1
@@ -201,8 +201,9 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 	return 0
 }
 
-// byCommand lists per-round-trip command counts, most first.
-func byCommand(m map[string]float64) string {
+// byCommand lists per-round-trip command counts and their Redis time,
+// most first.
+func byCommand(m map[string]float64, t map[string]time.Duration) string {
 	names := make([]string, 0, len(m))
 	for k := range m {
 		names = append(names, k)
@@ -215,7 +216,7 @@ func byCommand(m map[string]float64) string {
 		if m[k] < 0.005 {
 			continue
 		}
-		fmt.Fprintf(&b, "%s %.2f  ", k, m[k])
+		fmt.Fprintf(&b, "%s %.2f (%s)  ", k, m[k], t[k].Round(100*time.Nanosecond))
 	}
 	return strings.TrimSpace(b.String())
 }

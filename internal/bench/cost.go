@@ -17,6 +17,10 @@ type Cost struct {
 	RedisCPU      time.Duration      // per round trip
 	RedisCommands float64            // per round trip, all commands
 	ByCommand     map[string]float64 // per round trip, by command name
+	// CommandTime is the time Redis spent executing each command, per
+	// round trip (commandstats usec: without I/O, and a script's
+	// commands count in the script's time too).
+	CommandTime map[string]time.Duration
 }
 
 // costMeter samples the counters a Cost is computed from.
@@ -25,11 +29,12 @@ type costMeter struct {
 	cpu   time.Duration
 	rcpu  time.Duration
 	calls map[string]int64
+	usec  map[string]int64
 }
 
 func startCost(ctx context.Context, rdb *redis.Client) *costMeter {
 	m := &costMeter{rdb: rdb, cpu: processCPU()}
-	m.rcpu, m.calls = redisCounters(ctx, rdb)
+	m.rcpu, m.calls, m.usec = redisCounters(ctx, rdb)
 	return m
 }
 
@@ -40,8 +45,8 @@ func (m *costMeter) stop(ctx context.Context, n int64) Cost {
 		return Cost{}
 	}
 	cpu := processCPU() - m.cpu
-	rcpu, calls := redisCounters(ctx, m.rdb)
-	c := Cost{ProcessCPU: cpu / time.Duration(n), ByCommand: map[string]float64{}}
+	rcpu, calls, usec := redisCounters(ctx, m.rdb)
+	c := Cost{ProcessCPU: cpu / time.Duration(n), ByCommand: map[string]float64{}, CommandTime: map[string]time.Duration{}}
 	if m.calls == nil || calls == nil {
 		return c
 	}
@@ -56,19 +61,20 @@ func (m *costMeter) stop(ctx context.Context, n int64) Cost {
 			per := float64(d) / float64(n)
 			c.ByCommand[name] = per
 			c.RedisCommands += per
+			c.CommandTime[name] = time.Duration(usec[name]-m.usec[name]) * time.Microsecond / time.Duration(n)
 		}
 	}
 	return c
 }
 
-// redisCounters reads redis-server's CPU time and command counts.
-func redisCounters(ctx context.Context, rdb *redis.Client) (time.Duration, map[string]int64) {
+// redisCounters reads redis-server's CPU time, and the calls and
+// microseconds of each command.
+func redisCounters(ctx context.Context, rdb *redis.Client) (cpu time.Duration, calls, usec map[string]int64) {
 	s, err := rdb.Info(ctx, "cpu", "commandstats").Result()
 	if err != nil {
-		return 0, nil
+		return 0, nil, nil
 	}
-	var cpu time.Duration
-	calls := map[string]int64{}
+	calls, usec = map[string]int64{}, map[string]int64{}
 	for line := range strings.SplitSeq(s, "\n") {
 		line = strings.TrimSpace(line)
 		k, v, ok := strings.Cut(line, ":")
@@ -80,13 +86,19 @@ func redisCounters(ctx context.Context, rdb *redis.Client) (time.Duration, map[s
 			f, _ := strconv.ParseFloat(v, 64)
 			cpu += time.Duration(f * float64(time.Second))
 		case strings.HasPrefix(k, "cmdstat_"):
-			// calls=N,usec=...
-			f, _, _ := strings.Cut(v, ",")
-			if n, ok := strings.CutPrefix(f, "calls="); ok {
-				c, _ := strconv.ParseInt(n, 10, 64)
-				calls[strings.TrimPrefix(k, "cmdstat_")] = c
+			// calls=N,usec=N,usec_per_call=...
+			name := strings.TrimPrefix(k, "cmdstat_")
+			for f := range strings.SplitSeq(v, ",") {
+				key, val, _ := strings.Cut(f, "=")
+				n, _ := strconv.ParseInt(val, 10, 64)
+				switch key {
+				case "calls":
+					calls[name] = n
+				case "usec":
+					usec[name] = n
+				}
 			}
 		}
 	}
-	return cpu, calls
+	return cpu, calls, usec
 }
