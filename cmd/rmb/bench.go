@@ -156,6 +156,7 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 	fs.IntVar(&o.PayloadSize, "size", 256, "payload bytes")
 	fs.IntVar(&o.Workers, "workers", 32, "service workers behind the remote peer")
 	fs.BoolVar(&o.NoPlain, "no-plain", false, "skip the plain Redis request/reply phase")
+	fs.BoolVar(&o.UnixSocket, "unix", false, "connect to Redis by a unix socket instead of TCP (both phases)")
 	asJSON := fs.Bool("json", false, "print the result as JSON (no progress line)")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -187,12 +188,12 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 		fmt.Fprintf(e.stdout, "  %-12s %14.0f %7d %10s %10s %10s %10s\n", p.Name, p.PerSecond, p.Errors,
 			roundDur(p.Latency.P50), roundDur(p.Latency.P90), roundDur(p.Latency.P99), roundDur(p.Latency.Max))
 	}
-	fmt.Fprintf(e.stdout, "\n  per round trip   %14s %14s %14s   %s\n", "CPU, this proc", "CPU, redis", "redis commands", "by command")
+	fmt.Fprintf(e.stdout, "\n  per round trip   %14s %14s %14s %14s   %s\n", "CPU, machine", "CPU, this proc", "CPU, redis", "redis commands", "by command (redis time)")
 	for _, p := range []bench.E2EPhase{res.Bus, res.PlainRedis} {
 		if p.Name == "" {
 			continue
 		}
-		fmt.Fprintf(e.stdout, "  %-16s %14s %14s %14.2f   %s\n", p.Name, p.Cost.ProcessCPU.Round(time.Microsecond),
+		fmt.Fprintf(e.stdout, "  %-16s %14s %14s %14s %14.2f   %s\n", p.Name, p.Cost.MachineCPU.Round(time.Microsecond), p.Cost.ProcessCPU.Round(time.Microsecond),
 			p.Cost.RedisCPU.Round(time.Microsecond), p.Cost.RedisCommands, byCommand(p.Cost.ByCommand, p.Cost.CommandTime))
 	}
 	if res.Bus.Errors > 0 {

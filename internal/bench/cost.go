@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +14,12 @@ import (
 // load, and whatever runs in-process with it), CPU of redis-server, and
 // the Redis commands it ran.
 type Cost struct {
+	// MachineCPU is all the CPU the machine was busy for, per round trip
+	// (/proc/stat: user, system, interrupts, including the kernel's
+	// network work that no process is charged for); zero where
+	// /proc/stat is missing. On an otherwise idle machine it is the
+	// whole cost, and cores / MachineCPU the best throughput to expect.
+	MachineCPU    time.Duration
 	ProcessCPU    time.Duration      // per round trip
 	RedisCPU      time.Duration      // per round trip
 	RedisCommands float64            // per round trip, all commands
@@ -26,6 +33,7 @@ type Cost struct {
 // costMeter samples the counters a Cost is computed from.
 type costMeter struct {
 	rdb   *redis.Client
+	busy  time.Duration
 	cpu   time.Duration
 	rcpu  time.Duration
 	calls map[string]int64
@@ -33,7 +41,7 @@ type costMeter struct {
 }
 
 func startCost(ctx context.Context, rdb *redis.Client) *costMeter {
-	m := &costMeter{rdb: rdb, cpu: processCPU()}
+	m := &costMeter{rdb: rdb, cpu: processCPU(), busy: machineBusy()}
 	m.rcpu, m.calls, m.usec = redisCounters(ctx, rdb)
 	return m
 }
@@ -45,8 +53,9 @@ func (m *costMeter) stop(ctx context.Context, n int64) Cost {
 		return Cost{}
 	}
 	cpu := processCPU() - m.cpu
+	busy := machineBusy() - m.busy
 	rcpu, calls, usec := redisCounters(ctx, m.rdb)
-	c := Cost{ProcessCPU: cpu / time.Duration(n), ByCommand: map[string]float64{}, CommandTime: map[string]time.Duration{}}
+	c := Cost{MachineCPU: busy / time.Duration(n), ProcessCPU: cpu / time.Duration(n), ByCommand: map[string]float64{}, CommandTime: map[string]time.Duration{}}
 	if m.calls == nil || calls == nil {
 		return c
 	}
@@ -101,4 +110,30 @@ func redisCounters(ctx context.Context, rdb *redis.Client) (cpu time.Duration, c
 		}
 	}
 	return cpu, calls, usec
+}
+
+// machineBusy is the CPU time all cores spent not idle since boot, from
+// the first line of /proc/stat (in USER_HZ ticks, 100 per second on
+// Linux); zero where it cannot be read.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0
+	}
+	var ticks int64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		// user nice system idle iowait irq softirq steal guest guest_nice;
+		// guest time is already counted in user.
+		if i == 3 || i == 4 || i >= 8 {
+			continue
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * (time.Second / 100)
 }

@@ -37,6 +37,9 @@ type E2EOptions struct {
 	BusPhase func() (end func())
 	// NoPlain skips the plain Redis phase.
 	NoPlain bool
+	// UnixSocket connects every Redis client through a unix socket
+	// instead of TCP on 127.0.0.1.
+	UnixSocket bool
 }
 
 // E2EPhase is one measured phase.
@@ -79,7 +82,7 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	rs, err := redistest.Run(dir, nil)
+	rs, err := redistest.Run(dir, &redistest.Options{Socket: o.UnixSocket})
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +105,7 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	for i := range peers {
 		// The peer gets a client of its own, as it would in production;
 		// bots and services below use other clients.
-		rdbs[i] = redis.NewClient(&redis.Options{Addr: rs.Addr, DB: i + 1})
+		rdbs[i] = redis.NewClient(redisOptions(rs, o, &redis.Options{DB: i + 1}))
 		defer rdbs[i].Close()
 		seed := make([]byte, 32)
 		copy(seed, fmt.Sprintf("rmb-bench-e2e-%d", i))
@@ -129,9 +132,9 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 
 	// The echo service behind peer 2.
 	// Every blocking BRPOP holds a connection: size the pools for that.
-	svcRedis := redis.NewClient(&redis.Options{Addr: rs.Addr, DB: 2, PoolSize: o.Workers + 4})
+	svcRedis := redis.NewClient(redisOptions(rs, o, &redis.Options{DB: 2, PoolSize: o.Workers + 4}))
 	defer svcRedis.Close()
-	botRedis := redis.NewClient(&redis.Options{Addr: rs.Addr, DB: 1, PoolSize: o.Callers + o.Workers + 4})
+	botRedis := redis.NewClient(redisOptions(rs, o, &redis.Options{DB: 1, PoolSize: o.Callers + o.Workers + 4}))
 	defer botRedis.Close()
 	svc := redisapi.NewClient(svcRedis)
 	for range o.Workers {
@@ -189,6 +192,15 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		return err
 	})
 	return res, nil
+}
+
+// redisOptions points ro at rs, by TCP or by its unix socket.
+func redisOptions(rs *redistest.Server, o E2EOptions, ro *redis.Options) *redis.Options {
+	ro.Addr = rs.Addr
+	if o.UnixSocket {
+		ro.Network, ro.Addr = "unix", rs.Socket
+	}
+	return ro
 }
 
 // measure runs o.Callers goroutines calling f for o.Duration. rdb is a

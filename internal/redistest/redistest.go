@@ -23,10 +23,11 @@ import (
 
 // Server is a running redis-server.
 type Server struct {
-	Addr string // host:port
-	Dir  string
-	cmd  *exec.Cmd
-	opts Options
+	Addr   string // host:port
+	Socket string // path of its unix socket, if Options.Socket
+	Dir    string
+	cmd    *exec.Cmd
+	opts   Options
 }
 
 // Options tune the server. The zero value is an in-memory server.
@@ -34,6 +35,9 @@ type Options struct {
 	// AOF turns on the append-only file (appendfsync always), so data
 	// survives a kill -9 and Restart.
 	AOF bool
+	// Socket makes the server listen on a unix socket in its directory
+	// too (Server.Socket). The directory's path must be short.
+	Socket bool
 }
 
 // URL is the redis:// URL of the server.
@@ -64,6 +68,12 @@ func Run(dir string, opts *Options) (*Server, error) {
 	if opts != nil {
 		s.opts = *opts
 	}
+	if s.opts.Socket {
+		s.Socket = filepath.Join(dir, "redis.sock")
+		if len(s.Socket) > 100 {
+			return nil, fmt.Errorf("unix socket path %s is too long for a sockaddr", s.Socket)
+		}
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -81,6 +91,9 @@ func (s *Server) start(bin string) error {
 		"--port", port, "--bind", "127.0.0.1", "--dir", s.Dir,
 		"--save", "", "--daemonize", "no", "--protected-mode", "yes",
 		"--loglevel", "warning", "--logfile", filepath.Join(s.Dir, "redis.log"),
+	}
+	if s.Socket != "" {
+		args = append(args, "--unixsocket", s.Socket, "--unixsocketperm", "700")
 	}
 	if s.opts.AOF {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
