@@ -196,6 +196,9 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 		fmt.Fprintf(e.stdout, "  %-16s %14s %14s %14s %14.2f   %s\n", p.Name, p.Cost.MachineCPU.Round(time.Microsecond), p.Cost.ProcessCPU.Round(time.Microsecond),
 			p.Cost.RedisCPU.Round(time.Microsecond), p.Cost.RedisCommands, byCommand(p.Cost.ByCommand, p.Cost.CommandTime))
 	}
+	if res.Bus.PeerRedisTrips > 0 {
+		fmt.Fprintf(e.stdout, "\n  Redis round trips of both peers per bus round trip: %.2f\n", res.Bus.PeerRedisTrips)
+	}
 	if res.Bus.Errors > 0 {
 		return 1
 	}

@@ -50,6 +50,9 @@ type E2EPhase struct {
 	PerSecond  float64
 	Latency    Latency
 	Cost       Cost
+	// PeerRedisTrips is the Redis round trips (commands and pipelines)
+	// both peers made, per round trip.
+	PeerRedisTrips float64 `json:",omitempty"`
 }
 
 // E2EResult compares the bus with plain Redis request/reply.
@@ -98,6 +101,7 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	defer cancel()
 	quiet := slog.New(slog.DiscardHandler)
 	rdbs := make([]*redis.Client, 2)
+	peerTrips := &redistest.RoundTrips{}
 	peers := make([]*peer.Peer, 2)
 	var pwg sync.WaitGroup
 	defer pwg.Wait()
@@ -106,6 +110,7 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		// The peer gets a client of its own, as it would in production;
 		// bots and services below use other clients.
 		rdbs[i] = redis.NewClient(redisOptions(rs, o, &redis.Options{DB: i + 1}))
+		rdbs[i].AddHook(peerTrips)
 		defer rdbs[i].Close()
 		seed := make([]byte, 32)
 		copy(seed, fmt.Sprintf("rmb-bench-e2e-%d", i))
@@ -153,6 +158,7 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	}
 
 	res := &E2EResult{Callers: o.Callers, PayloadSize: o.PayloadSize}
+	tripsBefore := peerTrips.N()
 	end := func() {}
 	if o.BusPhase != nil {
 		end = o.BusPhase()
@@ -165,6 +171,9 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		return err
 	})
 	end()
+	if n := res.Bus.RoundTrips; n > 0 {
+		res.Bus.PeerRedisTrips = float64(peerTrips.N()-tripsBefore) / float64(n)
+	}
 	if o.NoPlain {
 		return res, nil
 	}

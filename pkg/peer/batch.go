@@ -2,6 +2,8 @@ package peer
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -10,40 +12,69 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Per-message Redis work shares round trips. Nothing waits to fill a
-// batch: what is queued while one round trip is out goes in the next, so
-// an idle peer sends each command at once and a busy one many per round
-// trip (the write coalescing of a send loop that flushes when its queue
-// runs dry).
+// Per-message Redis work shares round trips. One loop (redisLoop) owns
+// every Redis command that does not block: the moves of popLoop while its
+// queue has messages, bounded pushes, and the bookkeeping of handled
+// messages. It sends what is queued as one pipeline, then what was
+// queued meanwhile, and so on: nothing waits to fill a batch, so an idle
+// peer sends each op at once and a busy one many per round trip (the
+// write coalescing of a send loop that flushes when its queue runs dry).
+// Ops run in the order they were queued, which pending.go relies on. A
+// batch that persists a request is a MULTI/EXEC transaction, so the HSET
+// of the request and the LREM of the message it came from happen
+// together or not at all.
 //
-//   - Bounded pushes, whose callers wait for the result, go through a
-//     combiner: the caller that finds it idle runs the batch itself (no
-//     goroutine handoff on the idle path), callers that come meanwhile
-//     queue and the first of them runs the next batch. A batch is one
-//     pipeline of LPUSHes (runPushes says how the bound is kept).
+//   - Moves (moveScript) and pushes have callers waiting for the result.
 //   - Bookkeeping nobody waits for (LREM of handled messages, HSET/HDEL of
-//     the persisted pending requests, pending.go) goes to writeLoop, one
-//     pipeline per batch (MULTI/EXEC when it persists a request). Batches
-//     run in the order they were queued, which pending.go relies on.
+//     the persisted pending requests, pending.go) is retried with the
+//     next batches when a round trip fails, a few times.
+//
+// Blocking pops (BLMOVE, when a queue ran dry) stay on popLoop's own
+// connection.
 
 const (
-	// maxBatch bounds the commands of one pipeline.
-	maxBatch = 256 // also bounds the lists of one pushManyScript call
+	// maxBatch bounds the ops of one transaction.
+	maxBatch = 256
 	// popBatch bounds how many messages popLoop moves to a processing
-	// list in one round trip.
+	// list in one op.
 	popBatch = 64
+	// writeTries is how many failed round trips a bookkeeping op is sent
+	// in before it is given up.
+	writeTries = 5
 )
 
-// pushOp is one bounded push; runPushes sets n and err.
+// redisOp is one op for redisLoop; exactly one of push, move and write is
+// set. done is closed once a push or move has its result.
+type redisOp struct {
+	push  *pushOp
+	move  *moveOp
+	write *writeOp
+	tries int // failed round trips of a write
+	done  chan struct{}
+}
+
+// pushOp is one bounded push; runBatch sets n and err.
 type pushOp struct {
 	ctx   context.Context
 	queue string
 	b     []byte
 	n     int64 // new length of the list, -1 when it was full
 	err   error
+	cmd   *redis.IntCmd
 }
 
-// writeOp is bookkeeping for writeLoop. Each set field adds a command.
+// moveOp moves up to max messages from queue to processing; runBatch sets
+// msgs (oldest first) and err.
+type moveOp struct {
+	ctx               context.Context
+	queue, processing string
+	max               int
+	msgs              []string
+	err               error
+	cmd               *redis.Cmd
+}
+
+// writeOp is bookkeeping. Each set field adds a command.
 type writeOp struct {
 	processing string   // LREM raw from this processing list
 	raw        string   //
@@ -105,27 +136,30 @@ func (c *combiner[T]) do(op T, run func([]T)) {
 	}
 }
 
-// batchers is writeLoop's queue. Run starts it before the loops that use
+// batchers is redisLoop's queue. Run starts it before the loops that use
 // it and stops it after those returned.
 type batchers struct {
-	writes  chan writeOp
-	stop    chan struct{} // closed to stop writeLoop
-	stopped chan struct{} // closed once writeLoop returned
+	ops     chan *redisOp
+	stop    chan struct{} // closed to stop redisLoop
+	stopped chan struct{} // closed once redisLoop returned
 }
 
-// startBatchers starts writeLoop. The returned function stops it, after it
-// has sent what is queued, and waits for it; it may be called more than
-// once.
+// errStopped means the op came after redisLoop stopped.
+var errStopped = errors.New("peer: stopped")
+
+// startBatchers starts redisLoop. The returned function stops it, after
+// it has run what is queued, and waits for it; it may be called more
+// than once.
 func (p *Peer) startBatchers() (stop func()) {
 	b := &batchers{
-		writes:  make(chan writeOp, 16*maxBatch),
+		ops:     make(chan *redisOp, 16*maxBatch),
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
 	p.batch = b
 	go func() {
 		defer close(b.stopped)
-		p.writeLoop(b)
+		p.redisLoop(b)
 	}()
 	var once sync.Once
 	return func() {
@@ -134,86 +168,49 @@ func (p *Peer) startBatchers() (stop func()) {
 	}
 }
 
+// submit queues op and, for a push or move, waits for its result. It
+// reports false when redisLoop has stopped.
+func (p *Peer) submit(op *redisOp) bool {
+	select {
+	case p.batch.ops <- op:
+	case <-p.batch.stopped:
+		return false
+	}
+	if op.done != nil {
+		<-op.done
+	}
+	return true
+}
+
 // push pushes b onto queue unless queue holds QueueLimit entries: the new
 // list length, or -1 when the list is full. Concurrent pushes share round
 // trips.
 func (p *Peer) push(ctx context.Context, queue string, b []byte) (int64, error) {
 	op := &pushOp{ctx: ctx, queue: queue, b: b}
-	p.pushes.do(op, p.runPushes)
+	if !p.submit(&redisOp{push: op, done: make(chan struct{})}) {
+		return 0, errStopped
+	}
 	return op.n, op.err
 }
 
-// runPushes sends ops in one pipeline of LPUSHes and sets the result of
-// each. An op whose context ended is not sent.
-//
-// The bound is kept without a script: LPUSH returns the new length, and a
-// push that took a list past QueueLimit is taken back with LREM (a second
-// round trip, only then). If a consumer popped the message in between,
-// LREM finds nothing and the push counts as done: the message was
-// delivered. So a list may hold more than QueueLimit entries only for
-// that moment, no push is reported full yet delivered, and none is
-// dropped unreported. Identical messages are interchangeable here: taking
-// back a twin of ours leaves the same list.
-func (p *Peer) runPushes(ops []*pushOp) {
-	ctx := context.Background() // bounded by go-redis's timeouts, not by one caller
-	live := ops[:0:0]
-	for _, op := range ops {
-		if op.err = op.ctx.Err(); op.err == nil {
-			live = append(live, op)
-		}
+// moveBatch moves up to n messages from queue to processing without
+// blocking, and returns them oldest first.
+func (p *Peer) moveBatch(ctx context.Context, queue, processing string, n int) ([]string, error) {
+	op := &moveOp{ctx: ctx, queue: queue, processing: processing, max: n}
+	if !p.submit(&redisOp{move: op, done: make(chan struct{})}) {
+		return nil, errStopped
 	}
-	if len(live) == 0 {
-		return
+	if op.err != nil {
+		return nil, fmt.Errorf("move from %s: %w", queue, op.err)
 	}
-	// Each command carries its own error: Redis refusing one list (wrong
-	// type) fails that push only; a lost connection fails them all.
-	cmds := make([]*redis.IntCmd, len(live))
-	p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, op := range live {
-			cmds[i] = pipe.LPush(ctx, op.queue, op.b)
-		}
-		return nil
-	})
-	var over []int
-	for i, op := range live {
-		op.n, op.err = cmds[i].Result()
-		if op.err == nil && op.n > p.opts.QueueLimit {
-			over = append(over, i)
-		}
-	}
-	if len(over) == 0 {
-		return
-	}
-	undo := make([]*redis.IntCmd, len(over))
-	p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for j, i := range over {
-			undo[j] = pipe.LRem(ctx, live[i].queue, 1, live[i].b)
-		}
-		return nil
-	})
-	for j, i := range over {
-		op := live[i]
-		removed, uerr := undo[j].Result()
-		switch {
-		case uerr == nil && removed == 1:
-			op.n = -1 // taken back: the list was full
-		case uerr == nil:
-			// Popped before we could take it back: delivered.
-		default:
-			// Whether it is still there is unknown: report the error and
-			// let the caller retry, at worst a duplicate delivery.
-			op.err = fmt.Errorf("taking back a push over the bound: %w", uerr)
-		}
-	}
+	return op.msgs, nil
 }
 
-// write queues bookkeeping for writeLoop. It blocks while the queue is
-// full (Redis is slow or down); after the peer stopped the op is lost,
-// which only means a handled message is handled again on the next start.
+// write queues bookkeeping. It blocks while the queue is full (Redis is
+// slow or down); after the peer stopped the op is lost, which only means
+// a handled message is handled again on the next start.
 func (p *Peer) write(op writeOp) {
-	select {
-	case p.batch.writes <- op:
-	case <-p.batch.stopped:
+	if !p.submit(&redisOp{write: &op}) {
 		p.log.Warn("bookkeeping after stop not written", "processing", op.processing, "persist", op.persist, "forget", op.forget)
 		if op.processing != "" {
 			p.release(op.processing, op.raw)
@@ -221,111 +218,55 @@ func (p *Peer) write(op writeOp) {
 	}
 }
 
-// writeLoop sends the queued bookkeeping until stop is closed, then what
-// is still queued.
-func (p *Peer) writeLoop(b *batchers) {
+// finish removes raw from a processing list and then gives up the hold on
+// it. When persist is a uid, the pending request is persisted in the same
+// transaction.
+func (p *Peer) finish(processing, raw, persist string) {
+	p.write(writeOp{processing: processing, raw: raw, persist: persist})
+}
+
+// redisLoop runs the queued ops in batches until stop is closed and the
+// queue is empty. Writes of a failed round trip go first in the next
+// batch, after a pause.
+func (p *Peer) redisLoop(b *batchers) {
+	var retry []*redisOp
 	for {
-		var first writeOp
-		select {
-		case first = <-b.writes:
-		case <-b.stop:
+		batch := retry
+		if len(batch) == 0 {
 			select {
-			case first = <-b.writes:
-			default:
-				return
+			case op := <-b.ops:
+				batch = append(batch, op)
+			case <-b.stop:
+				select {
+				case op := <-b.ops:
+					batch = append(batch, op)
+				default:
+					return
+				}
 			}
 		}
-		batch := []writeOp{first}
 	more:
 		for len(batch) < maxBatch {
 			select {
-			case op := <-b.writes:
+			case op := <-b.ops:
 				batch = append(batch, op)
 			default:
 				break more
 			}
 		}
-		p.runWrites(batch)
+		retry = p.runBatch(batch)
+		if len(retry) > 0 {
+			time.Sleep(time.Duration(min(retry[0].tries, 10)) * 100 * time.Millisecond)
+		}
 	}
-}
-
-// runWrites sends ops in one pipeline, in a MULTI/EXEC when it persists a
-// request, so the HSET of a request and the LREM of the message it came
-// from happen together or not at all. A failed round trip is retried a
-// few times; after that the messages stay in their processing list and
-// are handled again (popLoop finds them unheld, or the next start does).
-// Once the LREMs ran or were given up, their entries are no longer held.
-func (p *Peer) runWrites(ops []writeOp) {
-	defer func() {
-		for _, op := range ops {
-			if op.processing != "" {
-				p.release(op.processing, op.raw)
-			}
-		}
-	}()
-	ctx := context.Background()
-	tx := false
-	for _, op := range ops {
-		tx = tx || op.persist != ""
-	}
-	for i := 0; ; i++ {
-		pipe := p.rdb.Pipeline()
-		if tx {
-			pipe = p.rdb.TxPipeline()
-		}
-		var hset []any
-		var hdel []string
-		for _, op := range ops {
-			if op.persist != "" {
-				hset = append(hset, p.pendingFields(op.persist)...)
-			}
-			hdel = append(hdel, op.forget...)
-		}
-		// Within a batch no field is both written and deleted: an HDEL is
-		// queued only after the HSET of its field was built (pending.go).
-		if len(hset) > 0 {
-			pipe.HSet(ctx, PendingHash, hset...)
-		}
-		for _, op := range ops {
-			if op.processing != "" {
-				pipe.LRem(ctx, op.processing, 1, op.raw)
-			}
-		}
-		if len(hdel) > 0 {
-			pipe.HDel(ctx, PendingHash, hdel...)
-		}
-		if pipe.Len() == 0 {
-			return
-		}
-		_, err := pipe.Exec(ctx)
-		var rerr redis.Error
-		if err == nil || errors.As(err, &rerr) {
-			// Sent; a command Redis refused (wrong type) is not retried.
-			if err != nil {
-				p.log.Error("redis refused bookkeeping", "err", err)
-			}
-			return
-		}
-		if i == 4 {
-			p.log.Error("redis bookkeeping failed; handled messages stay in their processing list", "err", err, "ops", len(ops))
-			return
-		}
-		p.log.Warn("redis bookkeeping failed; retrying", "err", err)
-		time.Sleep(time.Duration(i+1) * 100 * time.Millisecond)
-	}
-}
-
-// finish removes raw from a processing list (through writeLoop) and then
-// gives up the hold on it. When persist is a uid, the pending request is
-// persisted in the same transaction.
-func (p *Peer) finish(processing, raw, persist string) {
-	p.write(writeOp{processing: processing, raw: raw, persist: persist})
 }
 
 // moveScript moves up to ARGV[1] messages from the right of KEYS[1] to the
 // left of KEYS[2], like that many LMOVEs, and returns them oldest first.
-// It stops at the first miss, so an empty queue costs one cheap call.
-var moveScript = redis.NewScript(`
+// It stops at the first miss, so an empty queue costs one cheap call. It
+// is called by its hash (moveSHA), and sent whole only when Redis does
+// not know it.
+const moveScript = `
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
   local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
@@ -333,17 +274,162 @@ for i = 1, tonumber(ARGV[1]) do
   out[i] = v
 end
 return out
-`)
+`
 
-// moveBatch moves up to n messages from queue to processing without
-// blocking.
-func (p *Peer) moveBatch(ctx context.Context, queue, processing string, n int) ([]string, error) {
-	out, err := moveScript.Run(ctx, p.rdb, []string{queue, processing}, n).StringSlice()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
+var moveSHA = func() string {
+	h := sha1.Sum([]byte(moveScript))
+	return hex.EncodeToString(h[:])
+}()
+
+// runBatch runs ops as one pipeline, sets the results of pushes and
+// moves, and returns the writes to send again (the round trip failed and
+// they have tries left). A push or move whose context ended is not sent.
+func (p *Peer) runBatch(ops []*redisOp) (retry []*redisOp) {
+	// Not cancelled with any one caller: go-redis bounds the round trip
+	// with its read and write timeouts.
+	ctx := context.Background()
+	// A transaction only when the batch persists a request: then the HSET
+	// and the LREM of the message it came from must happen together.
+	tx := p.rdb.Pipeline()
+	for _, op := range ops {
+		if op.write != nil && op.write.persist != "" {
+			tx = p.rdb.TxPipeline()
+			break
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("move from %s: %w", queue, err)
+	var hset []any
+	var hdel []string
+	for _, op := range ops {
+		switch {
+		case op.move != nil:
+			m := op.move
+			if m.err = m.ctx.Err(); m.err == nil {
+				m.cmd = tx.EvalSha(ctx, moveSHA, []string{m.queue, m.processing}, m.max)
+			}
+		case op.push != nil:
+			u := op.push
+			if u.err = u.ctx.Err(); u.err == nil {
+				u.cmd = tx.LPush(ctx, u.queue, u.b)
+			}
+		case op.write.persist != "":
+			// Built now, not when queued: pending.go relies on it.
+			hset = append(hset, p.pendingFields(op.write.persist)...)
+		}
+		if op.write != nil {
+			hdel = append(hdel, op.write.forget...)
+		}
 	}
-	return out, nil
+	// Within a batch no field is both written and deleted: an HDEL is
+	// queued only after the HSET of its field was built (pending.go).
+	if len(hset) > 0 {
+		tx.HSet(ctx, PendingHash, hset...)
+	}
+	for _, op := range ops {
+		if op.write != nil && op.write.processing != "" {
+			tx.LRem(ctx, op.write.processing, 1, op.write.raw)
+		}
+	}
+	if len(hdel) > 0 {
+		tx.HDel(ctx, PendingHash, hdel...)
+	}
+	var err error
+	if tx.Len() > 0 {
+		_, err = tx.Exec(ctx)
+	}
+	// A reply error (a list of the wrong type) belongs to its command;
+	// any other error lost the whole round trip.
+	var rerr redis.Error
+	lost := err != nil && !errors.As(err, &rerr)
+	var over []*redisOp
+	gaveUp := 0
+	for _, op := range ops {
+		switch {
+		case op.move != nil:
+			m := op.move
+			if m.cmd != nil {
+				m.msgs, m.err = m.cmd.StringSlice()
+				if m.err != nil && redis.HasErrorPrefix(m.err, "NOSCRIPT") {
+					// Redis restarted since it last ran the script: EVAL
+					// sends it again (and Redis keeps it from then on).
+					m.msgs, m.err = p.rdb.Eval(ctx, moveScript, []string{m.queue, m.processing}, m.max).StringSlice()
+				}
+				if errors.Is(m.err, redis.Nil) {
+					m.msgs, m.err = nil, nil
+				}
+			}
+			close(op.done)
+		case op.push != nil:
+			u := op.push
+			if u.cmd != nil {
+				u.n, u.err = u.cmd.Result()
+				if u.err == nil && u.n > p.opts.QueueLimit {
+					over = append(over, op) // done after the take-back
+					continue
+				}
+			}
+			close(op.done)
+		case lost && op.tries+1 < writeTries:
+			op.tries++
+			retry = append(retry, op)
+		default:
+			// Sent, refused, or given up: no longer held either way. A
+			// message given up stays in its processing list, and popLoop
+			// handles it again (processing.go).
+			if lost {
+				gaveUp++
+			}
+			if op.write.processing != "" {
+				p.release(op.write.processing, op.write.raw)
+			}
+		}
+	}
+	switch {
+	case err == nil:
+	case !lost:
+		p.log.Error("redis refused a command", "err", err)
+	case gaveUp > 0:
+		p.log.Error("redis bookkeeping failed; handled messages stay in their processing list", "err", err, "ops", gaveUp)
+	default:
+		p.log.Warn("redis round trip failed", "err", err, "writes_to_retry", len(retry))
+	}
+	if len(over) > 0 {
+		p.takeBack(over)
+	}
+	return retry
+}
+
+// takeBack takes back pushes that took their list past QueueLimit, with
+// one round trip of LREMs, and closes their done.
+//
+// The bound is kept without a script: LPUSH returns the new length, and a
+// push over the bound is removed again with LREM. If a consumer popped
+// the message in between, LREM finds nothing and the push counts as done:
+// the message was delivered. So a list may hold more than QueueLimit
+// entries only for that moment, no push is reported full yet delivered,
+// and none is dropped unreported. Identical messages are interchangeable
+// here: taking back a twin of ours leaves the same list.
+func (p *Peer) takeBack(ops []*redisOp) {
+	ctx := context.Background()
+	undo := make([]*redis.IntCmd, len(ops))
+	p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, op := range ops {
+			undo[i] = pipe.LRem(ctx, op.push.queue, 1, op.push.b)
+		}
+		return nil
+	})
+	for i, op := range ops {
+		u := op.push
+		removed, err := undo[i].Result()
+		switch {
+		case err == nil && removed == 1:
+			u.n = -1 // taken back: the list was full
+		case err == nil:
+			// Popped before we could take it back: delivered.
+		default:
+			// Whether it is still there is unknown: report the error and
+			// let the caller retry, at worst a duplicate delivery.
+			u.err = fmt.Errorf("taking back a push over the bound: %w", err)
+		}
+		close(op.done)
+	}
 }

@@ -40,7 +40,13 @@ func (noRegistrar) Update(context.Context, *identity.Identity, uint32, []string,
 // a private redis-server.
 func redisPeer(t *testing.T, limit int64) (*Peer, *redis.Client) {
 	t.Helper()
-	srv := redistest.Start(t, nil)
+	p, rdb, _ := redisPeerOn(t, limit, nil)
+	return p, rdb
+}
+
+func redisPeerOn(t *testing.T, limit int64, opts *redistest.Options) (*Peer, *redis.Client, *redistest.Server) {
+	t.Helper()
+	srv := redistest.Start(t, opts)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	seed := make([]byte, 32)
@@ -55,25 +61,7 @@ func redisPeer(t *testing.T, limit int64) (*Peer, *redis.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.startBatchers())
-	return p, rdb
-}
-
-// roundTrips counts the round trips a go-redis client makes: single
-// commands and pipelines alike.
-type roundTrips struct{ n atomic.Int64 }
-
-func (r *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (r *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		r.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		r.n.Add(1)
-		return next(ctx, cmds)
-	}
+	return p, rdb, srv
 }
 
 // Many concurrent pushes share round trips and still respect the bound
@@ -82,8 +70,8 @@ func TestPushBoundExactUnderConcurrency(t *testing.T) {
 	const limit, pushers = 50, 400
 	p, rdb := redisPeer(t, limit)
 	ctx := context.Background()
-	var rt roundTrips
-	rdb.AddHook(&rt)
+	rt := &redistest.RoundTrips{}
+	rdb.AddHook(rt)
 	var (
 		wg            sync.WaitGroup
 		mu            sync.Mutex
@@ -121,7 +109,7 @@ func TestPushBoundExactUnderConcurrency(t *testing.T) {
 	}
 	// Coalesced: fewer round trips than pushes, counting the ones that
 	// took pushes back.
-	if n := rt.n.Load(); n >= pushers {
+	if n := rt.N(); n >= pushers {
 		t.Errorf("%d round trips for %d pushes: not batched", n, pushers)
 	} else {
 		t.Logf("%d pushes in %d round trips", pushers, n)
@@ -253,7 +241,13 @@ func TestPushErrorIsPerList(t *testing.T) {
 		{ctx: ctx, queue: "not-a-list", b: []byte("2")},
 		{ctx: ctx, queue: "good", b: []byte("3")},
 	}
-	p.runPushes(ops)
+	var batch []*redisOp
+	for _, op := range ops {
+		batch = append(batch, &redisOp{push: op, done: make(chan struct{})})
+	}
+	if retry := p.runBatch(batch); len(retry) > 0 {
+		t.Fatalf("%d ops to retry", len(retry))
+	}
 	r0, r1, r2 := ops[0], ops[1], ops[2]
 	if r0.err != nil || r0.n != 1 || r2.err != nil || r2.n != 2 {
 		t.Fatalf("good pushes: %+v %+v", r0, r2)
@@ -309,5 +303,67 @@ func TestPushOverBoundTakenBackUnlessPopped(t *testing.T) {
 	}
 	if l := rdb.LRange(ctx, "q", 0, -1).Val(); len(l) != 1 || l[0] != "a" {
 		t.Fatalf("list: %q; want only a", l)
+	}
+}
+
+// After Redis forgot its scripts (a restart), moves send the script again.
+func TestMoveBatchAfterScriptFlush(t *testing.T) {
+	p, rdb := redisPeer(t, 100)
+	ctx := context.Background()
+	rdb.RPush(ctx, "in", "a", "b")
+	if got, err := p.moveBatch(ctx, "in", "in.processing", 1); err != nil || len(got) != 1 {
+		t.Fatalf("first move: %q, %v", got, err)
+	}
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.moveBatch(ctx, "in", "in.processing", 1); err != nil || len(got) != 1 || got[0] != "a" {
+		t.Fatalf("move after SCRIPT FLUSH: %q, %v; want [a]", got, err)
+	}
+}
+
+// Bookkeeping queued while Redis is down is sent once it is back, within
+// the retries.
+func TestBookkeepingRetriedAcrossRedisRestart(t *testing.T) {
+	p, rdb, srv := redisPeerOn(t, 100, &redistest.Options{AOF: true})
+	ctx := context.Background()
+	rdb.LPush(ctx, "proc", "x", "y")
+	failed := &failedPipelines{}
+	rdb.AddHook(failed)
+	p.held["proc"] = newHolds()
+	p.held["proc"].add("x")
+	srv.Kill()
+	p.finish("proc", "x", "")
+	time.Sleep(150 * time.Millisecond) // at least one failed round trip
+	srv.Restart(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, err := rdb.LRange(ctx, "proc", 0, -1).Result()
+		held := p.held["proc"].count()
+		if err == nil && len(l) == 1 && l[0] == "y" && held == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("processing list %q (%v), %d held; want only y, none held", l, err, held)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if failed.n.Load() == 0 {
+		t.Fatal("no round trip failed: the test did not exercise the retry")
+	}
+}
+
+// failedPipelines counts pipelines that returned an error.
+type failedPipelines struct{ n atomic.Int64 }
+
+func (f *failedPipelines) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (f *failedPipelines) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (f *failedPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if err != nil {
+			f.n.Add(1)
+		}
+		return err
 	}
 }

@@ -193,7 +193,7 @@ type pending struct {
 	waiting  map[uint32][]byte // destination -> signed envelope (nil until sent)
 	deliver  func(context.Context, *Response)
 	ret, ref string // the client's, for a request from Redis
-	// persisted is set once writeLoop wrote the waiting destinations to
+	// persisted is set once redisLoop wrote the waiting destinations to
 	// PendingHash; from then on each answered one is deleted there.
 	persisted bool
 }

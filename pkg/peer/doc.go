@@ -86,17 +86,18 @@
 // # Batching
 //
 // Per-message Redis work shares round trips while keeping each message's
-// guarantees (batch.go). popLoop blocks in BLMOVE only when the queue ran
-// dry and otherwise moves up to 64 messages per call with a Lua loop of
-// LMOVEs, so every popped message is in the processing list before a
-// worker sees it. A fixed pool of Workers goroutines handles them.
-// Bounded pushes from concurrent handlers are combined: the handler that
-// finds no push under way sends at once, the pushes queued meanwhile go
-// out together as one pipeline of LPUSHes; a push that took its list past
-// the bound is taken back (LREM) unless a consumer already popped it.
-// LREMs and pending-hash writes go to a loop that sends what is queued as
-// one pipeline; Run stops it last. Nothing waits to fill a batch, so
-// batching adds no latency.
+// guarantees (batch.go). One loop sends every Redis command that does not
+// block: what is queued goes out as one pipeline, then what was queued
+// meanwhile, so batching adds no latency and a busy peer sends many
+// commands per round trip. popLoop blocks in BLMOVE on its own connection
+// only when its queue ran dry; otherwise it asks the loop to move up to 64
+// messages with a Lua loop of LMOVEs, so every popped message is in the
+// processing list before a worker sees it. A fixed pool of Workers
+// goroutines handles them. Bounded pushes are LPUSHes; one that took its
+// list past the bound is taken back (LREM) unless a consumer already
+// popped it. LREMs of handled messages and pending-hash writes ride in the
+// same pipelines (a MULTI/EXEC when a request is persisted); Run stops the
+// loop last.
 //
 // # No silent loss
 //

@@ -168,7 +168,6 @@ type Peer struct {
 	inbound   chan inboundMsg
 	resendReq chan struct{} // wakes the resender; buffered 1
 	batch     *batchers     // set by Run before anything uses Redis
-	pushes    combiner[*pushOp]
 	// held are the processing-list entries this process handles, by
 	// processing list (processing.go). The map is not changed after New.
 	held map[string]*holds

@@ -14,11 +14,11 @@ import (
 //
 //	HSET msgbus.system.pending <uid>/<dst> {"ret":..,"ref":..,"deadline":..,"sent":..,"envelope":..}
 //
-// The field is written by writeLoop in the same MULTI/EXEC as the LREM of
+// The field is written by redisLoop in the same MULTI/EXEC as the LREM of
 // the request from LocalProcessing, once every envelope was handed to a
 // relay: after a crash either the message is still in the processing list
 // (and is sent again with a new uid) or its destinations are in the hash,
-// never neither. writeLoop reads the destinations still waiting when it
+// never neither. redisLoop reads the destinations still waiting when it
 // builds the transaction, and a destination answered after that is
 // deleted by an HDEL queued behind it, so no field outlives its answer.
 // The HDEL is queued after the answer was pushed on ret: a crash in
@@ -61,7 +61,7 @@ func parsePendingField(f string) (uid string, dst uint32, ok bool) {
 
 // pendingFields marks the request uid as persisted and returns the HSET
 // field/value pairs of its destinations still waiting; nil when it is not
-// a Redis request or nothing waits any more. Only writeLoop calls it (see
+// a Redis request or nothing waits any more. Only redisLoop calls it (see
 // above for why).
 func (p *Peer) pendingFields(uid string) []any {
 	type dstEnv struct {
