@@ -104,8 +104,14 @@ var (
 // answer on its ret queue. On success Payload returns the decoded Data
 // without decoding it again.
 func DecodeOutgoingRequest(b []byte) (*OutgoingRequest, error) {
+	return decodeOutgoingRequest(b, unmarshal[OutgoingRequest])
+}
+
+// decodeOutgoingRequest is DecodeOutgoingRequest with unmarshal in place
+// of json.Unmarshal: the tests pass json.Unmarshal to compare.
+func decodeOutgoingRequest(b []byte, unmarshal func([]byte, *OutgoingRequest) error) (*OutgoingRequest, error) {
 	var r OutgoingRequest
-	if err := json.Unmarshal(b, &r); err != nil {
+	if err := unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadJSON, err)
 	}
 	if r.Expiration < 0 {
@@ -140,8 +146,14 @@ func DecodeOutgoingRequest(b []byte) (*OutgoingRequest, error) {
 // the peer does. Errors wrap ErrBadJSON or ErrBadMessage. On success
 // Payload returns the decoded Data without decoding it again.
 func DecodeOutgoingResponse(b []byte) (*OutgoingResponse, error) {
+	return decodeOutgoingResponse(b, unmarshal[OutgoingResponse])
+}
+
+// decodeOutgoingResponse is DecodeOutgoingResponse with unmarshal in place
+// of json.Unmarshal: the tests pass json.Unmarshal to compare.
+func decodeOutgoingResponse(b []byte, unmarshal func([]byte, *OutgoingResponse) error) (*OutgoingResponse, error) {
 	var r OutgoingResponse
-	if err := json.Unmarshal(b, &r); err != nil {
+	if err := unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadJSON, err)
 	}
 	payload, err := base64.StdEncoding.DecodeString(r.Data)

@@ -1,0 +1,580 @@
+// A hand-written JSON codec for the four queue messages.
+//
+// The peer and the client spent about a tenth of their CPU in
+// encoding/json on these small, flat messages. The code below handles
+// their usual shape directly, and hands anything unusual (escapes, unknown,
+// case-folded or duplicate keys, fractions, exponents, overflows, type
+// mismatches, ...) to encoding/json itself. So the results are always
+// exactly encoding/json's, errors included, and the fast path only has to
+// be right about the simple cases it accepts. The fuzz tests check that.
+
+package redisapi
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"slices"
+	"strconv"
+	"unicode/utf8"
+)
+
+// The messages without their methods, for handing them to json.Marshal:
+// it cannot come back here even if one gets a MarshalJSON using AppendJSON.
+type (
+	plainOutgoingRequest  OutgoingRequest
+	plainIncomingRequest  IncomingRequest
+	plainOutgoingResponse OutgoingResponse
+	plainIncomingResponse IncomingResponse
+)
+
+// AppendJSON appends json.Marshal(r) to b, byte for byte, and returns the
+// extended buffer.
+func (r *OutgoingRequest) AppendJSON(b []byte) []byte {
+	if r == nil {
+		return append(b, "null"...)
+	}
+	w := writer{b: slices.Grow(b, 192+len(r.Data))}
+	w.int(`{"ver":`, int64(r.Version))
+	w.str(`,"ref":`, r.Ref)
+	w.str(`,"cmd":`, r.Command)
+	w.int(`,"exp":`, r.Expiration)
+	w.str(`,"dat":`, r.Data)
+	w.strPtr(`,"tag":`, r.Tags)
+	w.twins(`,"dst":`, r.Destinations)
+	if r.Session != nil { // omitempty
+		w.str(`,"con":`, *r.Session)
+	}
+	w.str(`,"ret":`, r.ReplyTo)
+	w.str(`,"shm":`, r.Schema)
+	w.int(`,"now":`, r.Now)
+	return w.end(b, (*plainOutgoingRequest)(r))
+}
+
+// AppendJSON appends json.Marshal(r) to b, byte for byte, and returns the
+// extended buffer.
+func (r *IncomingRequest) AppendJSON(b []byte) []byte {
+	if r == nil {
+		return append(b, "null"...)
+	}
+	w := writer{b: slices.Grow(b, 192+len(r.Data))}
+	w.int(`{"ver":`, int64(r.Version))
+	w.str(`,"ref":`, r.Ref)
+	w.str(`,"src":`, r.Source)
+	w.str(`,"cmd":`, r.Command)
+	w.uint(`,"exp":`, r.Expiration)
+	w.str(`,"dat":`, r.Data)
+	w.strPtr(`,"tag":`, r.Tags)
+	w.str(`,"ret":`, r.ReplyTo)
+	w.str(`,"shm":`, r.Schema)
+	w.int(`,"now":`, r.Now)
+	return w.end(b, (*plainIncomingRequest)(r))
+}
+
+// AppendJSON appends json.Marshal(r) to b, byte for byte, and returns the
+// extended buffer.
+func (r *OutgoingResponse) AppendJSON(b []byte) []byte {
+	if r == nil {
+		return append(b, "null"...)
+	}
+	w := writer{b: slices.Grow(b, 192+len(r.Data))}
+	w.int(`{"ver":`, int64(r.Version))
+	w.str(`,"ref":`, r.Ref)
+	w.str(`,"dat":`, r.Data)
+	w.str(`,"dst":`, r.Destination)
+	w.str(`,"shm":`, r.Schema)
+	w.int(`,"now":`, r.Now)
+	w.error(`,"err":`, r.Error)
+	return w.end(b, (*plainOutgoingResponse)(r))
+}
+
+// AppendJSON appends json.Marshal(r) to b, byte for byte, and returns the
+// extended buffer.
+func (r *IncomingResponse) AppendJSON(b []byte) []byte {
+	if r == nil {
+		return append(b, "null"...)
+	}
+	w := writer{b: slices.Grow(b, 192+len(r.Data))}
+	w.int(`{"ver":`, int64(r.Version))
+	w.str(`,"ref":`, r.Ref)
+	w.str(`,"dat":`, r.Data)
+	w.str(`,"src":`, r.Source)
+	w.str(`,"shm":`, r.Schema)
+	w.int(`,"now":`, r.Now)
+	w.error(`,"err":`, r.Error)
+	return w.end(b, (*plainIncomingResponse)(r))
+}
+
+// writer appends the fields of a message. Each method writes a key
+// (with the separator before it) and a value.
+type writer struct {
+	b   []byte
+	bad bool // a string needs escaping: encoding/json writes the message
+}
+
+// end closes the object, or, if a string was not plain, appends
+// json.Marshal(v) to b (what the writer started from) instead.
+func (w *writer) end(b []byte, v any) []byte {
+	if w.bad {
+		out, _ := json.Marshal(v) // cannot fail: strings, numbers and pointers only
+		return append(b, out...)
+	}
+	return append(w.b, '}')
+}
+
+func (w *writer) str(key, s string) {
+	for i := 0; i < len(s); i++ {
+		if !plainByte[s[i]] {
+			w.bad = true
+			break
+		}
+	}
+	w.b = append(w.b, key...)
+	w.b = append(w.b, '"')
+	w.b = append(w.b, s...)
+	w.b = append(w.b, '"')
+}
+
+// plainByte tells the bytes encoding/json writes in a string as they are,
+// leaving out a few it also writes so (DEL, UTF-8) for simplicity.
+var plainByte = func() (t [256]bool) {
+	for c := 0x20; c <= 0x7e; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
+func (w *writer) strPtr(key string, s *string) {
+	if s == nil {
+		w.b = append(w.b, key...)
+		w.b = append(w.b, "null"...)
+		return
+	}
+	w.str(key, *s)
+}
+
+func (w *writer) int(key string, n int64) {
+	w.b = strconv.AppendInt(append(w.b, key...), n, 10)
+}
+
+func (w *writer) uint(key string, n uint64) {
+	w.b = strconv.AppendUint(append(w.b, key...), n, 10)
+}
+
+func (w *writer) twins(key string, t Twins) {
+	w.b = append(w.b, key...)
+	if t == nil {
+		w.b = append(w.b, "null"...)
+		return
+	}
+	w.b = append(w.b, '[')
+	for i, n := range t {
+		if i > 0 {
+			w.b = append(w.b, ',')
+		}
+		w.b = strconv.AppendUint(w.b, uint64(n), 10)
+	}
+	w.b = append(w.b, ']')
+}
+
+func (w *writer) error(key string, e *Error) {
+	w.b = append(w.b, key...)
+	if e == nil {
+		w.b = append(w.b, "null"...)
+		return
+	}
+	w.uint(`{"code":`, uint64(e.Code))
+	w.str(`,"message":`, e.Message)
+	w.b = append(w.b, '}')
+}
+
+// ParseIncomingRequest parses a message of a command queue. It gives the
+// same request and error as json.Unmarshal, and a nil request on error.
+func ParseIncomingRequest(b []byte) (*IncomingRequest, error) {
+	r := new(IncomingRequest)
+	if err := unmarshal(b, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// ParseIncomingResponse parses a message of a client's ret queue. It gives
+// the same response and error as json.Unmarshal, and a nil response on
+// error.
+func ParseIncomingResponse(b []byte) (*IncomingResponse, error) {
+	r := new(IncomingResponse)
+	if err := unmarshal(b, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// unmarshal is json.Unmarshal(b, r) for a zero *r: the fast scan when b
+// has the usual shape, encoding/json when it has not.
+func unmarshal[T any, P interface {
+	*T
+	scan(b []byte) bool
+}](b []byte, r P) error {
+	if r.scan(b) {
+		return nil
+	}
+	*r = *new(T) // what the scan left
+	return json.Unmarshal(b, r)
+}
+
+// The keys of each message, as in their json tags. A key matches only
+// when equal: encoding/json also folds case, the scans leave that to it.
+var (
+	outgoingRequestKeys  = []string{"ver", "ref", "cmd", "exp", "dat", "tag", "dst", "con", "ret", "shm", "now"}
+	incomingRequestKeys  = []string{"ver", "ref", "src", "cmd", "exp", "dat", "tag", "ret", "shm", "now"}
+	outgoingResponseKeys = []string{"ver", "ref", "dat", "dst", "shm", "now", "err"}
+	incomingResponseKeys = []string{"ver", "ref", "dat", "src", "shm", "now", "err"}
+	errorKeys            = []string{"code", "message"}
+)
+
+// scan fills a zero r from b if b is an object of the usual shape and
+// reports whether it was; if not, r is left half-filled.
+func (r *OutgoingRequest) scan(b []byte) bool {
+	s := scanner{b: b}
+	return s.object(outgoingRequestKeys, func(key string) (ok bool) {
+		var n int64
+		switch key {
+		case "ver":
+			n, ok = s.int(strconv.IntSize)
+			r.Version = int(n)
+		case "ref":
+			r.Ref, ok = s.str()
+		case "cmd":
+			r.Command, ok = s.str()
+		case "exp":
+			r.Expiration, ok = s.int(64)
+		case "dat":
+			r.Data, ok = s.str()
+		case "tag":
+			r.Tags, ok = s.strPtr()
+		case "dst":
+			r.Destinations, ok = s.twins()
+		case "con":
+			r.Session, ok = s.strPtr()
+		case "ret":
+			r.ReplyTo, ok = s.str()
+		case "shm":
+			r.Schema, ok = s.str()
+		case "now":
+			r.Now, ok = s.int(64)
+		}
+		return ok
+	}) && s.end()
+}
+
+// scan fills a zero r from b if b is an object of the usual shape and
+// reports whether it was; if not, r is left half-filled.
+func (r *IncomingRequest) scan(b []byte) bool {
+	s := scanner{b: b}
+	return s.object(incomingRequestKeys, func(key string) (ok bool) {
+		var n int64
+		switch key {
+		case "ver":
+			n, ok = s.int(strconv.IntSize)
+			r.Version = int(n)
+		case "ref":
+			r.Ref, ok = s.str()
+		case "src":
+			r.Source, ok = s.str()
+		case "cmd":
+			r.Command, ok = s.str()
+		case "exp":
+			r.Expiration, ok = s.uint(64)
+		case "dat":
+			r.Data, ok = s.str()
+		case "tag":
+			r.Tags, ok = s.strPtr()
+		case "ret":
+			r.ReplyTo, ok = s.str()
+		case "shm":
+			r.Schema, ok = s.str()
+		case "now":
+			r.Now, ok = s.int(64)
+		}
+		return ok
+	}) && s.end()
+}
+
+// scan fills a zero r from b if b is an object of the usual shape and
+// reports whether it was; if not, r is left half-filled.
+func (r *OutgoingResponse) scan(b []byte) bool {
+	s := scanner{b: b}
+	return s.object(outgoingResponseKeys, func(key string) (ok bool) {
+		var n int64
+		switch key {
+		case "ver":
+			n, ok = s.int(strconv.IntSize)
+			r.Version = int(n)
+		case "ref":
+			r.Ref, ok = s.str()
+		case "dat":
+			r.Data, ok = s.str()
+		case "dst":
+			r.Destination, ok = s.str()
+		case "shm":
+			r.Schema, ok = s.str()
+		case "now":
+			r.Now, ok = s.int(64)
+		case "err":
+			r.Error, ok = s.error()
+		}
+		return ok
+	}) && s.end()
+}
+
+// scan fills a zero r from b if b is an object of the usual shape and
+// reports whether it was; if not, r is left half-filled.
+func (r *IncomingResponse) scan(b []byte) bool {
+	s := scanner{b: b}
+	return s.object(incomingResponseKeys, func(key string) (ok bool) {
+		var n int64
+		switch key {
+		case "ver":
+			n, ok = s.int(strconv.IntSize)
+			r.Version = int(n)
+		case "ref":
+			r.Ref, ok = s.str()
+		case "dat":
+			r.Data, ok = s.str()
+		case "src":
+			r.Source, ok = s.str()
+		case "shm":
+			r.Schema, ok = s.str()
+		case "now":
+			r.Now, ok = s.int(64)
+		case "err":
+			r.Error, ok = s.error()
+		}
+		return ok
+	}) && s.end()
+}
+
+// scanner reads the simple JSON of the messages. Its methods report false
+// for anything they do not accept, and the whole message then goes to
+// encoding/json; they need not say why, nor stop at the exact spot.
+type scanner struct {
+	b []byte
+	i int // the next byte
+}
+
+// next skips whitespace and returns the next byte, 0 at the end.
+func (s *scanner) next() byte {
+	for ; s.i < len(s.b); s.i++ {
+		switch c := s.b[s.i]; c {
+		case ' ', '\t', '\n', '\r':
+		default:
+			return c
+		}
+	}
+	return 0
+}
+
+// end reports whether only whitespace is left.
+func (s *scanner) end() bool {
+	s.next()
+	return s.i == len(s.b)
+}
+
+// object reads an object whose keys are among keys, each at most once.
+// For each key it calls value, which reads the value, unless the value is
+// null: null leaves a field of a zero struct as it is, in every field of
+// the messages (Twins.UnmarshalJSON too sets nil).
+func (s *scanner) object(keys []string, value func(key string) bool) bool {
+	if s.next() != '{' {
+		return false
+	}
+	s.i++
+	if s.next() == '}' {
+		s.i++
+		return true
+	}
+	var seen uint64
+	k := -1
+	for {
+		k = s.key(keys, k+1)
+		if k < 0 || seen&(1<<k) != 0 {
+			return false
+		}
+		seen |= 1 << k
+		if s.next() != ':' {
+			return false
+		}
+		s.i++
+		if !s.null() && !value(keys[k]) {
+			return false
+		}
+		switch s.next() {
+		case ',':
+			s.i++
+		case '}':
+			s.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// key reads a key and returns its index in keys, -1 if not there. Keys
+// usually come in order: it looks from keys[from] on, then wraps around.
+func (s *scanner) key(keys []string, from int) int {
+	raw, ok := s.raw()
+	if !ok {
+		return -1
+	}
+	for j := range keys {
+		if k := (from + j) % len(keys); keys[k] == string(raw) {
+			return k
+		}
+	}
+	return -1
+}
+
+// null reads a null if there is one.
+func (s *scanner) null() bool {
+	if s.next() == 'n' && bytes.HasPrefix(s.b[s.i:], []byte("null")) {
+		s.i += 4
+		return true
+	}
+	return false
+}
+
+// raw reads a string without escapes or control characters and returns
+// its content, which is valid UTF-8 (encoding/json would replace invalid
+// bytes). It aliases s.b.
+func (s *scanner) raw() ([]byte, bool) {
+	if s.next() != '"' {
+		return nil, false
+	}
+	start := s.i + 1
+	i := start
+	for i+8 <= len(s.b) && !special(binary.LittleEndian.Uint64(s.b[i:])) {
+		i += 8
+	}
+	for ; i < len(s.b); i++ {
+		switch c := s.b[i]; {
+		case c == '"':
+			s.i = i + 1
+			return s.b[start:i], utf8.Valid(s.b[start:i])
+		case c == '\\' || c < 0x20:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// special reports whether one of the 8 bytes of w is not ASCII, or is a
+// control character, a quote or a backslash.
+func special(w uint64) bool {
+	return (w|below(w, 0x20)|equal(w, '"')|equal(w, '\\'))&top != 0
+}
+
+// Tests of the 8 bytes of a word at once, for words of ASCII bytes (top
+// bits clear): below leaves top bits set if and only if some byte is below
+// n, equal if some byte is c. Subtracting n from each byte sets the top bit
+// of a byte that borrows, and the lowest one to borrow is below n.
+const ones, top = 0x0101010101010101, 0x8080808080808080
+
+func below(w uint64, n byte) uint64 { return w - uint64(n)*ones }
+func equal(w uint64, c byte) uint64 { return below(w^uint64(c)*ones, 1) }
+
+func (s *scanner) str() (string, bool) {
+	raw, ok := s.raw()
+	return string(raw), ok // a copy: callers may reuse b
+}
+
+func (s *scanner) strPtr() (*string, bool) {
+	v, ok := s.str()
+	return &v, ok
+}
+
+// digits reads 0|[1-9][0-9]* of at most 18 digits, so that it fits an
+// int64, and not followed by a fraction or an exponent.
+func (s *scanner) digits() (uint64, bool) {
+	start := s.i
+	var n uint64
+	for ; s.i < len(s.b) && '0' <= s.b[s.i] && s.b[s.i] <= '9'; s.i++ {
+		n = n*10 + uint64(s.b[s.i]-'0')
+	}
+	switch d := s.i - start; {
+	case d == 0 || d > 18 || d > 1 && s.b[start] == '0':
+		return 0, false
+	case s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E'):
+		return 0, false
+	}
+	return n, true
+}
+
+// int reads an integer that fits in a signed integer of the given size.
+func (s *scanner) int(bits int) (int64, bool) {
+	neg := s.next() == '-'
+	if neg {
+		s.i++
+	}
+	u, ok := s.digits()
+	n := int64(u)
+	if neg {
+		n = -n
+	}
+	return n, ok && n>>(bits-1) == n>>63 // the bits above the sign are its copies
+}
+
+// uint reads a non-negative integer that fits in an unsigned integer of
+// the given size; -0 is not one for encoding/json either.
+func (s *scanner) uint(bits int) (uint64, bool) {
+	if s.next() == '-' {
+		return 0, false
+	}
+	n, ok := s.digits()
+	return n, ok && n>>(bits-1)>>1 == 0
+}
+
+// twins reads a list of twin ids. Twins.UnmarshalJSON also accepts a
+// number, strings and more: those are left to it.
+func (s *scanner) twins() (Twins, bool) {
+	if s.next() != '[' {
+		return nil, false
+	}
+	s.i++
+	t := Twins{} // not nil, even for []: as encoding/json
+	if s.next() == ']' {
+		s.i++
+		return t, true
+	}
+	for {
+		n, ok := s.uint(32)
+		if !ok {
+			return nil, false
+		}
+		t = append(t, uint32(n))
+		switch s.next() {
+		case ',':
+			s.i++
+		case ']':
+			s.i++
+			return t, true
+		default:
+			return nil, false
+		}
+	}
+}
+
+func (s *scanner) error() (*Error, bool) {
+	e := new(Error)
+	return e, s.object(errorKeys, func(key string) (ok bool) {
+		var n uint64
+		switch key {
+		case "code":
+			n, ok = s.uint(32)
+			e.Code = uint32(n)
+		case "message":
+			e.Message, ok = s.str()
+		}
+		return ok
+	})
+}
