@@ -283,7 +283,7 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		Schema:     env.GetSchema(),
 		Now:        int64(env.Timestamp),
 	}
-	b, _ := json.Marshal(&msg)
+	b := msg.AppendJSON(nil)
 	queue := CommandQueue(cmd)
 	if err := p.pushBounded(ctx, queue, b, deadline); err != nil {
 		code := uint32(envelope.CodeInternal)

@@ -95,7 +95,7 @@ func (p *Peer) deliverToQueue(ret, ref string, deadline time.Time) func(context.
 		if r.Err != nil {
 			msg.Error = &JSONError{Code: r.Err.Code, Message: r.Err.Message}
 		}
-		b, _ := json.Marshal(&msg)
+		b := msg.AppendJSON(nil)
 		// A client may still be waiting a little after the deadline.
 		until := deadline
 		if now := time.Now(); until.Before(now) {

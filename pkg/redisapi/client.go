@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -73,13 +72,7 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 	if o.Tags != "" {
 		req.Tags = &o.Tags
 	}
-	body, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.rdb.LPush(ctx, QueueLocal, body).Err(); err != nil {
-		return nil, fmt.Errorf("redisapi: push request: %w", err)
-	}
+	body := req.AppendJSON(nil)
 	// Redis removes a list when its last entry is popped, so the reply
 	// queue only needs deleting when answers may still arrive late.
 	answered := false
@@ -94,7 +87,27 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 		deadline = d
 	}
 	var out []IncomingResponse
-	for len(out) < len(dst) {
+	// The push and the first wait share a round trip.
+	res, err := c.pushAndPop(ctx, QueueLocal, body, req.ReplyTo)
+	switch {
+	case errors.Is(err, errPush):
+		return nil, fmt.Errorf("redisapi: push request: %w", err)
+	case err != nil && ctx.Err() != nil:
+		return nil, ctx.Err()
+	case err != nil:
+		return nil, fmt.Errorf("redisapi: wait for response: %w", err)
+	}
+	for {
+		if res != nil {
+			r, err := ParseIncomingResponse([]byte(res[1]))
+			if err != nil {
+				return out, fmt.Errorf("redisapi: peer sent a response that is not JSON: %w", err)
+			}
+			out = append(out, *r)
+		}
+		if len(out) == len(dst) {
+			break
+		}
 		wait := time.Until(deadline)
 		if wait <= 0 {
 			if err := ctx.Err(); err != nil {
@@ -107,8 +120,9 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 		}
 		// BRPOP's own timeout (whole seconds, at least one) bounds each
 		// wait: go-redis does not cut a blocking command short when ctx ends.
-		res, err := c.rdb.BRPop(ctx, time.Second, req.ReplyTo).Result()
+		res, err = c.rdb.BRPop(ctx, time.Second, req.ReplyTo).Result()
 		if errors.Is(err, redis.Nil) {
+			res = nil
 			continue
 		}
 		if err != nil {
@@ -117,11 +131,6 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 			}
 			return out, fmt.Errorf("redisapi: wait for response: %w", err)
 		}
-		var r IncomingResponse
-		if err := json.Unmarshal([]byte(res[1]), &r); err != nil {
-			return out, fmt.Errorf("redisapi: peer sent a response that is not JSON: %w", err)
-		}
-		out = append(out, r)
 	}
 	answered = true
 	return out, nil
@@ -138,19 +147,38 @@ func (c *Client) Serve(ctx context.Context, cmd string, h Handler, logger *slog.
 		logger = slog.New(slog.DiscardHandler)
 	}
 	queue := CommandQueue(cmd)
+	var reply struct {
+		queue string
+		body  []byte
+	}
 	for {
-		res, err := c.rdb.BRPop(ctx, time.Second, queue).Result()
-		if errors.Is(err, redis.Nil) {
-			continue
+		// The answer to the last request and the wait for the next one
+		// share a round trip.
+		var res []string
+		var err error
+		if reply.body != nil {
+			res, err = c.pushAndPop(ctx, reply.queue, reply.body, queue)
+			reply.body = nil
+		} else {
+			res, err = c.rdb.BRPop(ctx, time.Second, queue).Result()
+			if errors.Is(err, redis.Nil) {
+				res, err = nil, nil
+			}
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
+			if errors.Is(err, errPush) {
+				return fmt.Errorf("redisapi: push response: %w", err)
+			}
 			return fmt.Errorf("redisapi: pop %s: %w", queue, err)
 		}
-		var req IncomingRequest
-		if err := json.Unmarshal([]byte(res[1]), &req); err != nil {
+		if res == nil {
+			continue
+		}
+		req, err := ParseIncomingRequest([]byte(res[1]))
+		if err != nil {
 			logger.Warn("skipping a request that is not JSON", "queue", queue, "err", err)
 			continue
 		}
@@ -163,7 +191,7 @@ func (c *Client) Serve(ctx context.Context, cmd string, h Handler, logger *slog.
 		payload, err := req.Payload()
 		var out []byte
 		if err == nil {
-			out, err = h(ctx, &req, payload)
+			out, err = h(ctx, req, payload)
 		}
 		if err != nil {
 			var e *Error
@@ -175,15 +203,52 @@ func (c *Client) Serve(ctx context.Context, cmd string, h Handler, logger *slog.
 			resp.Data = encode(out)
 		}
 		resp.Now = time.Now().Unix()
-		body, _ := json.Marshal(resp)
-		replyTo := req.ReplyTo
-		if replyTo == "" {
-			replyTo = QueueReply
+		reply.body = resp.AppendJSON(nil)
+		reply.queue = req.ReplyTo
+		if reply.queue == "" {
+			reply.queue = QueueReply
 		}
-		if err := c.rdb.LPush(ctx, replyTo, body).Err(); err != nil {
-			return fmt.Errorf("redisapi: push response: %w", err)
+		if ctx.Err() != nil {
+			// Stopping: push the answer without waiting for more work.
+			if err := c.rdb.LPush(context.WithoutCancel(ctx), reply.queue, reply.body).Err(); err != nil {
+				return fmt.Errorf("redisapi: push response: %w", err)
+			}
+			return nil
 		}
 	}
+}
+
+// errPush marks a failed push of pushAndPop.
+var errPush = errors.New("push failed")
+
+// pushAndPop LPUSHes body onto push and then waits up to a second in BRPOP
+// on pop, in one round trip. It returns the popped [key, value], nil when
+// nothing came. An error of the push wraps errPush.
+func (c *Client) pushAndPop(ctx context.Context, push string, body []byte, pop string) ([]string, error) {
+	if t := c.rdb.Options().ReadTimeout; t > 0 && t < 2*time.Second {
+		// A pipeline reads with the client's read timeout, which would
+		// cut the blocking pop short: two round trips then.
+		if err := c.rdb.LPush(ctx, push, body).Err(); err != nil {
+			return nil, fmt.Errorf("%w: %w", errPush, err)
+		}
+		res, err := c.rdb.BRPop(ctx, time.Second, pop).Result()
+		if errors.Is(err, redis.Nil) {
+			return nil, nil
+		}
+		return res, err
+	}
+	pipe := c.rdb.Pipeline()
+	pushed := pipe.LPush(ctx, push, body)
+	popped := pipe.BRPop(ctx, time.Second, pop)
+	pipe.Exec(ctx)
+	if err := pushed.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", errPush, err)
+	}
+	res, err := popped.Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return res, err
 }
 
 func newID() string {

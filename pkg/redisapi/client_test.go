@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -23,7 +24,17 @@ func newRedis(t *testing.T) *redis.Client {
 // TestCallWireFormat plays the peer with raw go-redis: it checks the exact
 // JSON the client pushes and answers for two destinations.
 func TestCallWireFormat(t *testing.T) {
-	rdb := newRedis(t)
+	for _, rt := range []time.Duration{0, 500 * time.Millisecond} {
+		t.Run(fmt.Sprint("read timeout ", rt), func(t *testing.T) {
+			s := redistest.Start(t, nil)
+			rdb := redis.NewClient(&redis.Options{Addr: s.Addr, ReadTimeout: rt})
+			t.Cleanup(func() { rdb.Close() })
+			testCallWireFormat(t, rdb)
+		})
+	}
+}
+
+func testCallWireFormat(t *testing.T, rdb *redis.Client) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	go func() {
@@ -89,11 +100,34 @@ func TestCallTimeout(t *testing.T) {
 	}
 }
 
+// TestServe runs with the default client, which sends each answer in the
+// same round trip as the wait for the next request, and with a short read
+// timeout, which makes it use two.
 func TestServe(t *testing.T) {
-	rdb := newRedis(t)
+	for _, rt := range []time.Duration{0, 500 * time.Millisecond} {
+		t.Run(fmt.Sprint("read timeout ", rt), func(t *testing.T) {
+			s := redistest.Start(t, nil)
+			rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+			t.Cleanup(func() { rdb.Close() })
+			svc := redis.NewClient(&redis.Options{Addr: s.Addr, ReadTimeout: rt})
+			t.Cleanup(func() { svc.Close() })
+			trips := &redistest.RoundTrips{}
+			svc.AddHook(trips)
+			testServe(t, rdb, svc)
+			// 4 requests and the garbage: with shared round trips, one
+			// per request plus the first wait (and idle waits of 1 s).
+			t.Logf("%d round trips", trips.N())
+			if rt == 0 && trips.N() > 6 {
+				t.Errorf("%d round trips for 4 requests: answers do not share them", trips.N())
+			}
+		})
+	}
+}
+
+func testServe(t *testing.T, rdb, svc *redis.Client) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := redisapi.NewClient(rdb)
+	c := redisapi.NewClient(svc)
 	go c.Serve(ctx, "echo", func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
 		if string(p) == "fail" {
 			return nil, &redisapi.Error{Code: 42, Message: "asked to fail"}
@@ -109,12 +143,14 @@ func TestServe(t *testing.T) {
 	push("r1", "aGk=")       // "hi"
 	push("r2", "ZmFpbA==")   // "fail"
 	push("r3", "not base64") // bad dat -> 500
+	push("r4", "aGk=")
 	want := map[string]func(r redisapi.OutgoingResponse) bool{
 		"r1": func(r redisapi.OutgoingResponse) bool {
 			return r.Error == nil && r.Data == "aGk=" && r.Destination == "41"
 		},
 		"r2": func(r redisapi.OutgoingResponse) bool { return r.Error != nil && r.Error.Code == 42 },
 		"r3": func(r redisapi.OutgoingResponse) bool { return r.Error != nil && r.Error.Code == 500 },
+		"r4": func(r redisapi.OutgoingResponse) bool { return r.Error == nil && r.Data == "aGk=" },
 	}
 	for range want {
 		res, err := rdb.BRPop(ctx, 5*time.Second, redisapi.QueueReply).Result()
