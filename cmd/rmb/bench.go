@@ -24,24 +24,39 @@ func benchCmd(ctx context.Context, e *env, args []string) int {
 	}
 	if len(args) == 0 || (args[0] != "relay" && args[0] != "e2e") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [--cpuprofile FILE] [flags]   (rmb bench relay --help for the flags)")
+			fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [--cpuprofile FILE] [--memprofile FILE] [flags]   (rmb bench relay --help for the flags)")
 			return 0
 		}
 		fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [flags]   (rmb bench relay --help for the flags)")
 		return 2
 	}
-	// --cpuprofile FILE works for both modes; take it out before the mode's
-	// own flags are parsed.
-	rest, profile := args[1:], ""
+	// --cpuprofile FILE and --memprofile FILE work for both modes; take
+	// them out before the mode's own flags are parsed.
+	rest, profile, memprofile := args[1:], "", ""
 	for i := 0; i < len(rest); i++ {
-		if a := rest[i]; a == "--cpuprofile" || a == "-cpuprofile" {
-			if i+1 == len(rest) {
-				return e.errorf("--cpuprofile needs a file name")
-			}
-			profile = rest[i+1]
-			rest = append(rest[:i:i], rest[i+2:]...)
-			break
+		a := strings.TrimPrefix(rest[i], "-")
+		if a != "-cpuprofile" && a != "-memprofile" {
+			continue
 		}
+		if i+1 == len(rest) {
+			return e.errorf("%s needs a file name", rest[i])
+		}
+		if a == "-cpuprofile" {
+			profile = rest[i+1]
+		} else {
+			memprofile = rest[i+1]
+		}
+		rest = append(rest[:i:i], rest[i+2:]...)
+		i--
+	}
+	if memprofile != "" {
+		// Allocations of the whole run, set-up included.
+		defer func() {
+			if f, err := os.Create(memprofile); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
 	}
 	if profile != "" && args[0] == "relay" {
 		// Only the send phase: signing the envelopes up front would
