@@ -179,26 +179,40 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	}
 
 	// Plain Redis request/reply on the same server, same payload, same
-	// number of workers.
+	// number of workers, and the same round trips as the bots above
+	// (redisapi.Client): a caller pushes its request and waits for the
+	// answer in one pipeline, a worker pushes an answer and waits for the
+	// next request in one.
 	plain := botRedis
 	for range o.Workers {
 		pwg.Go(func() {
+			var reply []string // queue, body
 			for ctx.Err() == nil {
-				r, err := plain.BRPop(ctx, time.Second, "bench.plain").Result()
+				pipe := plain.Pipeline()
+				if reply != nil {
+					pipe.LPush(ctx, reply[0], reply[1])
+					reply = nil
+				}
+				pop := pipe.BRPop(ctx, time.Second, "bench.plain")
+				pipe.Exec(ctx)
+				r, err := pop.Result()
 				if err != nil {
 					continue
 				}
-				plain.LPush(ctx, r[1][:36], r[1][36:])
+				reply = []string{r[1][:36], r[1][36:]}
 			}
 		})
 	}
 	res.PlainRedis = measure(ctx, "plain redis", o, botRedis, func(ctx context.Context) error {
 		id := newReplyID()
-		if err := plain.LPush(ctx, "bench.plain", id+string(payload)).Err(); err != nil {
+		pipe := plain.Pipeline()
+		push := pipe.LPush(ctx, "bench.plain", id+string(payload))
+		pop := pipe.BRPop(ctx, 10*time.Second, id)
+		pipe.Exec(ctx)
+		if err := push.Err(); err != nil {
 			return err
 		}
-		_, err := plain.BRPop(ctx, 10*time.Second, id).Result()
-		return err
+		return pop.Err()
 	})
 	return res, nil
 }
