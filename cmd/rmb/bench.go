@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rmb-go/rmb/internal/bench"
@@ -164,7 +165,7 @@ func benchRelay(ctx context.Context, e *env, args []string, profile string) int 
 }
 
 func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
-	fs := newFlags(e, "bench e2e", "[--callers 32] [--duration 10s] [--size 256] [--no-plain] [--json]")
+	fs := newFlags(e, "bench e2e", "[--callers 32] [--duration 10s] [--size 256] [--unix] [--peer-bin PATH] [--no-plain] [--json]")
 	var o bench.E2EOptions
 	fs.IntVar(&o.Callers, "callers", 32, "concurrent callers")
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "length of each measured phase")
@@ -172,6 +173,7 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 	fs.IntVar(&o.Workers, "workers", 32, "service workers behind the remote peer")
 	fs.BoolVar(&o.NoPlain, "no-plain", false, "skip the plain Redis request/reply phase")
 	fs.BoolVar(&o.UnixSocket, "unix", false, "connect to Redis by a unix socket instead of TCP (both phases)")
+	peerBin := fs.String("peer-bin", "", "run the two peers as processes of this rmb-peer binary instead of in-process")
 	asJSON := fs.Bool("json", false, "print the result as JSON (no progress line)")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -179,6 +181,14 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 	if !*asJSON {
 		o.Progress = os.Stderr
 		fmt.Fprintln(e.stderr, "starting redis-server, a registrar, a relay and two peers on 127.0.0.1...")
+	}
+	if *peerBin != "" {
+		o.PeerCommand = func(ctx context.Context, args []string) *exec.Cmd {
+			cmd := exec.CommandContext(ctx, *peerBin, args...)
+			// Gone with the bench, however it ends.
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			return cmd
+		}
 	}
 	var profErr error
 	if profile != "" {

@@ -309,6 +309,21 @@ func TestBench(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "round trips/s") || !strings.Contains(r.stdout, "plain redis") {
 		t.Errorf("bench e2e: %+v", r)
 	}
+	// The peers as rmb-peer processes, Redis by unix socket, bus only,
+	// as JSON: every round trip answered, the cost measured.
+	r = rmb(t, nil, "bench", "e2e", "--callers", "2", "--duration", "1s", "--unix", "--no-plain", "--json",
+		"--peer-bin", filepath.Join(filepath.Dir(rmbBin), "rmb-peer"))
+	var e2e struct {
+		Bus struct {
+			RoundTrips, Errors int64
+			Cost               struct{ RedisCommands float64 }
+		}
+		PlainRedis struct{ RoundTrips int64 }
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &e2e); r.code != 0 || err != nil || e2e.Bus.RoundTrips == 0 ||
+		e2e.Bus.Errors != 0 || e2e.Bus.Cost.RedisCommands < 4 || e2e.PlainRedis.RoundTrips != 0 {
+		t.Errorf("bench e2e --peer-bin --unix --no-plain --json: %+v (%v)", r, err)
+	}
 	if r := rmb(t, nil, "bench"); r.code != 2 {
 		t.Errorf("bench without a mode: %+v", r)
 	}

@@ -2,11 +2,13 @@ package bench
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/internal/wait"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/peer"
 	"github.com/rmb-go/rmb/pkg/redisapi"
@@ -40,6 +43,11 @@ type E2EOptions struct {
 	// UnixSocket connects every Redis client through a unix socket
 	// instead of TCP on 127.0.0.1.
 	UnixSocket bool
+	// PeerCommand, if set, runs each peer as a process (rmb-peer) instead
+	// of in this one: it returns the command for the given arguments
+	// (exec.CommandContext with ctx); the secret goes in the environment.
+	// The relay, the registrar and the bots stay in this process.
+	PeerCommand func(ctx context.Context, args []string) *exec.Cmd
 }
 
 // E2EPhase is one measured phase.
@@ -106,18 +114,31 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	var pwg sync.WaitGroup
 	defer pwg.Wait()
 	defer cancel()
+	var twins [2]uint32
 	for i := range peers {
-		// The peer gets a client of its own, as it would in production;
-		// bots and services below use other clients.
-		rdbs[i] = redis.NewClient(redisOptions(rs, o, &redis.Options{DB: i + 1}))
-		rdbs[i].AddHook(peerTrips)
-		defer rdbs[i].Close()
 		seed := make([]byte, 32)
 		copy(seed, fmt.Sprintf("rmb-bench-e2e-%d", i))
 		id, err := identity.FromSeed(seed, identity.Ed25519)
 		if err != nil {
 			return nil, err
 		}
+		if o.PeerCommand != nil {
+			cmd, twin, err := startPeerProcess(ctx, o, rs, st, i+1, seed, id)
+			if cmd != nil {
+				// Stopped (SIGINT) with ctx, and waited for on return.
+				pwg.Go(func() { cmd.Wait() })
+			}
+			if err != nil {
+				return nil, err
+			}
+			twins[i] = twin
+			continue
+		}
+		// The peer gets a client of its own, as it would in production;
+		// bots and services below use other clients.
+		rdbs[i] = redis.NewClient(redisOptions(rs, o, &redis.Options{DB: i + 1}))
+		rdbs[i].AddHook(peerTrips)
+		defer rdbs[i].Close()
 		peers[i], err = peer.New(&peer.Options{
 			Identity: id, Relays: []string{"ws://" + st.domain}, Registrar: st.reg,
 			Redis: rdbs[i], Logger: quiet,
@@ -132,8 +153,9 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		case <-time.After(20 * time.Second):
 			return nil, errors.New("bench peer did not become ready in 20s")
 		}
+		twins[i] = p.Twin()
 	}
-	dst := peers[1].Twin()
+	dst := twins[1]
 
 	// The echo service behind peer 2.
 	// Every blocking BRPOP holds a connection: size the pools for that.
@@ -152,8 +174,13 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		payload[i] = 'a' + byte(i%26)
 	}
 	caller := redisapi.NewClient(botRedis)
-	// Warm up: the registrar lookups and the e2e key derivation.
-	if _, err := caller.Call(ctx, []uint32{dst}, "bench.echo", payload, &redisapi.CallOptions{TTL: 10 * time.Second}); err != nil {
+	// Warm up: the registrar lookups and the e2e key derivation (and, for
+	// peer processes, their relay sessions coming up).
+	err = wait.For(ctx, 30*time.Second, func() error {
+		_, err := caller.Call(ctx, []uint32{dst}, "bench.echo", payload, &redisapi.CallOptions{TTL: 5 * time.Second})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("warm-up call: %w", err)
 	}
 
@@ -215,6 +242,36 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		return pop.Err()
 	})
 	return res, nil
+}
+
+// startPeerProcess starts peer n (Redis database n) as a process and
+// returns it, and its twin once registered. The process is interrupted
+// when ctx ends; the caller waits for it.
+func startPeerProcess(ctx context.Context, o E2EOptions, rs *redistest.Server, st *stack, n int, seed []byte, id *identity.Identity) (*exec.Cmd, uint32, error) {
+	url := fmt.Sprintf("redis://%s/%d", rs.Addr, n)
+	if o.UnixSocket {
+		url = fmt.Sprintf("unix://%s?db=%d", rs.Socket, n)
+	}
+	cmd := o.PeerCommand(ctx, []string{"--relay", "ws://" + st.domain, "--redis", url, "--registrar", st.regURL, "-k", "ed25519"})
+	cmd.Env = append(os.Environ(), "RMB_MNEMONIC=0x"+hex.EncodeToString(seed))
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		return nil, 0, fmt.Errorf("start peer %d: %w", n, err)
+	}
+	var twin uint32
+	err := wait.For(ctx, 20*time.Second, func() error {
+		t, err := st.reg.TwinByPublicKey(ctx, id.PublicKey())
+		if err == nil {
+			twin = t.ID
+		}
+		return err
+	})
+	if err != nil {
+		return cmd, 0, fmt.Errorf("peer process %d did not register: %w", n, err)
+	}
+	return cmd, twin, nil
 }
 
 // redisOptions points ro at rs, by TCP or by its unix socket.

@@ -13,6 +13,7 @@ import (
 // stack is an in-process registrar and relay on 127.0.0.1.
 type stack struct {
 	reg    *registrar.Client
+	regURL string
 	relay  *relay.Relay
 	domain string // the relay's host:port
 	close  func()
@@ -43,7 +44,7 @@ func startStack(relayOpts relay.Options) (*stack, error) {
 	}
 	relayHTTP := &http.Server{Handler: rl.Handler()}
 	go relayHTTP.Serve(relayL)
-	return &stack{reg: reg, relay: rl, domain: domain, close: func() {
+	return &stack{reg: reg, regURL: "http://" + regL.Addr().String(), relay: rl, domain: domain, close: func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		rl.Shutdown(ctx)
