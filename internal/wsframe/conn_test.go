@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -239,10 +240,18 @@ func TestServerInitiatedClose(t *testing.T) {
 	}
 }
 
-// The client side against coder/websocket as the server.
+// The client side against coder/websocket as the server: dialed by Dial,
+// and by DialHTTP plain, over TLS, and over TLS through an HTTP proxy
+// (net/http tunnels https with CONNECT).
 func TestClientInterop(t *testing.T) {
+	for _, mode := range []string{"Dial", "DialHTTP", "DialHTTP TLS", "DialHTTP proxy"} {
+		t.Run(mode, func(t *testing.T) { testClientInterop(t, mode) })
+	}
+}
+
+func testClientInterop(t *testing.T, mode string) {
 	srvErr := make(chan error, 1)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return
@@ -259,10 +268,41 @@ func TestClientInterop(t *testing.T) {
 				return
 			}
 		}
-	}))
+	})
+	var srv *httptest.Server
+	if strings.HasPrefix(mode, "DialHTTP TLS") || mode == "DialHTTP proxy" {
+		srv = httptest.NewTLSServer(handler)
+	} else {
+		srv = httptest.NewServer(handler)
+	}
 	defer srv.Close()
 	u := "ws" + strings.TrimPrefix(srv.URL, "http") + "/path?query=1"
-	c, err := Dial(ctx(t), u, &Options{ReadLimit: 4 << 20})
+	opts := &Options{ReadLimit: 4 << 20}
+	var (
+		c   *Conn
+		err error
+	)
+	// The dial context bounds the handshake only: it ends right after.
+	dctx, cancel := context.WithTimeout(ctx(t), 10*time.Second)
+	switch mode {
+	case "Dial":
+		c, err = Dial(dctx, u, opts)
+	case "DialHTTP":
+		c, _, err = DialHTTP(dctx, &http.Transport{}, u, opts)
+	case "DialHTTP TLS":
+		c, _, err = DialHTTP(dctx, srv.Client().Transport.(*http.Transport), u, opts)
+	case "DialHTTP proxy":
+		proxy, tunnels := connectProxy(t)
+		tr := srv.Client().Transport.(*http.Transport).Clone()
+		tr.Proxy = http.ProxyURL(proxy)
+		c, _, err = DialHTTP(dctx, tr, u, opts)
+		defer func() {
+			if tunnels.Load() != 1 {
+				t.Errorf("%d tunnels through the proxy, want 1", tunnels.Load())
+			}
+		}()
+	}
+	cancel()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,6 +344,55 @@ func TestClientInterop(t *testing.T) {
 	}
 	if err := <-done; CloseStatus(err) != StatusNormalClosure {
 		t.Fatalf("client read: %v", err)
+	}
+}
+
+// connectProxy is an HTTP proxy that serves CONNECT only, and counts the
+// tunnels it opened.
+func connectProxy(t *testing.T) (*url.URL, *atomic.Int64) {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodConnect {
+			http.Error(w, "CONNECT only", http.StatusMethodNotAllowed)
+			return
+		}
+		up, err := net.Dial("tcp", r.Host)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		n.Add(1)
+		w.WriteHeader(http.StatusOK)
+		down, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			up.Close()
+			return
+		}
+		if b := buf.Reader.Buffered(); b > 0 {
+			p, _ := buf.Reader.Peek(b)
+			up.Write(p)
+		}
+		go func() { io.Copy(up, down); up.Close() }()
+		io.Copy(down, up)
+		down.Close()
+	}))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	return u, &n
+}
+
+func TestDialHTTPRefused(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no token", http.StatusUnauthorized)
+	}))
+	defer srv.Close()
+	_, resp, err := DialHTTP(ctx(t), &http.Transport{}, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	var he *HandshakeError
+	if !errors.As(err, &he) || he.StatusCode != 401 || !strings.Contains(he.Body, "no token") || resp == nil || resp.StatusCode != 401 {
+		t.Fatalf("got %v, %v", err, resp)
+	}
+	if _, _, err := DialHTTP(ctx(t), &http.Transport{}, "http://x", nil); err == nil {
+		t.Fatal("an http:// URL was dialed")
 	}
 }
 

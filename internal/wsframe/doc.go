@@ -1,13 +1,16 @@
-// Package wsframe is a small RFC 6455 WebSocket codec for the relay's hot
-// path: a server handshake (Upgrade), a client handshake (Dial), and a Conn
-// that reads whole messages and writes frames into a buffer that the caller
-// flushes when it has nothing more to send.
+// Package wsframe is a small RFC 6455 WebSocket codec for the hot paths of
+// the relay and the peer: a server handshake (Upgrade), two client
+// handshakes (Dial, plain ws:// for load tools; DialHTTP, which lets an
+// http.Transport run the handshake so proxies and TLS settings apply, for
+// the peer), and a Conn that reads whole messages and writes frames into a
+// buffer that the caller flushes when it has nothing more to send.
 //
-// coder/websocket is the WebSocket library everywhere else in this module.
-// It flushes every message (one write syscall per envelope) and allocates
-// while reading, which on a relay forwarding hundreds of thousands of small
-// envelopes per second is most of the cost. This package does only what the
-// relay needs:
+// coder/websocket flushes every message (one write syscall per envelope)
+// and allocates, and sets up context timers, on every read and write,
+// which on a relay forwarding hundreds of thousands of small envelopes per
+// second is most of the cost, and a tenth of a peer's outside signing.
+// The tests use it as the independent implementation to interoperate
+// with. This package does only what the relay and the peer need:
 //
 //   - no extensions (permessage-deflate is never negotiated) and no
 //     subprotocols;
@@ -23,7 +26,7 @@
 // # Buffers
 //
 // An idle connection holds no buffer. On TCP (and other connections that
-// expose syscall.RawConn) the reader takes a pooled read buffer only when
+// expose syscall.RawConn; not a DialHTTP connection) the reader takes a pooled read buffer only when
 // the socket is readable and gives it back when the socket runs dry; the
 // writer takes a pooled write buffer at the first frame and gives it back
 // at Flush. So 10,000 idle sessions cost neither 10,000 read buffers nor

@@ -70,6 +70,12 @@ func (s *stack) client() *registrar.Client {
 }
 
 func (s *stack) startRelay(options ...func(*relay.Options)) *testRelay {
+	return s.startRelayOn(false, options...)
+}
+
+// startRelayOn starts a relay, serving TLS (wss://, httptest's
+// certificate: testRelay.srv.Client() trusts it) when tls is set.
+func (s *stack) startRelayOn(tls bool, options ...func(*relay.Options)) *testRelay {
 	t := s.t
 	srv := httptest.NewUnstartedServer(nil)
 	tl := &trackingListener{Listener: srv.Listener}
@@ -89,8 +95,14 @@ func (s *stack) startRelay(options ...func(*relay.Options)) *testRelay {
 		t.Fatal(err)
 	}
 	srv.Config.Handler = r.Handler()
-	srv.Start()
-	tr := &testRelay{r: r, srv: srv, lis: tl, url: "ws://" + domain, domain: domain}
+	scheme := "ws://"
+	if tls {
+		srv.StartTLS()
+		scheme = "wss://"
+	} else {
+		srv.Start()
+	}
+	tr := &testRelay{r: r, srv: srv, lis: tl, url: scheme + domain, domain: domain}
 	t.Cleanup(tr.kill)
 	return tr
 }

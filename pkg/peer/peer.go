@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"slices"
 	"sync"
@@ -85,6 +86,10 @@ type Options struct {
 	MaxBackoff time.Duration
 	// WriteTimeout bounds one write to a relay. Default 10s.
 	WriteTimeout time.Duration
+	// Transport carries the opening handshake with a relay: its proxy and
+	// TLS settings apply (a private CA for wss://, say). Default
+	// http.DefaultTransport: proxies from the environment, system roots.
+	Transport *http.Transport
 	// SweepInterval is how often expired requests are answered with a
 	// timeout error. Default 250ms.
 	SweepInterval time.Duration

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -503,4 +504,41 @@ func TestInProcessCall(t *testing.T) {
 	if rs[0].Err != nil || string(rs[0].Data) != `"`+peer.Version+`"` {
 		t.Fatalf("version: %+v", rs)
 	}
+}
+
+// Peers reach a relay over wss:// with the TLS settings of
+// Options.Transport (here trusting the test relay's certificate), and one
+// that does not trust it never connects.
+func TestRelayOverTLS(t *testing.T) {
+	s := newStack(t, 0)
+	tr := s.startRelayOn(true)
+	trusting := func(o *peer.Options) {
+		o.Relays = []string{tr.url}
+		o.Transport = tr.srv.Client().Transport.(*http.Transport)
+	}
+	a, b := s.newPeer(trusting), s.newPeer(trusting)
+	b.Handle("tls.echo", func(_ context.Context, r *peer.Request) ([]byte, error) { return r.Data, nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rs, err := a.Call(ctx, []uint32{b.Twin()}, "tls.echo", []byte("over wss"), nil)
+	if err != nil || len(rs) != 1 || rs[0].Err != nil || string(rs[0].Data) != "over wss" {
+		t.Fatalf("call over wss: %v %+v", err, rs)
+	}
+
+	// Without the test CA the handshake fails, and keeps failing.
+	p, err := peer.New(&peer.Options{Identity: newIdentity(t), Relays: []string{tr.url}, Registrar: s.client(),
+		Logger: testLogger(t), MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pctx, pcancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(pctx) }()
+	<-p.Ready()
+	time.Sleep(300 * time.Millisecond)
+	if n := p.Connected(); n != 0 {
+		t.Errorf("a peer that does not trust the relay's certificate connected (%d)", n)
+	}
+	pcancel()
+	<-done
 }

@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/coder/websocket"
-
+	"github.com/rmb-go/rmb/internal/wsframe"
 	"github.com/rmb-go/rmb/pkg/envelope"
 	"github.com/rmb-go/rmb/pkg/identity"
 )
@@ -39,11 +37,9 @@ type relayConn struct {
 // wsConn is one live WebSocket connection. Envelopes are written in
 // batches (sends): the sender that finds the connection idle writes at
 // once, envelopes sent meanwhile are written together by the next one,
-// with the network connection corked so the batch costs one write.
+// and a batch is flushed to the network in one write.
 type wsConn struct {
-	ctx   context.Context // ends with the session
-	c     *websocket.Conn
-	cork  *corkConn // the network connection under c; nil if unknown
+	c     *wsframe.Conn
 	sends combiner[*sendOp]
 }
 
@@ -53,9 +49,6 @@ type sendOp struct {
 	b   []byte
 	err error
 }
-
-// maxFlush bounds the bytes corkConn holds back and keeps allocated.
-const maxFlush = 1 << 20
 
 func (r *relayConn) current() *wsConn {
 	r.mu.Lock()
@@ -116,8 +109,20 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 	if i := strings.IndexByte(u, '?'); i >= 0 {
 		u = u[:i]
 	}
+	// Pongs reach the pinger through this channel.
+	pong := make(chan struct{}, 1)
+	opts := &wsframe.Options{
+		ReadLimit:    envelope.DefaultMaxSize + 1024,
+		WriteTimeout: p.opts.WriteTimeout,
+		OnPong: func() {
+			select {
+			case pong <- struct{}{}:
+			default:
+			}
+		},
+	}
 	dctx, cancel := context.WithTimeout(ctx, p.opts.WriteTimeout)
-	c, cork, resp, err := dial(dctx, u+"?"+token)
+	c, resp, err := dial(dctx, p.opts.Transport, u+"?"+token, opts)
 	cancel()
 	if err != nil {
 		p.metrics.relayDials.WithLabelValues(r.url, "error").Inc()
@@ -130,10 +135,12 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 		return false, fmt.Errorf("dial %s: %w", r.url, err)
 	}
 	p.metrics.relayDials.WithLabelValues(r.url, "ok").Inc()
-	c.SetReadLimit(envelope.DefaultMaxSize + 1024)
 	sctx, scancel := context.WithCancel(ctx)
-	wc := &wsConn{ctx: sctx, c: c, cork: cork}
+	wc := &wsConn{c: c}
+	// Closing the connection is what ends a blocked read or write.
+	stop := context.AfterFunc(sctx, func() { c.CloseNow() })
 	defer func() {
+		stop()
 		scancel()
 		c.CloseNow()
 		r.setConn(nil)
@@ -141,13 +148,13 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 	}()
 	r.setConn(wc)
 	r.log.Info("relay connected", "twin", p.Twin())
-	go r.pinger(sctx, c)
+	go r.pinger(sctx, c, pong)
 	for {
-		typ, b, err := c.Read(sctx)
+		op, b, err := c.ReadMessage(nil)
 		if err != nil {
 			return true, err
 		}
-		if typ != websocket.MessageBinary {
+		if op != wsframe.OpBinary {
 			continue
 		}
 		select {
@@ -158,8 +165,9 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 	}
 }
 
-// pinger closes c when a WebSocket ping is not answered in time.
-func (r *relayConn) pinger(ctx context.Context, c *websocket.Conn) {
+// pinger closes c when a WebSocket ping is not answered in time. Pongs
+// arrive on pong.
+func (r *relayConn) pinger(ctx context.Context, c *wsframe.Conn, pong <-chan struct{}) {
 	t := time.NewTicker(r.p.opts.PingInterval)
 	defer t.Stop()
 	for {
@@ -168,14 +176,26 @@ func (r *relayConn) pinger(ctx context.Context, c *websocket.Conn) {
 			return
 		case <-t.C:
 		}
-		pctx, cancel := context.WithTimeout(ctx, r.p.opts.PingTimeout)
-		err := c.Ping(pctx)
-		cancel()
-		if err != nil && ctx.Err() == nil {
+		select { // a pong that came late for the last ping
+		case <-pong:
+		default:
+		}
+		err := c.Ping()
+		if err == nil {
+			select {
+			case <-pong:
+				continue
+			case <-ctx.Done():
+				return
+			case <-time.After(r.p.opts.PingTimeout):
+				err = fmt.Errorf("no pong within %s", r.p.opts.PingTimeout)
+			}
+		}
+		if ctx.Err() == nil {
 			r.log.Warn("relay ping failed; closing connection", "err", err)
 			c.CloseNow()
-			return
 		}
+		return
 	}
 }
 
@@ -197,29 +217,21 @@ func (r *relayConn) write(ctx context.Context, b []byte) error {
 	return op.err
 }
 
-// writeBatch writes the envelopes of batch and flushes them together. The
-// writes are bounded by WriteTimeout and the session, not by one sender.
+// writeBatch writes the envelopes of batch and flushes them together, in
+// one write unless they are many. wsframe bounds the write with
+// WriteTimeout; the session's end closes the connection.
 func (r *relayConn) writeBatch(wc *wsConn, batch []*sendOp) {
-	wctx, cancel := context.WithTimeout(wc.ctx, r.p.opts.WriteTimeout)
-	defer cancel()
-	corked := wc.cork != nil && len(batch) > 1
-	if corked {
-		wc.cork.cork()
-	}
 	var err error
 	for _, op := range batch {
 		if op.err = op.ctx.Err(); op.err != nil {
 			continue // the sender gave up
 		}
-		if err = wc.c.Write(wctx, websocket.MessageBinary, op.b); err != nil {
+		if err = wc.c.WriteMessage(wsframe.OpBinary, op.b); err != nil {
 			break
 		}
 	}
-	if corked {
-		deadline, _ := wctx.Deadline()
-		if ferr := wc.cork.uncork(deadline); err == nil {
-			err = ferr
-		}
+	if err == nil {
+		err = wc.c.Flush()
 	}
 	if err != nil {
 		// The senders try another relay; one that was written after all
@@ -281,88 +293,19 @@ func (p *Peer) connectionLost() {
 	}
 }
 
-// dial opens a WebSocket connection to u and returns it with the network
-// connection under it (under TLS for wss), wrapped so writeBatch can cork
-// it.
-func dial(ctx context.Context, u string) (*websocket.Conn, *corkConn, *http.Response, error) {
-	var (
-		mu   sync.Mutex
-		cork *corkConn
-	)
-	tr := &http.Transport{Proxy: http.ProxyFromEnvironment}
-	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
-		tr = dt.Clone()
-	}
-	base := tr.DialContext
-	if base == nil {
-		base = (&net.Dialer{}).DialContext
-	}
-	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := base(ctx, network, addr)
-		if err != nil {
-			return nil, err
+// dial opens a WebSocket connection to u. The opening handshake is an
+// HTTP request through tr (nil: http.DefaultTransport, so the proxy
+// settings of the environment and the system's TLS roots apply); the
+// frames are wsframe's. On a refused handshake the response comes with
+// the error.
+func dial(ctx context.Context, tr *http.Transport, u string, opts *wsframe.Options) (*wsframe.Conn, *http.Response, error) {
+	if tr == nil {
+		var ok bool
+		if tr, ok = http.DefaultTransport.(*http.Transport); !ok {
+			tr = &http.Transport{Proxy: http.ProxyFromEnvironment}
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		cork = &corkConn{Conn: c}
-		return cork, nil
 	}
-	c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
-	if err != nil {
-		return nil, nil, resp, err
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return c, cork, resp, nil
-}
-
-// corkConn holds writes back in memory while corked and sends them in one
-// write when uncorked (what TCP_CORK does in the kernel). Uncorked, it
-// writes through. Other writers of the WebSocket (pings, pongs, close)
-// may write while it is corked; their frames go out with the batch.
-type corkConn struct {
-	net.Conn
-	mu     sync.Mutex
-	corked bool
-	buf    []byte
-}
-
-func (c *corkConn) Write(b []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.corked {
-		c.buf = append(c.buf, b...)
-		return len(b), nil
-	}
-	return c.Conn.Write(b)
-}
-
-func (c *corkConn) cork() {
-	c.mu.Lock()
-	c.corked = true
-	c.mu.Unlock()
-}
-
-// uncork writes what was held back, giving up at deadline (zero: none).
-func (c *corkConn) uncork(deadline time.Time) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.corked = false
-	if len(c.buf) == 0 {
-		return nil
-	}
-	c.Conn.SetWriteDeadline(deadline)
-	_, err := c.Conn.Write(c.buf)
-	c.Conn.SetWriteDeadline(time.Time{})
-	if cap(c.buf) > maxFlush {
-		c.buf = nil // do not keep a large buffer for an idle connection
-	} else {
-		c.buf = c.buf[:0]
-	}
-	if err != nil {
-		return fmt.Errorf("flush to relay: %w", err)
-	}
-	return nil
+	return wsframe.DialHTTP(ctx, tr, u, opts)
 }
 
 // redactToken replaces token in the text of err.
