@@ -324,6 +324,13 @@ func TestBench(t *testing.T) {
 		e2e.Bus.Errors != 0 || e2e.Bus.Cost.RedisCommands < 4 || e2e.PlainRedis.RoundTrips != 0 {
 		t.Errorf("bench e2e --peer-bin --unix --no-plain --json: %+v (%v)", r, err)
 	}
+	if r := rmb(t, nil, "bench", "e2e", "--duration", "1s", "--peer-bin", "/nonexistent/rmb-peer"); r.code != 1 ||
+		!strings.Contains(r.stderr, "start peer 1") {
+		t.Errorf("bench e2e with a missing peer binary: %+v", r)
+	}
+	if r := rmb(t, nil, "bench", "e2e", "--memprofile"); r.code == 0 || !strings.Contains(r.stderr, "needs a file name") {
+		t.Errorf("bench e2e --memprofile without a file: %+v", r)
+	}
 	if r := rmb(t, nil, "bench"); r.code != 2 {
 		t.Errorf("bench without a mode: %+v", r)
 	}

@@ -394,6 +394,26 @@ func TestDialHTTPRefused(t *testing.T) {
 	if _, _, err := DialHTTP(ctx(t), &http.Transport{}, "http://x", nil); err == nil {
 		t.Fatal("an http:// URL was dialed")
 	}
+	// A 101 with the wrong accept key, and one negotiating an extension.
+	for name, h := range map[string]http.Header{
+		"invalid 101": {"Upgrade": {"websocket"}, "Connection": {"Upgrade"}, "Sec-Websocket-Accept": {"nope"}},
+		"extension":   {"Upgrade": {"websocket"}, "Connection": {"Upgrade"}, "Sec-Websocket-Extensions": {"permessage-deflate"}},
+	} {
+		bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			for k, v := range h {
+				w.Header()[k] = v
+			}
+			if name == "extension" {
+				w.Header().Set("Sec-Websocket-Accept", acceptKey(r.Header.Get("Sec-WebSocket-Key")))
+			}
+			w.WriteHeader(http.StatusSwitchingProtocols)
+		}))
+		_, _, err := DialHTTP(ctx(t), &http.Transport{}, "ws"+strings.TrimPrefix(bad.URL, "http"), nil)
+		bad.Close()
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
 }
 
 func TestDialRefused(t *testing.T) {
