@@ -33,7 +33,7 @@ import (
 // connection.
 
 const (
-	// maxBatch bounds the ops of one transaction.
+	// maxBatch bounds the ops of one pipeline.
 	maxBatch = 256
 	// popBatch bounds how many messages popLoop moves to a processing
 	// list in one op.
