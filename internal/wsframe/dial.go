@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -69,17 +70,9 @@ func Dial(ctx context.Context, rawURL string, opts *Options) (*Conn, error) {
 	if err != nil {
 		return fail(err)
 	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if err := checkUpgrade(resp, key); err != nil {
 		resp.Body.Close()
-		return fail(&HandshakeError{StatusCode: resp.StatusCode, Body: string(body)})
-	}
-	if !hasToken(resp.Header, "Upgrade", "websocket") || !hasToken(resp.Header, "Connection", "upgrade") ||
-		resp.Header.Get("Sec-WebSocket-Accept") != acceptKey(key) {
-		return fail(fmt.Errorf("invalid 101 response"))
-	}
-	if resp.Header.Get("Sec-WebSocket-Extensions") != "" {
-		return fail(fmt.Errorf("server negotiated an extension"))
+		return fail(err)
 	}
 	if !stop() {
 		return fail(ctx.Err())
@@ -90,4 +83,22 @@ func Dial(ctx context.Context, rawURL string, opts *Options) (*Conn, error) {
 		buffered, _ = br.Peek(n)
 	}
 	return newConn(nc, true, buffered, opts), nil
+}
+
+// checkUpgrade checks the server's answer to an opening handshake sent
+// with key: 101 with the right headers and no extension. A refusal is a
+// HandshakeError with the start of the body.
+func checkUpgrade(resp *http.Response, key string) error {
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return &HandshakeError{StatusCode: resp.StatusCode, Body: string(body)}
+	}
+	if !hasToken(resp.Header, "Upgrade", "websocket") || !hasToken(resp.Header, "Connection", "upgrade") ||
+		resp.Header.Get("Sec-WebSocket-Accept") != acceptKey(key) {
+		return errors.New("invalid 101 response")
+	}
+	if resp.Header.Get("Sec-WebSocket-Extensions") != "" {
+		return errors.New("server negotiated an extension")
+	}
+	return nil
 }

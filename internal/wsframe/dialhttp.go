@@ -75,16 +75,8 @@ func DialHTTP(ctx context.Context, tr *http.Transport, rawURL string, opts *Opti
 		resp.Body.Close()
 		return nil, resp, fmt.Errorf("websocket dial: %w", err)
 	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fail(&HandshakeError{StatusCode: resp.StatusCode, Body: string(body)})
-	}
-	if !hasToken(resp.Header, "Upgrade", "websocket") || !hasToken(resp.Header, "Connection", "upgrade") ||
-		resp.Header.Get("Sec-WebSocket-Accept") != acceptKey(key) {
-		return fail(errors.New("invalid 101 response"))
-	}
-	if resp.Header.Get("Sec-WebSocket-Extensions") != "" {
-		return fail(errors.New("server negotiated an extension"))
+	if err := checkUpgrade(resp, key); err != nil {
+		return fail(err)
 	}
 	rwc, ok := resp.Body.(io.ReadWriteCloser)
 	mu.Lock()
