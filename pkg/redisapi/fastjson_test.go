@@ -125,17 +125,27 @@ func FuzzParseOutgoingRequest(f *testing.F) {
 	})
 }
 
+// checkIncoming compares parse with json.Unmarshal into a new T (nil on
+// error), as ParseIncomingRequest and ParseIncomingResponse promise.
+func checkIncoming[T any, P interface {
+	*T
+	scan([]byte) bool
+}](t *testing.T, b []byte, parse func([]byte) (*T, error), payload func(*T) ([]byte, error)) {
+	t.Helper()
+	checkParse[T, P](t, b)
+	got, gerr := parse(b)
+	want := new(T)
+	werr := json.Unmarshal(b, want)
+	if werr != nil {
+		want = nil
+	}
+	sameResult(t, b, got, want, gerr, werr, payload)
+}
+
 func FuzzParseIncomingRequest(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		checkParse[IncomingRequest](t, b)
-		got, gerr := ParseIncomingRequest(b)
-		want := new(IncomingRequest)
-		werr := json.Unmarshal(b, want)
-		if werr != nil {
-			want = nil
-		}
-		sameResult(t, b, got, want, gerr, werr, (*IncomingRequest).Payload)
+		checkIncoming[IncomingRequest](t, b, ParseIncomingRequest, (*IncomingRequest).Payload)
 	})
 }
 
@@ -152,14 +162,7 @@ func FuzzParseOutgoingResponse(f *testing.F) {
 func FuzzParseIncomingResponse(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		checkParse[IncomingResponse](t, b)
-		got, gerr := ParseIncomingResponse(b)
-		want := new(IncomingResponse)
-		werr := json.Unmarshal(b, want)
-		if werr != nil {
-			want = nil
-		}
-		sameResult(t, b, got, want, gerr, werr, (*IncomingResponse).Payload)
+		checkIncoming[IncomingResponse](t, b, ParseIncomingResponse, (*IncomingResponse).Payload)
 	})
 }
 
