@@ -33,8 +33,9 @@ type Bot struct {
 	accepted  map[string]int // id -> destinations
 	order     []string
 	responses map[string][]redisapi.IncomingResponse
-	rejected  int // pushes Redis did not acknowledge
-	strays    int // responses for ids never accepted
+	rejected  int            // pushes Redis did not acknowledge
+	strays    int            // responses for ids never accepted
+	skip      map[string]int // processing-list entries already recorded
 }
 
 // NewBot returns a bot pushing cmd to peer's Redis rdb.
@@ -93,32 +94,85 @@ func (b *Bot) PushRaw(ctx context.Context, id string, want int, body []byte) err
 }
 
 // Collect pops responses from Ret until ctx ends, riding out Redis
-// outages.
+// outages. It pops the way a bot that must lose nothing would: BLMOVE to
+// its own processing list, record, LREM. After a failed round trip it
+// first takes what that list holds: a response whose pop Redis executed
+// (and persisted) while the reply died with it would otherwise vanish in
+// the bot, and be counted as lost by the bus.
 func (b *Bot) Collect(ctx context.Context) {
+	processing := b.Ret + ".processing"
+	rescan := false
 	for ctx.Err() == nil {
-		res, err := b.RDB.BRPop(ctx, time.Second, b.Ret).Result()
+		if rescan {
+			left, err := b.RDB.LRange(ctx, processing, 0, -1).Result()
+			if err != nil {
+				b.pause(ctx)
+				continue
+			}
+			rescan = false
+			for _, raw := range left {
+				b.record(raw)
+				if b.RDB.LRem(ctx, processing, 1, raw).Err() != nil {
+					b.forgetOnce(raw)
+					rescan = true
+					break
+				}
+			}
+		}
+		raw, err := b.RDB.BLMove(ctx, b.Ret, processing, "RIGHT", "LEFT", time.Second).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
 		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
+			rescan = true
+			b.pause(ctx)
 			continue
 		}
-		var r redisapi.IncomingResponse
-		if err := json.Unmarshal([]byte(res[1]), &r); err != nil {
-			continue
+		b.record(raw)
+		if b.RDB.LRem(ctx, processing, 1, raw).Err() != nil {
+			// Recorded already: the rescan removes it without counting
+			// it again.
+			b.forgetOnce(raw)
+			rescan = true
 		}
-		b.mu.Lock()
-		if _, ok := b.accepted[r.Ref]; ok {
-			b.responses[r.Ref] = append(b.responses[r.Ref], r)
-		} else {
-			b.strays++
-		}
-		b.mu.Unlock()
 	}
+}
+
+func (b *Bot) pause(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// record counts one response.
+func (b *Bot) record(raw string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.skip[raw] > 0 {
+		b.skip[raw]--
+		return
+	}
+	var r redisapi.IncomingResponse
+	if err := json.Unmarshal([]byte(raw), &r); err != nil {
+		return
+	}
+	if _, ok := b.accepted[r.Ref]; ok {
+		b.responses[r.Ref] = append(b.responses[r.Ref], r)
+	} else {
+		b.strays++
+	}
+}
+
+// forgetOnce makes the next record of raw (from the processing list)
+// count nothing: it was recorded when popped.
+func (b *Bot) forgetOnce(raw string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.skip == nil {
+		b.skip = map[string]int{}
+	}
+	b.skip[raw]++
 }
 
 // Pending is how many accepted requests still miss responses.
