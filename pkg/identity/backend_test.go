@@ -60,6 +60,14 @@ func FuzzEd25519VerifyMatchesStdlib(f *testing.F) {
 		if got != want {
 			t.Fatalf("verify(%x, %x, %x) = %v, crypto/ed25519 says %v", pub, msg, sig, got, want)
 		}
+		// The path of hot keys, with a table of multiples of -A.
+		if tbl := negTable(pub); tbl != nil {
+			if got := verifyWithTable(pub, tbl, msg, sig); got != want {
+				t.Fatalf("verifyWithTable(%x, %x, %x) = %v, crypto/ed25519 says %v", pub, msg, sig, got, want)
+			}
+		} else if want {
+			t.Fatalf("crypto/ed25519 accepts key %x, negTable cannot decode it", pub)
+		}
 	})
 }
 
@@ -86,4 +94,62 @@ func nonCanonicalY() []byte {
 	b[0] = 0xed
 	b[31] = 0x7f
 	return b
+}
+
+// TestHotKeyTables drives keys past hotUses and past maxTables: every
+// verdict stays crypto/ed25519's, while tables come and go.
+func TestHotKeyTables(t *testing.T) {
+	c := newKeyCache()
+	type signer struct {
+		pub stded25519.PublicKey
+		key stded25519.PrivateKey
+	}
+	signers := make([]signer, maxTables+8)
+	for i := range signers {
+		seed := sha512.Sum512([]byte(fmt.Sprint("hot", i)))
+		key := stded25519.NewKeyFromSeed(seed[:SeedSize])
+		signers[i] = signer{key.Public().(stded25519.PublicKey), key}
+	}
+	tables := func() int {
+		n := 0
+		for _, s := range signers {
+			k, _ := c.ed25519(s.pub)
+			if k.negA.Load() != nil {
+				n++
+			}
+		}
+		return n
+	}
+	for round := range 2 * hotUses {
+		for i, s := range signers {
+			msg := []byte(fmt.Sprint("message", round, i))
+			sig := stded25519.Sign(s.key, msg)
+			k, err := c.ed25519(s.pub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !c.verify(k, msg, sig) {
+				t.Fatalf("round %d, key %d: a valid signature was refused", round, i)
+			}
+			bad := append([]byte{}, sig...)
+			bad[round%64] ^= 1
+			if c.verify(k, msg, bad) {
+				t.Fatalf("round %d, key %d: a corrupted signature was accepted", round, i)
+			}
+			if c.verify(k, append(msg, 'x'), sig) {
+				t.Fatalf("round %d, key %d: a signature of another message was accepted", round, i)
+			}
+		}
+		// Each round is 3 verifications per key: the tables fill once
+		// the keys reach hotUses, and stay bounded.
+		switch n := tables(); {
+		case 3*(round+1) < hotUses && n != 0:
+			t.Fatalf("round %d: %d tables before any key was hot", round, n)
+		case n > maxTables:
+			t.Fatalf("round %d: %d tables, bound %d", round, n, maxTables)
+		}
+	}
+	if n := tables(); n != maxTables {
+		t.Fatalf("%d tables after every key was hot, want %d", n, maxTables)
+	}
 }

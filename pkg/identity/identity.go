@@ -223,7 +223,7 @@ func verifyEd25519(public, msg, sig []byte) error {
 	}
 	var ok bool
 	if k, err := verifyKeys.ed25519(public); err == nil {
-		ok = ed25519.VerifyExpandedWithOptions(k, msg, sig, stdlibOptions)
+		ok = verifyKeys.verify(k, msg, sig)
 	} else {
 		ok = ed25519.VerifyWithOptions(public, msg, sig, stdlibOptions)
 	}
