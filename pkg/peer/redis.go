@@ -246,7 +246,7 @@ func (p *Peer) replyLoop(ctx context.Context) {
 // handleLocal sends one outgoing request from a client. It returns
 // whether it finished the message (removed it from the processing list).
 func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
-	req, err := DecodeOutgoingRequest([]byte(raw))
+	req, err := redisapi.DecodeOutgoingRequestString(raw)
 	if err != nil {
 		d := &DeadLetter{Queue: LocalQueue, Message: raw, Reason: err.Error(), Code: envelope.CodeMalformed}
 		if req != nil {
@@ -318,7 +318,7 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 // handleReply sends one service response. It returns whether it finished
 // the message (removed it from the processing list).
 func (p *Peer) handleReply(ctx context.Context, raw string) bool {
-	rep, err := DecodeOutgoingResponse([]byte(raw))
+	rep, err := redisapi.DecodeOutgoingResponseString(raw)
 	if err != nil {
 		p.deadLetter(ctx, &DeadLetter{Queue: ReplyQueue, Message: raw, Reason: err.Error(), Code: envelope.CodeMalformed})
 		p.finish(ReplyProcessing, raw, "")

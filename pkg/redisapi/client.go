@@ -99,7 +99,7 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 	}
 	for {
 		if res != nil {
-			r, err := ParseIncomingResponse([]byte(res[1]))
+			r, err := ParseIncomingResponseString(res[1])
 			if err != nil {
 				return out, fmt.Errorf("redisapi: peer sent a response that is not JSON: %w", err)
 			}
@@ -177,7 +177,7 @@ func (c *Client) Serve(ctx context.Context, cmd string, h Handler, logger *slog.
 		if res == nil {
 			continue
 		}
-		req, err := ParseIncomingRequest([]byte(res[1]))
+		req, err := ParseIncomingRequestString(res[1])
 		if err != nil {
 			logger.Warn("skipping a request that is not JSON", "queue", queue, "err", err)
 			continue

@@ -107,9 +107,16 @@ func DecodeOutgoingRequest(b []byte) (*OutgoingRequest, error) {
 	return decodeOutgoingRequest(b, unmarshal[OutgoingRequest])
 }
 
+// DecodeOutgoingRequestString is DecodeOutgoingRequest of a message held
+// in a string, as Redis clients return them; the request's strings share
+// msg's memory.
+func DecodeOutgoingRequestString(msg string) (*OutgoingRequest, error) {
+	return decodeOutgoingRequest(msg, unmarshalString[OutgoingRequest])
+}
+
 // decodeOutgoingRequest is DecodeOutgoingRequest with unmarshal in place
 // of json.Unmarshal: the tests pass json.Unmarshal to compare.
-func decodeOutgoingRequest(b []byte, unmarshal func([]byte, *OutgoingRequest) error) (*OutgoingRequest, error) {
+func decodeOutgoingRequest[M string | []byte](b M, unmarshal func(M, *OutgoingRequest) error) (*OutgoingRequest, error) {
 	var r OutgoingRequest
 	if err := unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadJSON, err)
@@ -149,9 +156,16 @@ func DecodeOutgoingResponse(b []byte) (*OutgoingResponse, error) {
 	return decodeOutgoingResponse(b, unmarshal[OutgoingResponse])
 }
 
+// DecodeOutgoingResponseString is DecodeOutgoingResponse of a message
+// held in a string, as Redis clients return them; the response's strings
+// share msg's memory.
+func DecodeOutgoingResponseString(msg string) (*OutgoingResponse, error) {
+	return decodeOutgoingResponse(msg, unmarshalString[OutgoingResponse])
+}
+
 // decodeOutgoingResponse is DecodeOutgoingResponse with unmarshal in place
 // of json.Unmarshal: the tests pass json.Unmarshal to compare.
-func decodeOutgoingResponse(b []byte, unmarshal func([]byte, *OutgoingResponse) error) (*OutgoingResponse, error) {
+func decodeOutgoingResponse[M string | []byte](b M, unmarshal func(M, *OutgoingResponse) error) (*OutgoingResponse, error) {
 	var r OutgoingResponse
 	if err := unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadJSON, err)

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // The messages without their methods, for handing them to json.Marshal:
@@ -198,6 +199,17 @@ func ParseIncomingRequest(b []byte) (*IncomingRequest, error) {
 	return r, nil
 }
 
+// ParseIncomingRequestString is ParseIncomingRequest of a message held in
+// a string, as Redis clients return them; the request's strings share
+// msg's memory.
+func ParseIncomingRequestString(msg string) (*IncomingRequest, error) {
+	r := new(IncomingRequest)
+	if err := unmarshalString(msg, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // ParseIncomingResponse parses a message of a client's ret queue. It gives
 // the same response and error as json.Unmarshal, and a nil response on
 // error.
@@ -209,16 +221,43 @@ func ParseIncomingResponse(b []byte) (*IncomingResponse, error) {
 	return r, nil
 }
 
+// ParseIncomingResponseString is ParseIncomingResponse of a message held
+// in a string, as Redis clients return them; the response's strings share
+// msg's memory.
+func ParseIncomingResponseString(msg string) (*IncomingResponse, error) {
+	r := new(IncomingResponse)
+	if err := unmarshalString(msg, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // unmarshal is json.Unmarshal(b, r) for a zero *r: the fast scan when b
 // has the usual shape, encoding/json when it has not.
 func unmarshal[T any, P interface {
 	*T
-	scan(b []byte) bool
+	scan(b []byte, shared bool) bool
 }](b []byte, r P) error {
-	if r.scan(b) {
+	if r.scan(b, false) {
 		return nil
 	}
 	*r = *new(T) // what the scan left
+	return json.Unmarshal(b, r)
+}
+
+// unmarshalString is unmarshal of a message held in a string, as Redis
+// clients return them. The fast scan makes the strings of r substrings of
+// msg instead of copies (a string cannot change, so they can share it):
+// a typical message then costs no allocation but r and its dst.
+func unmarshalString[T any, P interface {
+	*T
+	scan(b []byte, shared bool) bool
+}](msg string, r P) error {
+	b := unsafe.Slice(unsafe.StringData(msg), len(msg)) // read, never written
+	if r.scan(b, true) {
+		return nil
+	}
+	*r = *new(T)
 	return json.Unmarshal(b, r)
 }
 
@@ -233,9 +272,10 @@ var (
 )
 
 // scan fills a zero r from b if b is an object of the usual shape and
-// reports whether it was; if not, r is left half-filled.
-func (r *OutgoingRequest) scan(b []byte) bool {
-	s := scanner{b: b}
+// reports whether it was; if not, r is left half-filled. shared: b is
+// the memory of a string (scanner).
+func (r *OutgoingRequest) scan(b []byte, shared bool) bool {
+	s := scanner{b: b, shared: shared}
 	return s.object(outgoingRequestKeys, func(key string) (ok bool) {
 		var n int64
 		switch key {
@@ -268,9 +308,10 @@ func (r *OutgoingRequest) scan(b []byte) bool {
 }
 
 // scan fills a zero r from b if b is an object of the usual shape and
-// reports whether it was; if not, r is left half-filled.
-func (r *IncomingRequest) scan(b []byte) bool {
-	s := scanner{b: b}
+// reports whether it was; if not, r is left half-filled. shared: b is
+// the memory of a string (scanner).
+func (r *IncomingRequest) scan(b []byte, shared bool) bool {
+	s := scanner{b: b, shared: shared}
 	return s.object(incomingRequestKeys, func(key string) (ok bool) {
 		var n int64
 		switch key {
@@ -301,9 +342,10 @@ func (r *IncomingRequest) scan(b []byte) bool {
 }
 
 // scan fills a zero r from b if b is an object of the usual shape and
-// reports whether it was; if not, r is left half-filled.
-func (r *OutgoingResponse) scan(b []byte) bool {
-	s := scanner{b: b}
+// reports whether it was; if not, r is left half-filled. shared: b is
+// the memory of a string (scanner).
+func (r *OutgoingResponse) scan(b []byte, shared bool) bool {
+	s := scanner{b: b, shared: shared}
 	return s.object(outgoingResponseKeys, func(key string) (ok bool) {
 		var n int64
 		switch key {
@@ -328,9 +370,10 @@ func (r *OutgoingResponse) scan(b []byte) bool {
 }
 
 // scan fills a zero r from b if b is an object of the usual shape and
-// reports whether it was; if not, r is left half-filled.
-func (r *IncomingResponse) scan(b []byte) bool {
-	s := scanner{b: b}
+// reports whether it was; if not, r is left half-filled. shared: b is
+// the memory of a string (scanner).
+func (r *IncomingResponse) scan(b []byte, shared bool) bool {
+	s := scanner{b: b, shared: shared}
 	return s.object(incomingResponseKeys, func(key string) (ok bool) {
 		var n int64
 		switch key {
@@ -360,6 +403,9 @@ func (r *IncomingResponse) scan(b []byte) bool {
 type scanner struct {
 	b []byte
 	i int // the next byte
+	// shared: b is the memory of a string, so str may return substrings
+	// of it; otherwise it copies (the caller may reuse b).
+	shared bool
 }
 
 // next skips whitespace and returns the next byte, 0 at the end.
@@ -485,7 +531,10 @@ func equal(w uint64, c byte) uint64 { return below(w^uint64(c)*ones, 1) }
 
 func (s *scanner) str() (string, bool) {
 	raw, ok := s.raw()
-	return string(raw), ok // a copy: callers may reuse b
+	if s.shared && len(raw) > 0 {
+		return unsafe.String(&raw[0], len(raw)), ok
+	}
+	return string(raw), ok
 }
 
 func (s *scanner) strPtr() (*string, bool) {

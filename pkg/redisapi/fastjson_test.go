@@ -75,7 +75,7 @@ var seeds = append([]string{
 // same struct, even half-filled, and the same error.
 func checkParse[T any, P interface {
 	*T
-	scan([]byte) bool
+	scan(b []byte, shared bool) bool
 }](t *testing.T, b []byte) {
 	t.Helper()
 	var want, got T
@@ -86,6 +86,15 @@ func checkParse[T any, P interface {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("%q:\n got %+v\nwant %+v", b, got, want)
+	}
+	// The same from a string, whose strings the result shares.
+	var fromString T
+	serr := unmarshalString(string(b), P(&fromString))
+	if (werr == nil) != (serr == nil) || werr != nil && werr.Error() != serr.Error() {
+		t.Fatalf("%q: error from a string %v, encoding/json %v", b, serr, werr)
+	}
+	if !reflect.DeepEqual(fromString, want) {
+		t.Fatalf("%q from a string:\n got %+v\nwant %+v", b, fromString, want)
 	}
 }
 
@@ -122,6 +131,8 @@ func FuzzParseOutgoingRequest(f *testing.F) {
 		got, gerr := DecodeOutgoingRequest(b)
 		want, werr := decodeOutgoingRequest(b, jsonUnmarshal[OutgoingRequest])
 		sameResult(t, b, got, want, gerr, werr, (*OutgoingRequest).Payload)
+		got, gerr = DecodeOutgoingRequestString(string(b))
+		sameResult(t, b, got, want, gerr, werr, (*OutgoingRequest).Payload)
 	})
 }
 
@@ -129,8 +140,8 @@ func FuzzParseOutgoingRequest(f *testing.F) {
 // error), as ParseIncomingRequest and ParseIncomingResponse promise.
 func checkIncoming[T any, P interface {
 	*T
-	scan([]byte) bool
-}](t *testing.T, b []byte, parse func([]byte) (*T, error), payload func(*T) ([]byte, error)) {
+	scan(b []byte, shared bool) bool
+}](t *testing.T, b []byte, parse func([]byte) (*T, error), parseString func(string) (*T, error), payload func(*T) ([]byte, error)) {
 	t.Helper()
 	checkParse[T, P](t, b)
 	got, gerr := parse(b)
@@ -140,12 +151,14 @@ func checkIncoming[T any, P interface {
 		want = nil
 	}
 	sameResult(t, b, got, want, gerr, werr, payload)
+	got, gerr = parseString(string(b))
+	sameResult(t, b, got, want, gerr, werr, payload)
 }
 
 func FuzzParseIncomingRequest(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		checkIncoming[IncomingRequest](t, b, ParseIncomingRequest, (*IncomingRequest).Payload)
+		checkIncoming[IncomingRequest](t, b, ParseIncomingRequest, ParseIncomingRequestString, (*IncomingRequest).Payload)
 	})
 }
 
@@ -156,13 +169,15 @@ func FuzzParseOutgoingResponse(f *testing.F) {
 		got, gerr := DecodeOutgoingResponse(b)
 		want, werr := decodeOutgoingResponse(b, jsonUnmarshal[OutgoingResponse])
 		sameResult(t, b, got, want, gerr, werr, (*OutgoingResponse).Payload)
+		got, gerr = DecodeOutgoingResponseString(string(b))
+		sameResult(t, b, got, want, gerr, werr, (*OutgoingResponse).Payload)
 	})
 }
 
 func FuzzParseIncomingResponse(f *testing.F) {
 	addSeeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		checkIncoming[IncomingResponse](t, b, ParseIncomingResponse, (*IncomingResponse).Payload)
+		checkIncoming[IncomingResponse](t, b, ParseIncomingResponse, ParseIncomingResponseString, (*IncomingResponse).Payload)
 	})
 }
 
@@ -250,8 +265,10 @@ func TestFastPath(t *testing.T) {
 			for k := range keys {
 				want = want && hasTag(typ, k)
 			}
-			r := reflect.New(typ).Interface().(interface{ scan([]byte) bool })
-			if taken := r.scan(b); taken != want {
+			r := reflect.New(typ).Interface().(interface {
+				scan(b []byte, shared bool) bool
+			})
+			if taken := r.scan(b, false); taken != want {
 				t.Errorf("%v %s: fast path taken %v, want %v", typ, s, taken, want)
 			}
 		}
@@ -279,6 +296,21 @@ func TestFastPath(t *testing.T) {
 		b := []byte(tt.msg)
 		if n := testing.AllocsPerRun(10, func() { tt.parse(b) }); n != tt.want {
 			t.Errorf("%.40s...: %v allocations, want %v", tt.msg, n, tt.want)
+		}
+	}
+	// From a string, the strings are not copied: only the struct and dst.
+	for _, tt := range []struct {
+		msg   string
+		parse func(string)
+		want  float64
+	}{
+		{typicalOutgoingRequest, func(s string) { unmarshalString(s, new(OutgoingRequest)) }, 1 + 1},
+		{typicalIncomingRequest, func(s string) { ParseIncomingRequestString(s) }, 1},
+		{typicalOutgoingResponse, func(s string) { unmarshalString(s, new(OutgoingResponse)) }, 1},
+		{typicalIncomingResponse, func(s string) { ParseIncomingResponseString(s) }, 1},
+	} {
+		if n := testing.AllocsPerRun(10, func() { tt.parse(tt.msg) }); n != tt.want {
+			t.Errorf("%.40s... from a string: %v allocations, want %v", tt.msg, n, tt.want)
 		}
 	}
 }
@@ -324,7 +356,7 @@ func hasTag(typ reflect.Type, key string) bool {
 
 func benchParse[T any, P interface {
 	*T
-	scan([]byte) bool
+	scan(b []byte, shared bool) bool
 }](b *testing.B, msg string) {
 	in := []byte(msg)
 	b.Run("fast", func(b *testing.B) {
