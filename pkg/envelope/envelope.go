@@ -256,6 +256,10 @@ func Unmarshal(b []byte, maxSize int) (*Envelope, error) {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooBig, len(b), maxSize)
 	}
 	e := new(Envelope)
+	if unmarshalFast(b, e) {
+		return e, nil
+	}
+	e = new(Envelope)
 	if err := proto.Unmarshal(b, e); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
