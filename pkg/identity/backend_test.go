@@ -5,6 +5,8 @@ import (
 	"crypto/sha512"
 	"fmt"
 	"testing"
+
+	"github.com/oasisprotocol/curve25519-voi/primitives/sr25519"
 )
 
 // The signing code is curve25519-voi's, chosen for speed; the reference
@@ -61,12 +63,12 @@ func FuzzEd25519VerifyMatchesStdlib(f *testing.F) {
 			t.Fatalf("verify(%x, %x, %x) = %v, crypto/ed25519 says %v", pub, msg, sig, got, want)
 		}
 		// The path of hot keys, with a table of multiples of -A.
-		if tbl := negTable(pub); tbl != nil {
-			if got := verifyWithTable(pub, tbl, msg, sig); got != want {
-				t.Fatalf("verifyWithTable(%x, %x, %x) = %v, crypto/ed25519 says %v", pub, msg, sig, got, want)
+		if tbl := edNegTable(pub); tbl != nil {
+			if got := verifyEdWithTable(pub, tbl, msg, sig); got != want {
+				t.Fatalf("verifyEdWithTable(%x, %x, %x) = %v, crypto/ed25519 says %v", pub, msg, sig, got, want)
 			}
 		} else if want {
-			t.Fatalf("crypto/ed25519 accepts key %x, negTable cannot decode it", pub)
+			t.Fatalf("crypto/ed25519 accepts key %x, edNegTable cannot decode it", pub)
 		}
 	})
 }
@@ -128,15 +130,15 @@ func TestHotKeyTables(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !c.verify(k, msg, sig) {
+			if !c.verifyEd(k, msg, sig) {
 				t.Fatalf("round %d, key %d: a valid signature was refused", round, i)
 			}
 			bad := append([]byte{}, sig...)
 			bad[round%64] ^= 1
-			if c.verify(k, msg, bad) {
+			if c.verifyEd(k, msg, bad) {
 				t.Fatalf("round %d, key %d: a corrupted signature was accepted", round, i)
 			}
-			if c.verify(k, append(msg, 'x'), sig) {
+			if c.verifyEd(k, append(msg, 'x'), sig) {
 				t.Fatalf("round %d, key %d: a signature of another message was accepted", round, i)
 			}
 		}
@@ -151,5 +153,124 @@ func TestHotKeyTables(t *testing.T) {
 	}
 	if n := tables(); n != maxTables {
 		t.Fatalf("%d tables after every key was hot, want %d", n, maxTables)
+	}
+}
+
+// voiSr25519Verify is curve25519-voi's own sr25519 verification, which
+// the table path of hot keys must agree with.
+func voiSr25519Verify(pub, msg, sig []byte) bool {
+	pk, err := sr25519.NewPublicKeyFromBytes(pub)
+	if err != nil {
+		return false
+	}
+	s, err := sr25519.NewSignatureFromBytes(sig)
+	if err != nil {
+		return false
+	}
+	return pk.Verify(substrateContext.NewTranscriptBytes(msg), s)
+}
+
+func srSigner(t testing.TB, i int) *Identity {
+	seed := sha512.Sum512([]byte(fmt.Sprint("sr", i)))
+	id, err := FromSeed(seed[:SeedSize], Sr25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// TestSr25519TableMatchesVoi signs with several keys and checks the table
+// path on the signatures, corrupted ones and other messages.
+func TestSr25519TableMatchesVoi(t *testing.T) {
+	for i := range 8 {
+		id := srSigner(t, i)
+		pub := id.PublicKey()
+		tbl := srNegTable(pub)
+		if tbl == nil {
+			t.Fatal("srNegTable: a valid key does not decode")
+		}
+		for j := range 16 {
+			msg := []byte(fmt.Sprint("message ", i, j))
+			sig := id.SignRaw(msg)
+			if !verifySrWithTable(pub, tbl, msg, sig) {
+				t.Fatalf("key %d, message %d: a valid signature was refused", i, j)
+			}
+			bad := append([]byte{}, sig...)
+			bad[(i*16+j)%64] ^= 1 << (j % 8)
+			if got, want := verifySrWithTable(pub, tbl, msg, bad), voiSr25519Verify(pub, msg, bad); got != want || got {
+				t.Fatalf("key %d, message %d: corrupted signature: table %v, voi %v", i, j, got, want)
+			}
+			if verifySrWithTable(pub, tbl, append(msg, '!'), sig) {
+				t.Fatalf("key %d, message %d: a signature of another message was accepted", i, j)
+			}
+			if other := srSigner(t, i+100).PublicKey(); verifySrWithTable(other, srNegTable(other), msg, sig) {
+				t.Fatalf("key %d, message %d: accepted under another key", i, j)
+			}
+		}
+	}
+}
+
+// FuzzSr25519TableMatchesVoi feeds arbitrary keys and signatures, and
+// mutations of valid ones, to the table path and to curve25519-voi.
+func FuzzSr25519TableMatchesVoi(f *testing.F) {
+	id := srSigner(f, 0)
+	pub := id.PublicKey()
+	for _, m := range []string{"", "hello", "0123456789abcdef"} {
+		f.Add(pub, []byte(m), id.SignRaw([]byte(m)))
+	}
+	valid := id.SignRaw([]byte("hello"))
+	unmarked := append([]byte{}, valid...)
+	unmarked[63] &= 0x7f
+	f.Add(pub, []byte("hello"), unmarked) // an ed25519-style signature
+	f.Add(pub, []byte("hello"), addL(valid))
+	f.Add(make([]byte, 32), []byte("x"), make([]byte, 64)) // identity key
+	f.Fuzz(func(t *testing.T, pub, msg, sig []byte) {
+		if len(pub) != PublicKeySize || len(sig) != RawSignatureSize {
+			return
+		}
+		want := voiSr25519Verify(pub, msg, sig)
+		if got := verifySr25519(pub, msg, sig) == nil; got != want {
+			t.Fatalf("verifySr25519(%x, %x, %x) = %v, voi says %v", pub, msg, sig, got, want)
+		}
+		tbl := srNegTable(pub)
+		if tbl == nil {
+			if _, err := sr25519.NewPublicKeyFromBytes(pub); err == nil {
+				t.Fatalf("voi decodes key %x, srNegTable does not", pub)
+			}
+			return
+		}
+		if got := verifySrWithTable(pub, tbl, msg, sig); got != want {
+			t.Fatalf("verifySrWithTable(%x, %x, %x) = %v, voi says %v", pub, msg, sig, got, want)
+		}
+	})
+}
+
+// TestHotSr25519Keys drives sr25519 keys past hotUses: verdicts stay
+// voi's while the tables are built.
+func TestHotSr25519Keys(t *testing.T) {
+	c := newKeyCache()
+	ids := []*Identity{srSigner(t, 1), srSigner(t, 2)}
+	for round := range 2 * hotUses {
+		for i, id := range ids {
+			msg := []byte(fmt.Sprint("m", round, i))
+			sig := id.SignRaw(msg)
+			k, err := c.sr25519(id.PublicKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !c.verifySr(k, msg, sig) {
+				t.Fatalf("round %d, key %d: a valid signature was refused", round, i)
+			}
+			bad := append([]byte{}, sig...)
+			bad[round%32] ^= 1
+			if c.verifySr(k, msg, bad) {
+				t.Fatalf("round %d, key %d: a corrupted signature was accepted", round, i)
+			}
+		}
+	}
+	for i, id := range ids {
+		if k, _ := c.sr25519(id.PublicKey()); k.negA.Load() == nil {
+			t.Fatalf("key %d: no table after %d verifications", i, 4*hotUses)
+		}
 	}
 }

@@ -223,7 +223,7 @@ func verifyEd25519(public, msg, sig []byte) error {
 	}
 	var ok bool
 	if k, err := verifyKeys.ed25519(public); err == nil {
-		ok = verifyKeys.verify(k, msg, sig)
+		ok = verifyKeys.verifyEd(k, msg, sig)
 	} else {
 		ok = ed25519.VerifyWithOptions(public, msg, sig, stdlibOptions)
 	}
@@ -242,15 +242,14 @@ func verifySr25519(public, msg, sig []byte) error {
 	if len(public) != PublicKeySize || len(sig) != RawSignatureSize {
 		return ErrBadSignature
 	}
-	pub, err := verifyKeys.sr25519(public)
+	k, err := verifyKeys.sr25519(public)
 	if err != nil {
 		return fmt.Errorf("%w: bad sr25519 public key", ErrBadSignature)
 	}
-	s, err := sr25519.NewSignatureFromBytes(sig)
-	if err != nil {
+	if _, err := sr25519.NewSignatureFromBytes(sig); err != nil {
 		return fmt.Errorf("%w: malformed sr25519 signature", ErrBadSignature)
 	}
-	if !pub.Verify(substrateContext.NewTranscriptBytes(msg), s) {
+	if !verifyKeys.verifySr(k, msg, sig) {
 		return ErrBadSignature
 	}
 	return nil
