@@ -98,47 +98,68 @@ func nonCanonicalY() []byte {
 	return b
 }
 
-// TestHotKeyTables drives keys past hotUses and past maxTables: every
-// verdict stays crypto/ed25519's, while tables come and go.
+// TestHotKeyTables drives keys of both schemes past hotUses and past
+// maxTables: every verdict stays the reference's, while tables come and
+// go under one bound.
 func TestHotKeyTables(t *testing.T) {
 	c := newKeyCache()
-	type signer struct {
-		pub stded25519.PublicKey
-		key stded25519.PrivateKey
-	}
-	signers := make([]signer, maxTables+8)
+	signers := make([]*Identity, maxTables+8)
 	for i := range signers {
+		kt := Ed25519
+		if i%2 == 1 {
+			kt = Sr25519
+		}
 		seed := sha512.Sum512([]byte(fmt.Sprint("hot", i)))
-		key := stded25519.NewKeyFromSeed(seed[:SeedSize])
-		signers[i] = signer{key.Public().(stded25519.PublicKey), key}
+		id, err := FromSeed(seed[:SeedSize], kt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signers[i] = id
+	}
+	verify := func(id *Identity, msg, sig []byte) bool {
+		if id.KeyType() == Ed25519 {
+			k, err := c.ed25519(id.PublicKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c.verifyEd(k, msg, sig)
+		}
+		k, err := c.sr25519(id.PublicKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.verifySr(k, msg, sig)
 	}
 	tables := func() int {
 		n := 0
-		for _, s := range signers {
-			k, _ := c.ed25519(s.pub)
-			if k.negA.Load() != nil {
+		for _, id := range signers {
+			var hot bool
+			if id.KeyType() == Ed25519 {
+				k, _ := c.ed25519(id.PublicKey())
+				hot = k.negA.Load() != nil
+			} else {
+				k, _ := c.sr25519(id.PublicKey())
+				hot = k.negA.Load() != nil
+			}
+			if hot {
 				n++
 			}
 		}
 		return n
 	}
 	for round := range 2 * hotUses {
-		for i, s := range signers {
+		for i, id := range signers {
 			msg := []byte(fmt.Sprint("message", round, i))
-			sig := stded25519.Sign(s.key, msg)
-			k, err := c.ed25519(s.pub)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !c.verifyEd(k, msg, sig) {
+			sig := id.SignRaw(msg)
+			if !verify(id, msg, sig) {
 				t.Fatalf("round %d, key %d: a valid signature was refused", round, i)
 			}
 			bad := append([]byte{}, sig...)
-			bad[round%64] ^= 1
-			if c.verifyEd(k, msg, bad) {
+			bad[round%32] ^= 1
+			if verify(id, msg, bad) {
 				t.Fatalf("round %d, key %d: a corrupted signature was accepted", round, i)
 			}
-			if c.verifyEd(k, append(msg, 'x'), sig) {
+			if verify(id, append(msg, 'x'), sig) {
 				t.Fatalf("round %d, key %d: a signature of another message was accepted", round, i)
 			}
 		}
@@ -243,34 +264,4 @@ func FuzzSr25519TableMatchesVoi(f *testing.F) {
 			t.Fatalf("verifySrWithTable(%x, %x, %x) = %v, voi says %v", pub, msg, sig, got, want)
 		}
 	})
-}
-
-// TestHotSr25519Keys drives sr25519 keys past hotUses: verdicts stay
-// voi's while the tables are built.
-func TestHotSr25519Keys(t *testing.T) {
-	c := newKeyCache()
-	ids := []*Identity{srSigner(t, 1), srSigner(t, 2)}
-	for round := range 2 * hotUses {
-		for i, id := range ids {
-			msg := []byte(fmt.Sprint("m", round, i))
-			sig := id.SignRaw(msg)
-			k, err := c.sr25519(id.PublicKey())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !c.verifySr(k, msg, sig) {
-				t.Fatalf("round %d, key %d: a valid signature was refused", round, i)
-			}
-			bad := append([]byte{}, sig...)
-			bad[round%32] ^= 1
-			if c.verifySr(k, msg, bad) {
-				t.Fatalf("round %d, key %d: a corrupted signature was accepted", round, i)
-			}
-		}
-	}
-	for i, id := range ids {
-		if k, _ := c.sr25519(id.PublicKey()); k.negA.Load() == nil {
-			t.Fatalf("key %d: no table after %d verifications", i, 4*hotUses)
-		}
-	}
 }
