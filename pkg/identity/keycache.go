@@ -64,8 +64,10 @@ func (k *hotKey[T]) table(c *keyCache, newTable func([]byte) *T) *T {
 	}
 	t := newTable(k.public[:])
 	if t != nil {
-		c.addTable(k)
+		// Stored before the key joins the table holders, so that an
+		// eviction can only come after and always finds it.
 		k.negA.Store(t)
+		c.addTable(k)
 	}
 	return t
 }
