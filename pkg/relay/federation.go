@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rmb-go/rmb/pkg/envelope"
@@ -54,7 +55,8 @@ type federator struct {
 	ctx    context.Context // cancelled by stop
 	cancel context.CancelFunc
 
-	wg sync.WaitGroup // workers and retry timers
+	wg      sync.WaitGroup // workers and retry timers
+	sending atomic.Int64   // jobs a worker is posting
 
 	mu      sync.Mutex // guards the following
 	queues  map[string]chan *fedJob
@@ -117,6 +119,28 @@ func (f *federator) depth() int {
 	return n
 }
 
+// shutdownDrain bounds how long a relay that stops keeps posting what its
+// federation queues hold.
+const shutdownDrain = 5 * time.Second
+
+// drain lets the workers post what is queued, until nothing is queued or
+// being posted, ctx ends or shutdownDrain passed. Jobs waiting out a
+// retry backoff are not waited for. The sessions are closed by then, so
+// the queues only shrink (apart from such retries).
+func (f *federator) drain(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, shutdownDrain)
+	defer cancel()
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for f.depth() > 0 || f.sending.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // stop ends the workers and retry timers; queued jobs are dropped and
 // counted.
 func (f *federator) stop() {
@@ -139,7 +163,9 @@ func (f *federator) worker(q chan *fedJob) {
 		case <-f.ctx.Done():
 			return
 		case j := <-q:
+			f.sending.Add(1)
 			f.send(j)
+			f.sending.Add(-1)
 		}
 	}
 }

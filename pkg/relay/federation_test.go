@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -159,5 +160,53 @@ func TestFederationReceiver(t *testing.T) {
 		if !strings.Contains(sb.String(), `rmb_relay_messages_in_total{via="federation"} 8`) {
 			t.Error("federation metrics missing")
 		}
+	}
+}
+
+// slowPosts delays each federation POST a relay receives.
+func slowPosts(d time.Duration) func(http.Handler) http.Handler {
+	return func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost {
+				time.Sleep(d)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+}
+
+// TestShutdownPostsFederationQueue stops a relay while its federation
+// queue holds envelopes for a slow peer relay: they are posted before the
+// relay stops, not dropped (their callers would wait out their TTL).
+func TestShutdownPostsFederationQueue(t *testing.T) {
+	reg := startRegistrar(t)
+	lnA, dA := listen(t)
+	lnB, dB := listen(t)
+	a := reg.newTwin(t, dA)
+	b := reg.newTwin(t, dB)
+	ra := startRelay(t, reg, &Options{FederationWorkers: 1}, lnA, nil)
+	rb := startRelay(t, reg, nil, lnB, slowPosts(50*time.Millisecond))
+	ca := dial(t, ra, a, "")
+	cb := dial(t, rb, b, "")
+	const n = 10
+	for i := range n {
+		ca.send(b.num, "", fmt.Sprint("queued ", i))
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if d := ra.fed.depth(); d < n/2 {
+			return fmt.Errorf("federation queue holds %d", d)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ra.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		cb.expectPayload(fmt.Sprint("queued ", i))
+	}
+	if d := dropped(ra.Relay, dropShutdown); d != 0 {
+		t.Fatalf("%d envelopes dropped at shutdown", d)
 	}
 }

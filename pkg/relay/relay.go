@@ -306,8 +306,10 @@ func (r *Relay) janitor() {
 }
 
 // Shutdown refuses new sessions, closes the live ones (going away; their
-// unsent envelopes go back to the store), stops federation and waits for
-// everything to end or ctx to expire.
+// unsent envelopes go back to the store), posts what the federation
+// queues hold (for at most 5 s), stops federation and waits for
+// everything to end or ctx to expire. What federation still holds then
+// is dropped and counted.
 func (r *Relay) Shutdown(ctx context.Context) error {
 	r.mu.Lock()
 	r.closing = true
@@ -324,6 +326,9 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		r.conns.Wait()
+		// Answers a session passed on just before are in the queues:
+		// dropped, their callers would wait for their whole TTL.
+		r.fed.drain(ctx)
 		r.cancel()
 		r.fed.stop()
 		<-r.janitorDone

@@ -330,8 +330,9 @@ func TestClientPeerKill(t *testing.T) {
 // relay retries its POSTs with backoff until they are accepted; relay B
 // keeps its store in Redis across the restart. What relay B had accepted
 // but not yet passed on at the stop (answers in its federation queue) is
-// dropped and counted (dropped_total{reason="shutdown"}): those callers
-// get 408 at the deadline.
+// posted before it exits; what it cannot post in time is dropped and
+// counted (dropped_total{reason="shutdown"}): those callers get 408 at the
+// deadline.
 func TestFederationCut(t *testing.T) {
 	t.Parallel()
 	ctx := ctxFor(t)
