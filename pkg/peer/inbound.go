@@ -46,127 +46,74 @@ func (p *Peer) inboundWorker(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case m := <-p.inbound:
-			p.handleEnvelope(ctx, m.data, false)
+			p.handleEnvelope(ctx, m.data)
 		}
 	}
-}
-
-// receive handles an envelope read from a relay. It is called on the
-// connection's reader, which handles the envelope itself when nothing in
-// the way can block (the usual case: the sender's key is cached, and the
-// request or answer goes on to Redis with pushAsync), and hands it to an
-// inbound worker otherwise. Every hand-off to another goroutine costs a
-// wait for a turn on a core; an envelope handled by its reader saves one.
-func (p *Peer) receive(ctx context.Context, b []byte, r *relayConn) error {
-	if p.handleEnvelope(ctx, b, true) {
-		return nil
-	}
-	select {
-	case p.inbound <- inboundMsg{data: b, relay: r}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// cachedTwin is what a Registrar may offer besides Twin: a lookup that
-// only reads its cache (registrar.Client.CachedTwin).
-type cachedTwin interface {
-	CachedTwin(id uint32) (*registrar.Twin, error)
 }
 
 // handleEnvelope verifies an incoming envelope in the order of PROTOCOL.md
 // §6 and dispatches it. Failed requests are answered with signed errors;
 // failed answers are dropped and counted.
-//
-// inline means the caller is a relay connection's reader, which must not
-// block: sends (error answers, rmb.version) then run on goroutines of
-// their own, and an envelope whose sender is not in the registrar cache
-// is left alone: handleEnvelope returns false before doing anything, for
-// a worker to handle it. Otherwise it returns true.
-func (p *Peer) handleEnvelope(ctx context.Context, b []byte, inline bool) bool {
-	// later runs f now in a worker, and on a goroutine of its own on a
-	// reader.
-	later := func(f func()) {
-		if inline {
-			go f()
-		} else {
-			f()
-		}
-	}
+func (p *Peer) handleEnvelope(ctx context.Context, b []byte) {
 	env, err := envelope.Unmarshal(b, 0)
 	if err != nil {
 		p.metrics.dropped.WithLabelValues(dropMalformed).Inc()
 		p.log.Warn("malformed envelope from relay dropped", "err", err)
-		return true
+		return
 	}
 	now := time.Now()
 	if env.Source.GetTwin() == 0 {
 		p.handleRelayMessage(ctx, env)
-		return true
+		return
 	}
 	src := address{twin: env.Source.GetTwin(), sid: env.Source.GetConnection()}
-	var twin *registrar.Twin
-	if inline {
-		c, ok := p.reg.(cachedTwin)
-		if !ok {
-			return false
-		}
-		if twin, err = c.CachedTwin(src.twin); errors.Is(err, registrar.ErrNotCached) {
-			return false
-		}
-	}
 	isReq := env.IsRequest()
 	fail := func(reason string, code uint32, msg string) {
 		p.metrics.dropped.WithLabelValues(reason).Inc()
 		p.log.Debug("incoming envelope rejected", "uid", env.Uid, "src", src, "code", code, "err", msg)
 		if isReq {
-			later(func() { p.sendError(ctx, env.Uid, src, code, msg, env.Deadline()) })
+			p.sendError(ctx, env.Uid, src, code, msg, env.Deadline())
 		}
 	}
 	switch {
 	case env.IsPing(), env.IsPong():
-		return true
+		return
 	case !isReq && !env.IsResponse() && !env.IsError():
 		fail(dropMalformed, envelope.CodeMalformed, "envelope carries no message")
-		return true
+		return
 	case env.Uid == "":
 		fail(dropMalformed, envelope.CodeMalformed, "envelope has no uid")
-		return true
+		return
 	case env.Destination.GetTwin() != p.Twin():
 		p.metrics.dropped.WithLabelValues(dropUnexpected).Inc()
 		p.log.Warn("envelope for another twin dropped", "uid", env.Uid, "dst", env.Destination.GetTwin())
-		return true
+		return
 	case env.Expired(now):
 		fail(dropExpired, envelope.CodeExpired, "envelope expired")
-		return true
+		return
 	case env.Deadline().After(now.Add(envelope.MaxTTL*time.Second + maxClockSkew)):
 		// No peer stamps such a deadline (the TTL is clamped to MaxTTL).
 		// Accepted, it would pin a duplicate-filter entry, and the answer,
 		// for as long as it claims.
 		p.metrics.dropped.WithLabelValues(dropExpired).Inc()
 		if isReq {
-			later(func() {
-				p.sendError(ctx, env.Uid, src, envelope.CodeExpired, "envelope deadline is too far in the future",
-					now.Add(errorTTL*time.Second))
-			})
+			p.sendError(ctx, env.Uid, src, envelope.CodeExpired, "envelope deadline is too far in the future",
+				now.Add(errorTTL*time.Second))
 		}
-		return true
+		return
 	}
-	if !inline {
-		twin, err = p.reg.Twin(ctx, src.twin)
-	}
+	twin, err := p.reg.Twin(ctx, src.twin)
 	if err != nil {
 		if errors.Is(err, registrar.ErrNotFound) {
 			fail(dropUnknownTwin, envelope.CodeUnknownTwin, fmt.Sprintf("unknown source twin %d", src.twin))
 		} else {
 			fail(dropUnknownTwin, envelope.CodeInternal, "cannot look up source twin: "+err.Error())
 		}
-		return true
+		return
 	}
 	if err := env.Verify(twin.PublicKey); err != nil {
 		fail(dropBadSignature, envelope.CodeBadSignature, "bad signature: "+err.Error())
-		return true
+		return
 	}
 	kind := envelope.KindResponse
 	switch {
@@ -182,28 +129,24 @@ func (p *Peer) handleEnvelope(ctx context.Context, b []byte, inline bool) bool {
 			// lost with a relay.
 			go p.send(ctx, cached, env.Deadline())
 		}
-		return true
+		return
 	}
 	payload := env.PayloadBytes()
 	if c, ok := env.Payload.(*envelope.Envelope_Cipher); ok {
 		if len(twin.E2EKey) == 0 {
-			later(func() {
-				p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeNoE2EKey, fmt.Sprintf("payload is encrypted but twin %d has no e2e key", src.twin))
-			})
-			return true
+			p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeNoE2EKey, fmt.Sprintf("payload is encrypted but twin %d has no e2e key", src.twin))
+			return
 		}
 		payload, err = p.e2e.Open(twin.E2EKey, c.Cipher)
 		if err != nil {
-			later(func() {
-				p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeDecryptFailed, "cannot decrypt payload: "+err.Error())
-			})
-			return true
+			p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeDecryptFailed, "cannot decrypt payload: "+err.Error())
+			return
 		}
 	}
 	switch {
 	case isReq:
 		p.metrics.requestsIn.Inc()
-		p.handleRequest(ctx, env, src, payload, later)
+		p.handleRequest(ctx, env, src, payload)
 	case env.IsError():
 		p.complete(ctx, env.Uid, src.twin, &Response{Source: src.twin, Session: src.sid,
 			Timestamp: time.Unix(int64(env.Timestamp), 0), Schema: env.GetSchema(),
@@ -212,7 +155,6 @@ func (p *Peer) handleEnvelope(ctx context.Context, b []byte, inline bool) bool {
 		p.complete(ctx, env.Uid, src.twin, &Response{Source: src.twin, Session: src.sid,
 			Timestamp: time.Unix(int64(env.Timestamp), 0), Schema: env.GetSchema(), Data: payload})
 	}
-	return true
 }
 
 // answerFailed reports a payload failure: to the sender for a request, to
@@ -298,20 +240,16 @@ func (p *Peer) sweepSeen(now time.Time) {
 
 // handleRequest applies the policy and hands a verified request to the
 // built-in command, an in-process handler or the Redis service queue.
-//
-// later runs what may block (handleEnvelope).
-func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src address, payload []byte, later func(func())) {
+func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src address, payload []byte) {
 	cmd := env.GetRequest().GetCommand()
 	deadline := env.Deadline()
 	if pol := p.policy.Load(); pol != nil && !pol.Allow(src.twin, cmd) {
-		later(func() {
-			p.sendError(ctx, env.Uid, src, envelope.CodeDenied, fmt.Sprintf("twin %d may not call %q", src.twin, cmd), deadline)
-		})
+		p.sendError(ctx, env.Uid, src, envelope.CodeDenied, fmt.Sprintf("twin %d may not call %q", src.twin, cmd), deadline)
 		return
 	}
 	if cmd == "rmb.version" {
 		v, _ := json.Marshal(p.opts.Version)
-		later(func() { p.sendAnswer(ctx, env.Uid, src, v, "application/json", nil, deadline) })
+		p.sendAnswer(ctx, env.Uid, src, v, "application/json", nil, deadline)
 		return
 	}
 	if h := p.handler(cmd); h != nil {
@@ -330,9 +268,7 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		return
 	}
 	if p.rdb == nil {
-		later(func() {
-			p.sendError(ctx, env.Uid, src, envelope.CodeNotFound, fmt.Sprintf("no handler for command %q", cmd), deadline)
-		})
+		p.sendError(ctx, env.Uid, src, envelope.CodeNotFound, fmt.Sprintf("no handler for command %q", cmd), deadline)
 		return
 	}
 	msg := IncomingRequest{
@@ -349,13 +285,13 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 	}
 	b := msg.AppendJSON(nil)
 	queue := CommandQueue(cmd)
-	p.pushAsync(ctx, queue, b, deadline, nil, func(err error) {
+	if err := p.pushBounded(ctx, queue, b, deadline); err != nil {
 		code := uint32(envelope.CodeInternal)
 		if errors.Is(err, errQueueFull) {
 			code = envelope.CodeRateLimited
 		}
 		p.sendError(ctx, env.Uid, src, code, fmt.Sprintf("cannot queue request for %q: %v", cmd, err), deadline)
-	})
+	}
 }
 
 // sendError answers a request with a signed error envelope.

@@ -157,8 +157,10 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 		if op != wsframe.OpBinary {
 			continue
 		}
-		if err := p.receive(ctx, b, r); err != nil {
-			return true, err
+		select {
+		case p.inbound <- inboundMsg{data: b, relay: r}:
+		case <-sctx.Done():
+			return true, sctx.Err()
 		}
 	}
 }

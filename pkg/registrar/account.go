@@ -19,10 +19,7 @@ const MaxRelays = 16
 // 404 and 409, and the client maps those statuses back to them.
 var (
 	ErrNotFound = errors.New("registrar: not found")
-	// ErrNotCached is CachedTwin's answer when the client's cache holds
-	// nothing fresh for the twin.
-	ErrNotCached = errors.New("registrar: twin not cached")
-	ErrExists    = errors.New("registrar: public key already registered")
+	ErrExists   = errors.New("registrar: public key already registered")
 )
 
 // Twin is what the rest of RMB needs to know about a twin. Values returned
