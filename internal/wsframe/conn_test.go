@@ -313,21 +313,28 @@ func testClientInterop(t *testing.T, mode string) {
 		for i := range msg {
 			msg[i] = byte(i*13 + n)
 		}
-		// Several messages per flush.
-		for range 3 {
-			if err := c.WriteMessage(OpBinary, msg); err != nil {
-				t.Fatal(err)
+		// Several messages per flush, written while the echoes are read:
+		// 9 MiB written before reading could fill both directions'
+		// socket buffers and stall the echo server and us.
+		written := make(chan error, 1)
+		go func() {
+			for range 3 {
+				if err := c.WriteMessage(OpBinary, msg); err != nil {
+					written <- err
+					return
+				}
 			}
-		}
-		if err := c.Flush(); err != nil {
-			t.Fatal(err)
-		}
+			written <- c.Flush()
+		}()
 		for range 3 {
 			op, got, err := c.ReadMessage(buf)
 			if err != nil || op != OpBinary || !bytes.Equal(got, msg) {
 				t.Fatalf("%d bytes: %v, op %d, %d bytes back", n, err, op, len(got))
 			}
 			buf = got
+		}
+		if err := <-written; err != nil {
+			t.Fatal(err)
 		}
 	}
 	if err := c.Ping(); err != nil {
