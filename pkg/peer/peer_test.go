@@ -412,6 +412,38 @@ func TestBoundedServiceQueue(t *testing.T) {
 	}
 }
 
+// TestAnswerToFullRetQueue: an answer whose ret queue is at the bound is
+// dead-lettered, not dropped, and its pending entry is still removed.
+func TestAnswerToFullRetQueue(t *testing.T) {
+	s := newStack(t, 1)
+	a := s.newPeer(func(o *peer.Options) { o.QueueLimit = 1 })
+	b := s.newPeer()
+	serve(t, b.rdb, "echo", echo)
+	ctx := context.Background()
+	a.rdb.LPush(ctx, "full", "already here")
+	pushRequest(t, a.rdb, request("echo", "r1", "full", 30, b.Twin()))
+	var d peer.DeadLetter
+	waitFor(t, 10*time.Second, func() error {
+		s, err := a.rdb.LIndex(ctx, peer.DeadLetterQueue, 0).Result()
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal([]byte(s), &d)
+	})
+	if d.Queue != "full" || d.Ref != "ref-full" || !strings.Contains(d.Reason, "queue is full") || !strings.Contains(d.Message, `"ref":"ref-full"`) {
+		t.Fatalf("bad dead letter %+v", d)
+	}
+	if got := a.rdb.LRange(ctx, "full", 0, -1).Val(); len(got) != 1 || got[0] != "already here" {
+		t.Fatalf("ret queue holds %q, want only what was there", got)
+	}
+	waitFor(t, 5*time.Second, func() error {
+		if n := a.rdb.HLen(ctx, peer.PendingHash).Val(); n != 0 {
+			return fmt.Errorf("%d pending entries left", n)
+		}
+		return nil
+	})
+}
+
 func TestRequestsSurviveRestart(t *testing.T) {
 	s := newStack(t, 1)
 	b := s.newPeer()
