@@ -128,7 +128,8 @@ func TestHotKeyTables(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return c.verifySr(k, msg, sig)
+		s, err := sr25519.NewSignatureFromBytes(sig)
+		return err == nil && c.verifySr(k, msg, sig, s)
 	}
 	tables := func() int {
 		n := 0

@@ -246,10 +246,11 @@ func verifySr25519(public, msg, sig []byte) error {
 	if err != nil {
 		return fmt.Errorf("%w: bad sr25519 public key", ErrBadSignature)
 	}
-	if _, err := sr25519.NewSignatureFromBytes(sig); err != nil {
+	s, err := sr25519.NewSignatureFromBytes(sig)
+	if err != nil {
 		return fmt.Errorf("%w: malformed sr25519 signature", ErrBadSignature)
 	}
-	if !verifyKeys.verifySr(k, msg, sig) {
+	if !verifyKeys.verifySr(k, msg, sig, s) {
 		return ErrBadSignature
 	}
 	return nil

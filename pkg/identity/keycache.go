@@ -153,14 +153,14 @@ func (c *keyCache) verifyEd(k *edKey, msg, sig []byte) bool {
 	return ed25519.VerifyExpandedWithOptions(k.expanded, msg, sig, stdlibOptions)
 }
 
-// verifySr reports whether sig is a valid sr25519 signature of msg by k
-// in the substrate context, under schnorrkel's rules.
-func (c *keyCache) verifySr(k *srKey, msg, sig []byte) bool {
+// verifySr reports whether sig, which decoded as s, is a valid sr25519
+// signature of msg by k in the substrate context, under schnorrkel's
+// rules.
+func (c *keyCache) verifySr(k *srKey, msg, sig []byte, s *sr25519.Signature) bool {
 	if t := k.table(c, srNegTable); t != nil {
 		return verifySrWithTable(k.public[:], t, msg, sig)
 	}
-	s, err := sr25519.NewSignatureFromBytes(sig)
-	return err == nil && k.decoded.Verify(substrateContext.NewTranscriptBytes(msg), s)
+	return k.decoded.Verify(substrateContext.NewTranscriptBytes(msg), s)
 }
 
 // edNegTable returns the fixed-base table of -A for the encoded point A,
