@@ -282,11 +282,12 @@ func (s *session) sendLoop() {
 				return
 			}
 		case <-s.wakeup:
-			send = s.queue()
 			var err error
-			if leftover, err = s.drain(send); err != nil {
+			if leftover, err = s.drain(); err != nil {
 				return
 			}
+			// drain may have met a queue made after the wake-up.
+			send = s.queue()
 		}
 	}
 }
@@ -313,8 +314,12 @@ func (s *session) writeQueue(m Message, send chan Message) ([]Message, error) {
 // drain writes the send queue, then the store, until both are empty, and
 // then clears spilled. It returns the envelopes taken but not delivered
 // when a write fails.
-func (s *session) drain(send chan Message) ([]Message, error) {
+//
+// The queue is looked up on every pass: the first delivery to a live
+// session makes it, and that may happen while drain waits for the store.
+func (s *session) drain() ([]Message, error) {
 	for {
+		send := s.queue()
 		for done := false; !done; {
 			select {
 			case m := <-send:

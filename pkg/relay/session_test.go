@@ -1,0 +1,94 @@
+package relay
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// gatedStore is a MemStore whose next Pop, once armed, reports that it
+// started and then waits to be released.
+type gatedStore struct {
+	*MemStore
+	mu      sync.Mutex
+	entered chan struct{} // closed by the gated Pop as it starts
+	release chan struct{} // closed by the test to let it finish
+}
+
+func (g *gatedStore) arm() (entered, release chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.entered, g.release = make(chan struct{}), make(chan struct{})
+	return g.entered, g.release
+}
+
+func (g *gatedStore) Pop(ctx context.Context, k SessionKey, n int, now time.Time) ([]Message, int, error) {
+	g.mu.Lock()
+	entered, release := g.entered, g.release
+	g.entered, g.release = nil, nil
+	g.mu.Unlock()
+	if entered != nil {
+		close(entered)
+		<-release
+	}
+	return g.MemStore.Pop(ctx, k, n, now)
+}
+
+// TestDeliverDuringStoreCheck: the first envelope for a live session
+// makes its send queue. When that happens while sendLoop is asking the
+// (empty) store whether anything waits, for a wake-up that came before
+// the queue existed, sendLoop must still write what the new queue holds.
+// It used to keep looking at the queue it had before (none), found the
+// store empty and the queue not, and asked the store again, forever:
+// everything delivered to the session afterwards sat in its queue.
+func TestDeliverDuringStoreCheck(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	b := reg.newTwin(t, domain)
+	store := &gatedStore{MemStore: NewMemStore(nil)}
+	tr := startRelay(t, reg, &Options{Store: store}, ln, nil)
+	ca := dial(t, tr, a, "")
+	cb := dial(t, tr, b, "")
+	kb := SessionKey{b.num, ""}
+	waitSession(t, tr.Relay, kb, true)
+	s := tr.lookup(kb)
+	// Let the drain that follows the connection finish first.
+	waitFor(t, 5*time.Second, func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.spilled {
+			return errSpilled
+		}
+		return nil
+	})
+
+	entered, release := store.arm()
+	s.wake() // as storeFor does for a session that connected meanwhile
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the wake-up did not make sendLoop look at the store")
+	}
+	ca.send(b.num, "", "first")
+	waitFor(t, 5*time.Second, func() error {
+		if s.queued() != 1 {
+			return errNotQueued
+		}
+		return nil
+	})
+	close(release)
+	cb.expectPayload("first")
+	ca.send(b.num, "", "second")
+	cb.expectPayload("second")
+}
+
+type testError string
+
+func (e testError) Error() string { return string(e) }
+
+const (
+	errSpilled   = testError("session still spilled")
+	errNotQueued = testError("envelope not in the send queue")
+)
