@@ -53,7 +53,8 @@ type redisOp struct {
 	done  chan struct{}
 }
 
-// pushOp is one bounded push; runBatch sets n and err.
+// pushOp is one bounded push; runBatch sets n and err. A push of
+// pushAsync has no done channel: runBatch settles it instead.
 type pushOp struct {
 	ctx   context.Context
 	queue string
@@ -61,6 +62,10 @@ type pushOp struct {
 	n     int64 // new length of the list, -1 when it was full
 	err   error
 	cmd   *redis.IntCmd
+	// For pushAsync: after is queued once the push succeeded; failed runs
+	// on a goroutine of its own when it did not (full, or Redis failed).
+	after  *writeOp
+	failed func(error)
 }
 
 // moveOp moves up to max messages from queue to processing; runBatch sets
@@ -193,6 +198,46 @@ func (p *Peer) push(ctx context.Context, queue string, b []byte) (int64, error) 
 	return op.n, op.err
 }
 
+// pushAsync pushes b onto queue like pushBounded, without waiting: an
+// incoming envelope is handed on as soon as its push is queued. Once the
+// push succeeded, after (if not nil) is queued behind it. When it did not,
+// failed runs on a goroutine of its own: a Redis failure is retried first
+// as pushBounded retries it, until deadline (after then follows a late
+// success); a full queue is reported at once. failed is given the error,
+// and after is queued once failed returned, so bookkeeping that must
+// follow the push (pending.go) follows it either way.
+func (p *Peer) pushAsync(ctx context.Context, queue string, b []byte, deadline time.Time, after *writeOp, failed func(error)) {
+	op := &pushOp{ctx: context.Background(), queue: queue, b: b, after: after}
+	op.failed = func(err error) {
+		if !errors.Is(err, errQueueFull) {
+			err = p.pushBounded(ctx, queue, b, deadline)
+		}
+		if err != nil {
+			failed(err)
+		}
+		if after != nil {
+			p.write(*after)
+		}
+	}
+	if !p.submit(&redisOp{push: op}) {
+		go op.failed(errStopped)
+	}
+}
+
+// settle finishes a push of pushAsync: it returns the bookkeeping to
+// queue next (its after), or starts its failed.
+func (p *Peer) settle(u *pushOp) *redisOp {
+	switch {
+	case u.err != nil:
+		go u.failed(u.err)
+	case u.n < 0:
+		go u.failed(fmt.Errorf("%s: %w (%d entries)", u.queue, errQueueFull, p.opts.QueueLimit))
+	case u.after != nil:
+		return &redisOp{write: u.after}
+	}
+	return nil
+}
+
 // moveBatch moves up to n messages from queue to processing without
 // blocking, and returns them oldest first.
 func (p *Peer) moveBatch(ctx context.Context, queue, processing string, n int) ([]string, error) {
@@ -227,7 +272,8 @@ func (p *Peer) finish(processing, raw, persist string) {
 
 // redisLoop runs the queued ops in batches until stop is closed and the
 // queue is empty. Writes of a failed round trip go first in the next
-// batch, after a pause.
+// batch, after a pause; so do the writes that follow settled pushes
+// (pushAsync), without one.
 func (p *Peer) redisLoop(b *batchers) {
 	var retry []*redisOp
 	for {
@@ -254,10 +300,12 @@ func (p *Peer) redisLoop(b *batchers) {
 				break more
 			}
 		}
-		retry = p.runBatch(batch)
+		var next []*redisOp
+		retry, next = p.runBatch(batch)
 		if len(retry) > 0 {
 			time.Sleep(time.Duration(min(retry[0].tries, 10)) * 100 * time.Millisecond)
 		}
+		retry = append(retry, next...)
 	}
 }
 
@@ -283,8 +331,9 @@ var moveSHA = func() string {
 
 // runBatch runs ops as one pipeline, sets the results of pushes and
 // moves, and returns the writes to send again (the round trip failed and
-// they have tries left). A push or move whose context ended is not sent.
-func (p *Peer) runBatch(ops []*redisOp) (retry []*redisOp) {
+// they have tries left) and the writes that follow pushes of pushAsync
+// that succeeded. A push or move whose context ended is not sent.
+func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	// Not cancelled with any one caller: go-redis bounds the round trip
 	// with its read and write timeouts.
 	ctx := context.Background()
@@ -367,6 +416,12 @@ func (p *Peer) runBatch(ops []*redisOp) (retry []*redisOp) {
 					continue
 				}
 			}
+			if op.done == nil {
+				if w := p.settle(u); w != nil {
+					next = append(next, w)
+				}
+				continue
+			}
 			close(op.done)
 		case lost && op.tries+1 < writeTries:
 			op.tries++
@@ -393,13 +448,14 @@ func (p *Peer) runBatch(ops []*redisOp) (retry []*redisOp) {
 		p.log.Warn("redis round trip failed", "err", err, "writes_to_retry", len(retry))
 	}
 	if len(over) > 0 {
-		p.takeBack(over)
+		next = append(next, p.takeBack(over)...)
 	}
-	return retry
+	return retry, next
 }
 
 // takeBack takes back pushes that took their list past QueueLimit, with
-// one round trip of LREMs, and closes their done.
+// one round trip of LREMs, and closes their done (or settles them, for
+// pushes of pushAsync, returning the writes that follow).
 //
 // The bound is kept without a script: LPUSH returns the new length, and a
 // push over the bound is removed again with LREM. If a consumer popped
@@ -408,7 +464,7 @@ func (p *Peer) runBatch(ops []*redisOp) (retry []*redisOp) {
 // entries only for that moment, no push is reported full yet delivered,
 // and none is dropped unreported. Identical messages are interchangeable
 // here: taking back a twin of ours leaves the same list.
-func (p *Peer) takeBack(ops []*redisOp) {
+func (p *Peer) takeBack(ops []*redisOp) (next []*redisOp) {
 	ctx := context.Background()
 	undo := make([]*redis.IntCmd, len(ops))
 	p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
@@ -430,6 +486,13 @@ func (p *Peer) takeBack(ops []*redisOp) {
 			// let the caller retry, at worst a duplicate delivery.
 			u.err = fmt.Errorf("taking back a push over the bound: %w", err)
 		}
+		if op.done == nil {
+			if w := p.settle(u); w != nil {
+				next = append(next, w)
+			}
+			continue
+		}
 		close(op.done)
 	}
+	return next
 }

@@ -245,7 +245,7 @@ func TestPushErrorIsPerList(t *testing.T) {
 	for _, op := range ops {
 		batch = append(batch, &redisOp{push: op, done: make(chan struct{})})
 	}
-	if retry := p.runBatch(batch); len(retry) > 0 {
+	if retry, next := p.runBatch(batch); len(retry)+len(next) > 0 {
 		t.Fatalf("%d ops to retry", len(retry))
 	}
 	r0, r1, r2 := ops[0], ops[1], ops[2]

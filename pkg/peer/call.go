@@ -124,7 +124,10 @@ func (p *Peer) Call(ctx context.Context, dst []uint32, cmd string, data []byte, 
 	}
 	ch := make(chan Response, len(dsts))
 	var mu sync.Mutex
-	deliver := func(_ context.Context, r *Response) {
+	deliver := func(_ context.Context, r *Response, after *writeOp) {
+		if after != nil {
+			p.write(*after) // not persisted: Call's requests are not in Redis
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		select {
@@ -199,7 +202,9 @@ type pending struct {
 	sent     time.Time
 	deadline time.Time
 	waiting  map[uint32][]byte // destination -> signed envelope (nil until sent)
-	deliver  func(context.Context, *Response)
+	// deliver hands over an answer; after, when not nil, is bookkeeping
+	// to queue once the answer is safe (forgetOp).
+	deliver  func(ctx context.Context, r *Response, after *writeOp)
 	ret, ref string // the client's, for a request from Redis
 	// persisted is set once redisLoop wrote the waiting destinations to
 	// PendingHash; from then on each answered one is deleted there.
@@ -212,7 +217,7 @@ type pending struct {
 // reported to failed (may be nil). It returns false when ctx ended before
 // every destination was handled.
 func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint32,
-	deliver func(context.Context, *Response), failed func(dst uint32, e *Error)) bool {
+	deliver func(context.Context, *Response, *writeOp), failed func(dst uint32, e *Error)) bool {
 	deadline := spec.deadline()
 	pd := &pending{
 		uid:      spec.uid,
@@ -378,10 +383,11 @@ func (p *Peer) complete(ctx context.Context, uid string, src uint32, r *Response
 		p.metrics.roundTrip.Observe(time.Since(pd.sent).Seconds())
 	}
 	p.metrics.responsesIn.Inc()
-	pd.deliver(ctx, r)
+	var after *writeOp
 	if persisted {
-		p.forgetPersisted(uid, src)
+		after = forgetOp(uid, src)
 	}
+	pd.deliver(ctx, r, after)
 }
 
 // forget drops a request of Call nobody waits for any more.
@@ -434,11 +440,12 @@ func (p *Peer) sweeper(ctx context.Context) {
 			slices.Sort(e.dsts)
 			for _, d := range e.dsts {
 				p.metrics.errorCode(envelope.CodeTimeout)
+				var after *writeOp
+				if e.persisted {
+					after = forgetOp(e.pd.uid, d)
+				}
 				e.pd.deliver(ctx, &Response{Source: d, Timestamp: now, Err: &Error{
-					Code: envelope.CodeTimeout, Message: fmt.Sprintf("no answer from twin %d before the deadline", d)}})
-			}
-			if e.persisted {
-				p.forgetPersisted(e.pd.uid, e.dsts...)
+					Code: envelope.CodeTimeout, Message: fmt.Sprintf("no answer from twin %d before the deadline", d)}}, after)
 			}
 		}
 		p.sweepSeen(now)

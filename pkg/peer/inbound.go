@@ -46,74 +46,132 @@ func (p *Peer) inboundWorker(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case m := <-p.inbound:
-			p.handleEnvelope(ctx, m.data)
+			p.handleEnvelope(ctx, m.data, false)
 		}
 	}
+}
+
+// receive handles an envelope read from a relay. It is called on the
+// connection's reader, which handles the envelope itself when that needs
+// no registrar lookup (the usual case: the sender's key is cached) and
+// waits for nothing but a place in the Redis loop's queue (the request or
+// answer goes on with pushAsync), and hands it to an inbound worker
+// otherwise. Every hand-off to another goroutine costs a
+// wait for a turn on a core; an envelope handled by its reader saves one.
+//
+// ctx is the peer's: what the envelope starts outlives the connection.
+// sctx is the connection's: a hand-off still waiting when it ends is
+// given up, and the connection's end reported.
+func (p *Peer) receive(ctx, sctx context.Context, b []byte, r *relayConn) error {
+	if p.handleEnvelope(ctx, b, true) {
+		return nil
+	}
+	select {
+	case p.inbound <- inboundMsg{data: b, relay: r}:
+		return nil
+	case <-sctx.Done():
+		return sctx.Err()
+	}
+}
+
+// cachedTwin is what a Registrar may offer besides Twin: a lookup that
+// only reads its cache (registrar.Client.CachedTwin).
+type cachedTwin interface {
+	CachedTwin(id uint32) (*registrar.Twin, error)
 }
 
 // handleEnvelope verifies an incoming envelope in the order of PROTOCOL.md
 // §6 and dispatches it. Failed requests are answered with signed errors;
 // failed answers are dropped and counted.
-func (p *Peer) handleEnvelope(ctx context.Context, b []byte) {
+//
+// inline means the caller is a relay connection's reader, which must not
+// block: sends (error answers, rmb.version) then run on goroutines of
+// their own, and an envelope whose sender is not in the registrar cache
+// is left alone: handleEnvelope returns false before doing anything, for
+// a worker to handle it. Otherwise it returns true.
+func (p *Peer) handleEnvelope(ctx context.Context, b []byte, inline bool) bool {
+	// later runs f now in a worker, and on a goroutine of its own on a
+	// reader.
+	later := func(f func()) {
+		if inline {
+			go f()
+		} else {
+			f()
+		}
+	}
 	env, err := envelope.Unmarshal(b, 0)
 	if err != nil {
 		p.metrics.dropped.WithLabelValues(dropMalformed).Inc()
 		p.log.Warn("malformed envelope from relay dropped", "err", err)
-		return
+		return true
 	}
 	now := time.Now()
 	if env.Source.GetTwin() == 0 {
 		p.handleRelayMessage(ctx, env)
-		return
+		return true
 	}
 	src := address{twin: env.Source.GetTwin(), sid: env.Source.GetConnection()}
+	var twin *registrar.Twin
+	if inline {
+		c, ok := p.reg.(cachedTwin)
+		if !ok {
+			return false
+		}
+		if twin, err = c.CachedTwin(src.twin); errors.Is(err, registrar.ErrNotCached) {
+			return false
+		}
+	}
 	isReq := env.IsRequest()
 	fail := func(reason string, code uint32, msg string) {
 		p.metrics.dropped.WithLabelValues(reason).Inc()
 		p.log.Debug("incoming envelope rejected", "uid", env.Uid, "src", src, "code", code, "err", msg)
 		if isReq {
-			p.sendError(ctx, env.Uid, src, code, msg, env.Deadline())
+			later(func() { p.sendError(ctx, env.Uid, src, code, msg, env.Deadline()) })
 		}
 	}
 	switch {
 	case env.IsPing(), env.IsPong():
-		return
+		return true
 	case !isReq && !env.IsResponse() && !env.IsError():
 		fail(dropMalformed, envelope.CodeMalformed, "envelope carries no message")
-		return
+		return true
 	case env.Uid == "":
 		fail(dropMalformed, envelope.CodeMalformed, "envelope has no uid")
-		return
+		return true
 	case env.Destination.GetTwin() != p.Twin():
 		p.metrics.dropped.WithLabelValues(dropUnexpected).Inc()
 		p.log.Warn("envelope for another twin dropped", "uid", env.Uid, "dst", env.Destination.GetTwin())
-		return
+		return true
 	case env.Expired(now):
 		fail(dropExpired, envelope.CodeExpired, "envelope expired")
-		return
+		return true
 	case env.Deadline().After(now.Add(envelope.MaxTTL*time.Second + maxClockSkew)):
 		// No peer stamps such a deadline (the TTL is clamped to MaxTTL).
 		// Accepted, it would pin a duplicate-filter entry, and the answer,
 		// for as long as it claims.
 		p.metrics.dropped.WithLabelValues(dropExpired).Inc()
 		if isReq {
-			p.sendError(ctx, env.Uid, src, envelope.CodeExpired, "envelope deadline is too far in the future",
-				now.Add(errorTTL*time.Second))
+			later(func() {
+				p.sendError(ctx, env.Uid, src, envelope.CodeExpired, "envelope deadline is too far in the future",
+					now.Add(errorTTL*time.Second))
+			})
 		}
-		return
+		return true
 	}
-	twin, err := p.reg.Twin(ctx, src.twin)
+	if !inline {
+		twin, err = p.reg.Twin(ctx, src.twin)
+	}
 	if err != nil {
 		if errors.Is(err, registrar.ErrNotFound) {
 			fail(dropUnknownTwin, envelope.CodeUnknownTwin, fmt.Sprintf("unknown source twin %d", src.twin))
 		} else {
 			fail(dropUnknownTwin, envelope.CodeInternal, "cannot look up source twin: "+err.Error())
 		}
-		return
+		return true
 	}
 	if err := env.Verify(twin.PublicKey); err != nil {
 		fail(dropBadSignature, envelope.CodeBadSignature, "bad signature: "+err.Error())
-		return
+		return true
 	}
 	kind := envelope.KindResponse
 	switch {
@@ -129,24 +187,28 @@ func (p *Peer) handleEnvelope(ctx context.Context, b []byte) {
 			// lost with a relay.
 			go p.send(ctx, cached, env.Deadline())
 		}
-		return
+		return true
 	}
 	payload := env.PayloadBytes()
 	if c, ok := env.Payload.(*envelope.Envelope_Cipher); ok {
 		if len(twin.E2EKey) == 0 {
-			p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeNoE2EKey, fmt.Sprintf("payload is encrypted but twin %d has no e2e key", src.twin))
-			return
+			later(func() {
+				p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeNoE2EKey, fmt.Sprintf("payload is encrypted but twin %d has no e2e key", src.twin))
+			})
+			return true
 		}
 		payload, err = p.e2e.Open(twin.E2EKey, c.Cipher)
 		if err != nil {
-			p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeDecryptFailed, "cannot decrypt payload: "+err.Error())
-			return
+			later(func() {
+				p.answerFailed(ctx, env, src, dropDecrypt, envelope.CodeDecryptFailed, "cannot decrypt payload: "+err.Error())
+			})
+			return true
 		}
 	}
 	switch {
 	case isReq:
 		p.metrics.requestsIn.Inc()
-		p.handleRequest(ctx, env, src, payload)
+		p.handleRequest(ctx, env, src, payload, later)
 	case env.IsError():
 		p.complete(ctx, env.Uid, src.twin, &Response{Source: src.twin, Session: src.sid,
 			Timestamp: time.Unix(int64(env.Timestamp), 0), Schema: env.GetSchema(),
@@ -155,6 +217,7 @@ func (p *Peer) handleEnvelope(ctx context.Context, b []byte) {
 		p.complete(ctx, env.Uid, src.twin, &Response{Source: src.twin, Session: src.sid,
 			Timestamp: time.Unix(int64(env.Timestamp), 0), Schema: env.GetSchema(), Data: payload})
 	}
+	return true
 }
 
 // answerFailed reports a payload failure: to the sender for a request, to
@@ -240,16 +303,20 @@ func (p *Peer) sweepSeen(now time.Time) {
 
 // handleRequest applies the policy and hands a verified request to the
 // built-in command, an in-process handler or the Redis service queue.
-func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src address, payload []byte) {
+//
+// later runs what may block (handleEnvelope).
+func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src address, payload []byte, later func(func())) {
 	cmd := env.GetRequest().GetCommand()
 	deadline := env.Deadline()
 	if pol := p.policy.Load(); pol != nil && !pol.Allow(src.twin, cmd) {
-		p.sendError(ctx, env.Uid, src, envelope.CodeDenied, fmt.Sprintf("twin %d may not call %q", src.twin, cmd), deadline)
+		later(func() {
+			p.sendError(ctx, env.Uid, src, envelope.CodeDenied, fmt.Sprintf("twin %d may not call %q", src.twin, cmd), deadline)
+		})
 		return
 	}
 	if cmd == "rmb.version" {
 		v, _ := json.Marshal(p.opts.Version)
-		p.sendAnswer(ctx, env.Uid, src, v, "application/json", nil, deadline)
+		later(func() { p.sendAnswer(ctx, env.Uid, src, v, "application/json", nil, deadline) })
 		return
 	}
 	if h := p.handler(cmd); h != nil {
@@ -268,7 +335,9 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		return
 	}
 	if p.rdb == nil {
-		p.sendError(ctx, env.Uid, src, envelope.CodeNotFound, fmt.Sprintf("no handler for command %q", cmd), deadline)
+		later(func() {
+			p.sendError(ctx, env.Uid, src, envelope.CodeNotFound, fmt.Sprintf("no handler for command %q", cmd), deadline)
+		})
 		return
 	}
 	msg := IncomingRequest{
@@ -285,13 +354,13 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 	}
 	b := msg.AppendJSON(nil)
 	queue := CommandQueue(cmd)
-	if err := p.pushBounded(ctx, queue, b, deadline); err != nil {
+	p.pushAsync(ctx, queue, b, deadline, nil, func(err error) {
 		code := uint32(envelope.CodeInternal)
 		if errors.Is(err, errQueueFull) {
 			code = envelope.CodeRateLimited
 		}
 		p.sendError(ctx, env.Uid, src, code, fmt.Sprintf("cannot queue request for %q: %v", cmd, err), deadline)
-	}
+	})
 }
 
 // sendError answers a request with a signed error envelope.

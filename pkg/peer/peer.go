@@ -193,8 +193,11 @@ type Peer struct {
 	runMu   sync.Mutex
 	running bool
 	runCtx  context.Context // Run's context; set before ready is closed
-	cancel  context.CancelFunc
-	done    chan struct{} // closed when Run returns
+	// graceCtx ends stopGrace after runCtx: answers are still pushed to
+	// Redis for that long while the peer stops.
+	graceCtx context.Context
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when Run returns
 }
 
 // New checks opts and builds a peer. It does no I/O.
@@ -283,6 +286,9 @@ func (p *Peer) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	p.cancel = cancel
 	p.runCtx = ctx
+	// Not cancelled when Run returns: retries of answers that failed to
+	// push may still run then, for stopGrace.
+	p.graceCtx, _ = detach(ctx, stopGrace)
 	p.runMu.Unlock()
 	defer close(p.done)
 	defer cancel()

@@ -219,6 +219,13 @@ func TestRejectsBadRequests(t *testing.T) {
 	cipher.Payload = &envelope.Envelope_Cipher{Cipher: make([]byte, 40)}
 	cipher.Sign(raw.id)
 	check(cipher, envelope.CodeNoE2EKey) // raw twin has no e2e key
+
+	// The first envelope of a twin goes to an inbound worker, which looks
+	// the twin up; from then on the connection's reader handles the
+	// twin's envelopes itself. Both answer errors.
+	bad = raw.request("bad-sig-cached", "x", []byte("p"), b.Twin())
+	bad.Signature[10] ^= 0xff
+	check(bad, envelope.CodeBadSignature)
 }
 
 // TestExpiredRequestAnswered uses a relay whose clock is late, so it

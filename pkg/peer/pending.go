@@ -96,14 +96,11 @@ func (p *Peer) pendingFields(uid string) []any {
 	return fields
 }
 
-// forgetPersisted deletes answered or timed-out destinations of uid from
-// PendingHash. Call it after the answer was delivered.
-func (p *Peer) forgetPersisted(uid string, dsts ...uint32) {
-	fields := make([]string, len(dsts))
-	for i, d := range dsts {
-		fields[i] = pendingField(uid, d)
-	}
-	p.write(writeOp{forget: fields})
+// forgetOp deletes an answered or timed-out destination of uid from
+// PendingHash. A deliver function queues it once the answer was
+// delivered (pushAsync's after).
+func forgetOp(uid string, dst uint32) *writeOp {
+	return &writeOp{forget: []string{pendingField(uid, dst)}}
 }
 
 // loadPending reads PendingHash into the pending requests, retrying while

@@ -80,10 +80,10 @@ func (p *Peer) deadLetter(ctx context.Context, d *DeadLetter) {
 }
 
 // deliverToQueue returns a deliver function that pushes answers onto a
-// client's ret queue as IncomingResponse JSON. An answer that does not fit
-// is dead-lettered.
-func (p *Peer) deliverToQueue(ret, ref string, deadline time.Time) func(context.Context, *Response) {
-	return func(ctx context.Context, r *Response) {
+// client's ret queue as IncomingResponse JSON, without waiting for the
+// push (pushAsync). An answer that cannot be pushed is dead-lettered.
+func (p *Peer) deliverToQueue(ret, ref string, deadline time.Time) func(context.Context, *Response, *writeOp) {
+	return func(ctx context.Context, r *Response, after *writeOp) {
 		msg := IncomingResponse{
 			Version: 1,
 			Ref:     ref,
@@ -102,13 +102,11 @@ func (p *Peer) deliverToQueue(ret, ref string, deadline time.Time) func(context.
 			until = now
 		}
 		// The answer cannot be had again: a peer that is stopping still
-		// pushes it, for a little while.
-		ctx, cancel := detach(ctx, stopGrace)
-		defer cancel()
-		if err := p.pushBounded(ctx, ret, b, until.Add(30*time.Second)); err != nil {
-			p.deadLetter(context.WithoutCancel(ctx), &DeadLetter{Queue: ret, Message: string(b),
+		// pushes it, for a little while (retries included).
+		p.pushAsync(p.graceCtx, ret, b, until.Add(30*time.Second), after, func(err error) {
+			p.deadLetter(context.Background(), &DeadLetter{Queue: ret, Message: string(b),
 				Reason: "cannot push response to ret queue: " + err.Error(), Ref: ref, Ret: ret})
-		}
+		})
 	}
 }
 
@@ -261,7 +259,7 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 			deliver := p.deliverToQueue(req.ReplyTo, req.Ref, time.Now())
 			for _, dst := range dsts {
 				p.metrics.errorCode(d.Code)
-				deliver(ctx, &Response{Source: dst, Timestamp: time.Now(), Err: &Error{Code: d.Code, Message: err.Error()}})
+				deliver(ctx, &Response{Source: dst, Timestamp: time.Now(), Err: &Error{Code: d.Code, Message: err.Error()}}, nil)
 			}
 		}
 		p.finish(LocalProcessing, raw, "")
@@ -296,7 +294,7 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 			p.deadLetter(ctx, &DeadLetter{Queue: LocalQueue, Message: raw, Reason: e.Message,
 				Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.ReplyTo})
 			p.metrics.errorCode(e.Code)
-			deliver(ctx, &Response{Source: dst, Timestamp: now, Err: e})
+			deliver(ctx, &Response{Source: dst, Timestamp: now, Err: e}, nil)
 		}
 		p.finish(LocalProcessing, raw, "")
 		return true

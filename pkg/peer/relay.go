@@ -157,10 +157,8 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 		if op != wsframe.OpBinary {
 			continue
 		}
-		select {
-		case p.inbound <- inboundMsg{data: b, relay: r}:
-		case <-sctx.Done():
-			return true, sctx.Err()
+		if err := p.receive(ctx, sctx, b, r); err != nil {
+			return true, err
 		}
 	}
 }

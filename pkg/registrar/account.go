@@ -19,7 +19,10 @@ const MaxRelays = 16
 // 404 and 409, and the client maps those statuses back to them.
 var (
 	ErrNotFound = errors.New("registrar: not found")
-	ErrExists   = errors.New("registrar: public key already registered")
+	// ErrNotCached is CachedTwin's answer when the client's cache holds
+	// nothing fresh for the twin.
+	ErrNotCached = errors.New("registrar: twin not cached")
+	ErrExists    = errors.New("registrar: public key already registered")
 )
 
 // Twin is what the rest of RMB needs to know about a twin. Values returned

@@ -173,6 +173,18 @@ func (c *Client) Twin(ctx context.Context, id uint32) (*Twin, error) {
 	}
 }
 
+// CachedTwin is Twin without asking the registrar: what the cache holds
+// for id, or ErrNotCached when it holds nothing fresh. It never blocks.
+func (c *Client) CachedTwin(id uint32) (*Twin, error) {
+	c.mu.Lock()
+	e, ok := c.cache[id]
+	c.mu.Unlock()
+	if !ok || !time.Now().Before(e.expires) {
+		return nil, ErrNotCached
+	}
+	return e.twin, e.err
+}
+
 func flightKey(id uint32) string { return strconv.FormatUint(uint64(id), 10) }
 
 // fetch asks the registrar for a twin and caches the answer, unless the

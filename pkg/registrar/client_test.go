@@ -79,6 +79,9 @@ func TestClientCache(t *testing.T) {
 	hits.n.Store(0)
 
 	c := NewClient(hs.URL, nil)
+	if got, err := c.CachedTwin(twin); got != nil || !errors.Is(err, ErrNotCached) {
+		t.Errorf("CachedTwin before any lookup = %v, %v; want ErrNotCached", got, err)
+	}
 	first, err := c.Twin(ctx, twin)
 	if err != nil {
 		t.Fatal(err)
@@ -87,11 +90,17 @@ func TestClientCache(t *testing.T) {
 	if err != nil || second != first {
 		t.Errorf("second lookup = %p, %v; want the cached %p", second, err, first)
 	}
+	if got, err := c.CachedTwin(twin); err != nil || got != first {
+		t.Errorf("CachedTwin = %p, %v; want the cached %p", got, err, first)
+	}
 	if n := hits.n.Load(); n != 1 {
-		t.Errorf("%d requests for two lookups, want 1", n)
+		t.Errorf("%d requests for two lookups and CachedTwin, want 1", n)
 	}
 
 	c.Invalidate(twin)
+	if _, err := c.CachedTwin(twin); !errors.Is(err, ErrNotCached) {
+		t.Errorf("CachedTwin after Invalidate: %v, want ErrNotCached", err)
+	}
 	if _, err := c.Twin(ctx, twin); err != nil {
 		t.Fatal(err)
 	}
@@ -133,6 +142,9 @@ func TestClientNegativeCache(t *testing.T) {
 	}
 	if n := hits.n.Load(); n != 1 {
 		t.Errorf("%d requests for three lookups of a missing twin, want 1", n)
+	}
+	if _, err := c.CachedTwin(1); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CachedTwin of a missing twin: %v, want the cached ErrNotFound", err)
 	}
 
 	// The twin appears; the negative entry hides it until it expires.
