@@ -63,13 +63,18 @@
 //
 // # Incoming envelopes (relay -> peer)
 //
-// A worker pool verifies each envelope in the order of PROTOCOL.md §6: TTL
+// Each envelope is verified in the order of PROTOCOL.md §6: TTL
 // (102), source twin known (103), signature (104), then duplicate
 // suppression by (uid, source, kind) until the deadline, then the payload
 // (105 cipher without e2e key, 106 decryption failure). A failing request
 // is answered with a signed error envelope; a failing answer is dropped
 // and counted. Envelopes from twin 0 are relay errors and are not
-// verified.
+// verified. The connection's reader does this itself when the sender's
+// key is in the registrar cache, pushing on to Redis without waiting
+// (pushAsync; a failed push is retried and reported on a goroutine of its
+// own), and hands the envelope to a pool of inbound workers when the
+// sender has to be looked up, so a slow registrar never stalls a
+// connection. Error answers are sent on goroutines of their own.
 //
 // Requests pass the Policy, then go to the built-in rmb.version, an
 // in-process Handler, or Redis: msgbus.<cmd> gets the IncomingRequest JSON
