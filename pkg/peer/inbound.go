@@ -2,7 +2,9 @@ package peer
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,18 +20,27 @@ type inboundMsg struct {
 	relay *relayConn
 }
 
-// seenKey identifies an envelope for duplicate suppression.
-type seenKey struct {
-	uid  string
-	src  address
-	kind envelope.Kind
-}
+// seenKey identifies an envelope for duplicate suppression: the first
+// 128 bits of SHA-256 over its kind, source twin, uid and source session.
+//
+// A busy peer remembers hundreds of thousands of envelopes (each until
+// its deadline plus seenGrace). Keys and values without pointers keep
+// that map out of the garbage collector's marking, and keep a uid from
+// pinning the buffer of the whole envelope it was decoded from. Two
+// envelopes share a key only through a collision of truncated SHA-256:
+// one sender cannot make its key equal another sender's (a second
+// preimage) and has no use for a collision between two keys of its own.
+type seenKey [16]byte
 
-// seenEntry remembers an envelope until its deadline; for a request it
-// also keeps the signed answer so a re-sent request is answered again.
-type seenEntry struct {
-	expires  time.Time
-	response []byte
+func newSeenKey(uid string, src address, kind envelope.Kind) seenKey {
+	var buf [128]byte
+	b := append(buf[:0], byte(kind))
+	b = binary.BigEndian.AppendUint32(b, src.twin)
+	b = binary.AppendUvarint(b, uint64(len(uid)))
+	b = append(b, uid...)
+	b = append(b, src.sid...) // last: its length is what is left
+	h := sha256.Sum256(b)
+	return seenKey(h[:16])
 }
 
 // errorTTL is the lifetime of error answers to requests that had none
@@ -180,7 +191,7 @@ func (p *Peer) handleEnvelope(ctx context.Context, b []byte, inline bool) bool {
 	case env.IsError():
 		kind = envelope.KindError
 	}
-	if dup, cached := p.checkSeen(seenKey{env.Uid, src, kind}, env.Deadline()); dup {
+	if dup, cached := p.checkSeen(newSeenKey(env.Uid, src, kind), env.Deadline()); dup {
 		p.metrics.duplicates.Inc()
 		if cached != nil {
 			// The caller re-sent the request: our answer may have been
@@ -251,10 +262,10 @@ func (p *Peer) handleRelayMessage(ctx context.Context, env *envelope.Envelope) {
 func (p *Peer) checkSeen(key seenKey, expires time.Time) (dup bool, response []byte) {
 	p.seenMu.Lock()
 	defer p.seenMu.Unlock()
-	if e, ok := p.seen[key]; ok {
-		return true, e.response
+	if _, ok := p.seen[key]; ok {
+		return true, p.answers[key]
 	}
-	p.seen[key] = &seenEntry{expires: expires}
+	p.seen[key] = expires.UnixNano()
 	// Keep entries a little past the deadline: clocks differ.
 	sec := expires.Unix() + seenGrace
 	p.seenSweep[sec] = append(p.seenSweep[sec], key)
@@ -268,16 +279,17 @@ const seenGrace = 30
 // rememberAnswer returns the deadline of an incoming request we saw and
 // stores its signed answer (unless answer is nil).
 func (p *Peer) rememberAnswer(uid string, dst address, answer []byte) (deadline time.Time, ok bool) {
+	key := newSeenKey(uid, dst, envelope.KindRequest)
 	p.seenMu.Lock()
 	defer p.seenMu.Unlock()
-	e, ok := p.seen[seenKey{uid, dst, envelope.KindRequest}]
+	expires, ok := p.seen[key]
 	if !ok {
 		return time.Time{}, false
 	}
 	if answer != nil {
-		e.response = answer
+		p.answers[key] = answer
 	}
-	return e.expires, true
+	return time.Unix(0, expires), true
 }
 
 // requestDeadline returns the deadline of an incoming request we saw.
@@ -296,6 +308,7 @@ func (p *Peer) sweepSeen(now time.Time) {
 		}
 		for _, k := range keys {
 			delete(p.seen, k)
+			delete(p.answers, k)
 		}
 		delete(p.seenSweep, sec)
 	}

@@ -187,7 +187,8 @@ type Peer struct {
 	pending map[string]*pending // by uid
 
 	seenMu    sync.Mutex
-	seen      map[seenKey]*seenEntry
+	seen      map[seenKey]int64   // envelopes seen: deadline, unix nanoseconds
+	answers   map[seenKey][]byte  // the signed answers to requests in seen
 	seenSweep map[int64][]seenKey // keys of seen by the unix second they may go
 
 	runMu   sync.Mutex
@@ -222,7 +223,8 @@ func New(opts *Options) (*Peer, error) {
 		stateCh:   make(chan struct{}),
 		handlers:  make(map[string]Handler),
 		pending:   make(map[string]*pending),
-		seen:      make(map[seenKey]*seenEntry),
+		seen:      make(map[seenKey]int64),
+		answers:   make(map[seenKey][]byte),
 		seenSweep: make(map[int64][]seenKey),
 		done:      make(chan struct{}),
 		held:      map[string]*holds{LocalProcessing: newHolds(), ReplyProcessing: newHolds()},
