@@ -147,6 +147,43 @@ type batchers struct {
 	ops     chan *redisOp
 	stop    chan struct{} // closed to stop redisLoop
 	stopped chan struct{} // closed once redisLoop returned
+	conn    ownConn       // redisLoop's connection
+}
+
+// ownConn is a Redis connection kept by one goroutine for its round
+// trips, which come one after the other (redisLoop, a popLoop). Taken
+// from the client's pool for each round trip instead, a connection is
+// health-checked every time (go-redis peeks at the socket: a syscall and
+// a few allocations). A round trip that fails other than with a reply
+// from Redis gives the connection up; the next takes a new one.
+type ownConn struct {
+	rdb *redis.Client
+	c   *redis.Conn
+}
+
+// get returns the connection, taking one from the pool if there is none.
+func (o *ownConn) get() *redis.Conn {
+	if o.c == nil {
+		o.c = o.rdb.Conn()
+	}
+	return o.c
+}
+
+// check gives the connection up after a round trip that failed with err,
+// unless err is a reply from Redis (which leaves the connection usable).
+func (o *ownConn) check(err error) {
+	var rerr redis.Error
+	if err == nil || errors.As(err, &rerr) {
+		return
+	}
+	o.close()
+}
+
+func (o *ownConn) close() {
+	if o.c != nil {
+		o.c.Close()
+		o.c = nil
+	}
 }
 
 // errStopped means the op came after redisLoop stopped.
@@ -160,10 +197,12 @@ func (p *Peer) startBatchers() (stop func()) {
 		ops:     make(chan *redisOp, 16*maxBatch),
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
+		conn:    ownConn{rdb: p.rdb},
 	}
 	p.batch = b
 	go func() {
 		defer close(b.stopped)
+		defer b.conn.close()
 		p.redisLoop(b)
 	}()
 	var once sync.Once
@@ -337,12 +376,14 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	// Not cancelled with any one caller: go-redis bounds the round trip
 	// with its read and write timeouts.
 	ctx := context.Background()
+	conn := &p.batch.conn
+	rdb := conn.get()
 	// A transaction only when the batch persists a request: then the HSET
 	// and the LREM of the message it came from must happen together.
-	tx := p.rdb.Pipeline()
+	tx := rdb.Pipeline()
 	for _, op := range ops {
 		if op.write != nil && op.write.persist != "" {
-			tx = p.rdb.TxPipeline()
+			tx = rdb.TxPipeline()
 			break
 		}
 	}
@@ -384,6 +425,7 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	var err error
 	if tx.Len() > 0 {
 		_, err = tx.Exec(ctx)
+		conn.check(err)
 	}
 	// A reply error (a list of the wrong type) belongs to its command;
 	// any other error lost the whole round trip.
@@ -400,7 +442,8 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 				if m.err != nil && redis.HasErrorPrefix(m.err, "NOSCRIPT") {
 					// Redis restarted since it last ran the script: EVAL
 					// sends it again (and Redis keeps it from then on).
-					m.msgs, m.err = p.rdb.Eval(ctx, moveScript, []string{m.queue, m.processing}, m.max).StringSlice()
+					m.msgs, m.err = conn.get().Eval(ctx, moveScript, []string{m.queue, m.processing}, m.max).StringSlice()
+					conn.check(m.err)
 				}
 				if errors.Is(m.err, redis.Nil) {
 					m.msgs, m.err = nil, nil
@@ -467,12 +510,13 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 func (p *Peer) takeBack(ops []*redisOp) (next []*redisOp) {
 	ctx := context.Background()
 	undo := make([]*redis.IntCmd, len(ops))
-	p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, err := p.batch.conn.get().Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, op := range ops {
 			undo[i] = pipe.LRem(ctx, op.push.queue, 1, op.push.b)
 		}
 		return nil
 	})
+	p.batch.conn.check(err)
 	for i, op := range ops {
 		u := op.push
 		removed, err := undo[i].Result()

@@ -261,6 +261,7 @@ func TestPushErrorIsPerList(t *testing.T) {
 // starts with LREM runs: a consumer that was faster than the take-back.
 type popBeforeTakeBack struct {
 	other  *redis.Client
+	armed  atomic.Bool
 	popped atomic.Int64
 }
 
@@ -268,7 +269,7 @@ func (h *popBeforeTakeBack) DialHook(next redis.DialHook) redis.DialHook        
 func (h *popBeforeTakeBack) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
 func (h *popBeforeTakeBack) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if len(cmds) > 0 && cmds[0].Name() == "lrem" {
+		if h.armed.Load() && len(cmds) > 0 && cmds[0].Name() == "lrem" {
 			if h.other.LPop(ctx, cmds[0].Args()[1].(string)).Err() == nil {
 				h.popped.Add(1)
 			}
@@ -282,6 +283,11 @@ func (h *popBeforeTakeBack) ProcessPipelineHook(next redis.ProcessPipelineHook) 
 func TestPushOverBoundTakenBackUnlessPopped(t *testing.T) {
 	p, rdb := redisPeer(t, 1)
 	ctx := context.Background()
+	// Added before the peer's Redis loop takes its connection, which
+	// keeps the hooks the client had then.
+	h := &popBeforeTakeBack{other: redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})}
+	defer h.other.Close()
+	rdb.AddHook(h)
 	if n, err := p.push(ctx, "q", []byte("a")); err != nil || n != 1 {
 		t.Fatalf("first push: %d, %v", n, err)
 	}
@@ -291,9 +297,7 @@ func TestPushOverBoundTakenBackUnlessPopped(t *testing.T) {
 	if l := rdb.LRange(ctx, "q", 0, -1).Val(); len(l) != 1 || l[0] != "a" {
 		t.Fatalf("list after the take-back: %q", l)
 	}
-	h := &popBeforeTakeBack{other: redis.NewClient(&redis.Options{Addr: rdb.Options().Addr})}
-	defer h.other.Close()
-	rdb.AddHook(h)
+	h.armed.Store(true)
 	n, err := p.push(ctx, "q", []byte("c"))
 	if err != nil || n != 2 {
 		t.Fatalf("push popped before its take-back: %d, %v; want 2 (delivered)", n, err)

@@ -181,6 +181,9 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 	}
 	batch := min(p.opts.Workers, popBatch)
 	more := false // whether the queue may hold more than one message
+	// BLMOVE blocks on a connection of its own.
+	conn := &ownConn{rdb: p.rdb}
+	defer conn.close()
 	for ctx.Err() == nil {
 		if sc.due(time.Now()) {
 			first := sc.first
@@ -211,7 +214,8 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 			more = len(msgs) == batch
 		} else {
 			var raw string
-			raw, err = p.rdb.BLMove(ctx, queue, processing, "RIGHT", "LEFT", time.Second).Result()
+			raw, err = conn.get().BLMove(ctx, queue, processing, "RIGHT", "LEFT", time.Second).Result()
+			conn.check(err)
 			if errors.Is(err, redis.Nil) {
 				continue
 			}
