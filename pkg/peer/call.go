@@ -235,12 +235,10 @@ func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint3
 	p.pending[spec.uid] = pd
 	p.pendMu.Unlock()
 
-	sctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
 	for _, d := range dsts {
-		b, e := p.buildRequest(sctx, spec, d)
+		b, e := p.buildRequest(ctx, spec, d, deadline)
 		if e == nil {
-			if err := p.send(sctx, b, deadline); err != nil {
+			if err := p.send(ctx, b, deadline); err != nil {
 				if ctx.Err() != nil {
 					return false // stopping: the caller keeps the request for later
 				}
@@ -271,8 +269,8 @@ func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint3
 
 // buildRequest makes the signed envelope of spec for dst, encrypted when
 // dst has an e2e key.
-func (p *Peer) buildRequest(ctx context.Context, spec *requestSpec, dst uint32) ([]byte, *Error) {
-	twin, e := p.lookupTwin(ctx, dst)
+func (p *Peer) buildRequest(ctx context.Context, spec *requestSpec, dst uint32, deadline time.Time) ([]byte, *Error) {
+	twin, e := p.lookupTwin(ctx, dst, deadline)
 	if e != nil {
 		return nil, e
 	}
@@ -324,9 +322,22 @@ func (p *Peer) setPayload(env *envelope.Envelope, twin *registrar.Twin, payload 
 	return nil
 }
 
-// lookupTwin finds a twin, retrying transient registrar failures until ctx
-// ends. An unknown twin is code 103.
-func (p *Peer) lookupTwin(ctx context.Context, id uint32) (*registrar.Twin, *Error) {
+// lookupTwin finds a twin, from the registrar client's cache when it
+// holds the twin, and otherwise asking the registrar, retrying transient
+// failures until deadline or until ctx ends. An unknown twin is code 103.
+func (p *Peer) lookupTwin(ctx context.Context, id uint32, deadline time.Time) (*registrar.Twin, *Error) {
+	if c, ok := p.reg.(cachedTwin); ok {
+		// The usual case, without the context and timer of a deadline.
+		t, err := c.CachedTwin(id)
+		switch {
+		case err == nil:
+			return t, nil
+		case errors.Is(err, registrar.ErrNotFound):
+			return nil, unknownTwin(id)
+		}
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	delay := 100 * time.Millisecond
 	for {
 		t, err := p.reg.Twin(ctx, id)
@@ -334,7 +345,7 @@ func (p *Peer) lookupTwin(ctx context.Context, id uint32) (*registrar.Twin, *Err
 		case err == nil:
 			return t, nil
 		case errors.Is(err, registrar.ErrNotFound):
-			return nil, &Error{Code: envelope.CodeUnknownTwin, Message: fmt.Sprintf("unknown twin %d", id)}
+			return nil, unknownTwin(id)
 		}
 		p.log.Warn("registrar lookup failed; retrying", "twin", id, "err", err)
 		select {
@@ -344,6 +355,10 @@ func (p *Peer) lookupTwin(ctx context.Context, id uint32) (*registrar.Twin, *Err
 		}
 		delay = min(2*delay, 2*time.Second)
 	}
+}
+
+func unknownTwin(id uint32) *Error {
+	return &Error{Code: envelope.CodeUnknownTwin, Message: fmt.Sprintf("unknown twin %d", id)}
 }
 
 // complete hands the answer of src to the request uid. src 0 is a relay

@@ -3,7 +3,6 @@ package peer
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rmb-go/rmb/pkg/envelope"
+	"github.com/rmb-go/rmb/pkg/redisapi"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
 
@@ -359,7 +359,7 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		Source:     src.String(),
 		Command:    cmd,
 		Expiration: env.Expiration,
-		Data:       base64.StdEncoding.EncodeToString(payload),
+		Data:       redisapi.EncodeData(payload),
 		Tags:       env.Tags,
 		ReplyTo:    ReplyQueue,
 		Schema:     env.GetSchema(),
@@ -406,10 +406,8 @@ func (p *Peer) sendAnswer(ctx context.Context, uid string, dst address, data []b
 	if schema != "" {
 		env.Schema = &schema
 	}
-	sctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
 	if e == nil {
-		twin, te := p.lookupTwin(sctx, dst.twin)
+		twin, te := p.lookupTwin(ctx, dst.twin, deadline)
 		if te != nil {
 			p.log.Warn("cannot answer request", "uid", uid, "dst", dst, "err", te.Message)
 			return te
@@ -434,7 +432,7 @@ func (p *Peer) sendAnswer(ctx context.Context, uid string, dst address, data []b
 		return tooBig
 	}
 	p.rememberAnswer(uid, dst, b)
-	if err := p.send(sctx, b, deadline); err != nil {
+	if err := p.send(ctx, b, deadline); err != nil {
 		p.log.Warn("answer not delivered", "uid", uid, "dst", dst, "err", err)
 		return err
 	}

@@ -2,7 +2,6 @@ package peer
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,7 +86,7 @@ func (p *Peer) deliverToQueue(ret, ref string, deadline time.Time) func(context.
 		msg := IncomingResponse{
 			Version: 1,
 			Ref:     ref,
-			Data:    base64.StdEncoding.EncodeToString(r.Data),
+			Data:    redisapi.EncodeData(r.Data),
 			Source:  address{twin: r.Source, sid: r.Session}.String(),
 			Schema:  r.Schema,
 			Now:     r.Timestamp.Unix(),

@@ -428,3 +428,17 @@ func BenchmarkAppendJSONOutgoingResponse(b *testing.B) {
 func BenchmarkAppendJSONIncomingResponse(b *testing.B) {
 	benchAppend[IncomingResponse](b, typicalIncomingResponse)
 }
+
+// TestEncodeData: EncodeData is standard base64, for every length
+// remainder and the empty payload.
+func TestEncodeData(t *testing.T) {
+	b := make([]byte, 70)
+	for i := range b {
+		b[i] = byte(i*37 + 11)
+	}
+	for n := range len(b) + 1 {
+		if got, want := EncodeData(b[:n]), base64.StdEncoding.EncodeToString(b[:n]); got != want {
+			t.Fatalf("%d bytes: %q, want %q", n, got, want)
+		}
+	}
+}

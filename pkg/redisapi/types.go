@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"time"
+	"unsafe"
 )
 
 // Queue names.
@@ -105,7 +106,20 @@ func decode(s string) ([]byte, error) {
 	return b, nil
 }
 
-func encode(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+func encode(b []byte) string { return EncodeData(b) }
+
+// EncodeData returns b in standard base64, as the dat field carries
+// payloads. Unlike base64.StdEncoding.EncodeToString it allocates the
+// text once, not twice (the string shares the buffer it was encoded
+// into, which nothing else holds).
+func EncodeData(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	buf := make([]byte, base64.StdEncoding.EncodedLen(len(b)))
+	base64.StdEncoding.Encode(buf, b)
+	return unsafe.String(&buf[0], len(buf))
+}
 
 // DeadLetter is an entry of QueueDeadLetter: a message the peer could not
 // parse or deliver, kept verbatim with the reason so nothing is lost
