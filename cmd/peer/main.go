@@ -205,6 +205,12 @@ func (m *Main) secret() (string, error) {
 
 // RedisOptions parses the --redis URL: redis://, rediss://, tcp://host:port
 // or unix:///path.
+//
+// The peer speaks RESP2 unless the URL asks for another protocol
+// (?protocol=3): it uses nothing of RESP3, and on RESP3 connections
+// go-redis peeks at the socket for push notifications before most round
+// trips, a syscall each time on the connections the peer keeps for its
+// loops.
 func RedisOptions(raw string) (*redis.Options, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -215,11 +221,14 @@ func RedisOptions(raw string) (*redis.Options, error) {
 		if u.Host == "" {
 			return nil, fmt.Errorf("bad --redis URL %q: want tcp://host:port", raw)
 		}
-		return &redis.Options{Addr: u.Host}, nil
+		return &redis.Options{Addr: u.Host, Protocol: 2}, nil
 	case "redis", "rediss", "unix":
 		o, err := redis.ParseURL(raw)
 		if err != nil {
 			return nil, fmt.Errorf("bad --redis URL: %w", err)
+		}
+		if o.Protocol == 0 {
+			o.Protocol = 2
 		}
 		return o, nil
 	}

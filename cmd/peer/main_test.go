@@ -213,9 +213,12 @@ func TestRedisOptions(t *testing.T) {
 		"rediss://secure.example": "secure.example:6379",
 	} {
 		o, err := RedisOptions(in)
-		if err != nil || o.Addr != want {
-			t.Errorf("%s: %v %v", in, o, err)
+		if err != nil || o.Addr != want || o.Protocol != 2 {
+			t.Errorf("%s: %v %v (want %s, RESP2)", in, o, err, want)
 		}
+	}
+	if o, err := RedisOptions("redis://h:1/2?protocol=3"); err != nil || o.Protocol != 3 {
+		t.Errorf("protocol=3 in the URL: %v %v", o, err)
 	}
 	for _, bad := range []string{"http://x", "tcp://", "::"} {
 		if _, err := RedisOptions(bad); err == nil {

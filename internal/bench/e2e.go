@@ -134,9 +134,10 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 			twins[i] = twin
 			continue
 		}
-		// The peer gets a client of its own, as it would in production;
-		// bots and services below use other clients.
-		rdbs[i] = redis.NewClient(redisOptions(rs, o, &redis.Options{DB: i + 1}))
+		// The peer gets a client of its own, as it would in production,
+		// speaking RESP2 as rmb-peer's does (cmd/peer RedisOptions); bots
+		// and services below use other clients.
+		rdbs[i] = redis.NewClient(redisOptions(rs, o, &redis.Options{DB: i + 1, Protocol: 2}))
 		rdbs[i].AddHook(peerTrips)
 		defer rdbs[i].Close()
 		peers[i], err = peer.New(&peer.Options{

@@ -57,7 +57,11 @@ type Options struct {
 	// Required.
 	Registrar Registrar
 	// Redis enables the local JSON API of PROTOCOL.md §6. Nil means the peer
-	// is used in-process only, through Call and Handle.
+	// is used in-process only, through Call and Handle. The peer keeps
+	// three of the client's connections for its own loops (Client.Conn).
+	// It needs nothing of RESP3: with Protocol 2, as rmb-peer sets it,
+	// go-redis does not peek at those connections for push notifications
+	// before each round trip.
 	Redis *redis.Client
 	// Logger receives the peer's logs. Default slog.Default().
 	Logger *slog.Logger
