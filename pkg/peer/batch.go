@@ -416,7 +416,9 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	}
 	for _, op := range ops {
 		if op.write != nil && op.write.processing != "" {
-			tx.LRem(ctx, op.write.processing, 1, op.write.raw)
+			// From the tail: moves put messages at the head, so the
+			// oldest, usually the ones finished first, are at the tail.
+			tx.LRem(ctx, op.write.processing, -1, op.write.raw)
 		}
 	}
 	if len(hdel) > 0 {
