@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -41,6 +42,44 @@ type pendingRecord struct {
 	Deadline int64  `json:"deadline"` // unix milliseconds
 	Sent     int64  `json:"sent"`     // unix milliseconds
 	Envelope []byte `json:"envelope"` // the signed request sent to this destination
+}
+
+// appendJSON appends json.Marshal(r) to b. A record whose ret and ref
+// need no escaping (the usual: queue names and refs are plain ASCII) is
+// written without reflection; any other goes through encoding/json.
+func (r *pendingRecord) appendJSON(b []byte) []byte {
+	if !plainJSON(r.Ret) || !plainJSON(r.Ref) {
+		out, _ := json.Marshal(r) // cannot fail: strings, numbers, bytes
+		return append(b, out...)
+	}
+	b = append(b, `{"ret":"`...)
+	b = append(b, r.Ret...)
+	b = append(b, `","ref":"`...)
+	b = append(b, r.Ref...)
+	b = append(b, `","deadline":`...)
+	b = strconv.AppendInt(b, r.Deadline, 10)
+	b = append(b, `,"sent":`...)
+	b = strconv.AppendInt(b, r.Sent, 10)
+	b = append(b, `,"envelope":`...)
+	if r.Envelope == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '"')
+		b = base64.StdEncoding.AppendEncode(b, r.Envelope)
+		b = append(b, '"')
+	}
+	return append(b, '}')
+}
+
+// plainJSON reports whether encoding/json writes s as it is, between
+// quotes (printable ASCII but for the characters it escapes).
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
 }
 
 func pendingField(uid string, dst uint32) string {
@@ -90,7 +129,7 @@ func (p *Peer) pendingFields(uid string) []any {
 	fields := make([]any, 0, 2*len(list))
 	for _, de := range list {
 		rec.Envelope = de.env
-		b, _ := json.Marshal(&rec)
+		b := rec.appendJSON(make([]byte, 0, 96+len(rec.Ret)+len(rec.Ref)+base64.StdEncoding.EncodedLen(len(de.env))))
 		fields = append(fields, pendingField(uid, de.dst), b)
 	}
 	return fields
