@@ -371,3 +371,23 @@ func (f *failedPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) re
 		return err
 	}
 }
+
+// New refuses a Redis client whose pool cannot hold the connections the
+// peer keeps plus one, with a clear error, and takes one that can.
+func TestNewNeedsRedisPool(t *testing.T) {
+	id, err := identity.FromSeed(make([]byte, 32), identity.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := func(pool int) *Options {
+		rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", PoolSize: pool})
+		t.Cleanup(func() { rdb.Close() })
+		return &Options{Identity: id, Relays: []string{"ws://127.0.0.1:1"}, Registrar: noRegistrar{}, Redis: rdb}
+	}
+	if _, err := New(opts(3)); err == nil || !strings.Contains(err.Error(), "PoolSize is 3") {
+		t.Fatalf("PoolSize 3: %v, want an error naming it", err)
+	}
+	if _, err := New(opts(4)); err != nil {
+		t.Fatalf("PoolSize 4: %v", err)
+	}
+}

@@ -58,7 +58,9 @@ type Options struct {
 	Registrar Registrar
 	// Redis enables the local JSON API of PROTOCOL.md §6. Nil means the peer
 	// is used in-process only, through Call and Handle. The peer keeps
-	// three of the client's connections for its own loops (Client.Conn).
+	// three of the client's connections for its own loops (Client.Conn),
+	// so its PoolSize must be at least 4 (go-redis's default is 10 per
+	// CPU).
 	// It needs nothing of RESP3: with Protocol 2, as rmb-peer sets it,
 	// go-redis does not peek at those connections for push notifications
 	// before each round trip.
@@ -99,6 +101,11 @@ type Options struct {
 	SweepInterval time.Duration
 }
 
+// minRedisPool is the smallest pool the peer works with: three
+// connections kept by its loops (the Redis loop, two popLoops), and one
+// for everything else.
+const minRedisPool = 4
+
 func (o *Options) withDefaults() (Options, error) {
 	c := *o
 	if c.Identity == nil {
@@ -109,6 +116,10 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if len(c.Relays) == 0 || len(c.Relays) > MaxRelays {
 		return c, fmt.Errorf("peer: need 1 to %d relay URLs, got %d", MaxRelays, len(c.Relays))
+	}
+	if c.Redis != nil && c.Redis.Options().PoolSize < minRedisPool {
+		return c, fmt.Errorf("peer: the Redis client's PoolSize is %d; the peer keeps %d connections and needs at least %d",
+			c.Redis.Options().PoolSize, minRedisPool-1, minRedisPool)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
