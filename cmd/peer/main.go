@@ -227,8 +227,12 @@ func RedisOptions(raw string) (*redis.Options, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bad --redis URL: %w", err)
 		}
-		if o.Protocol == 0 {
+		switch o.Protocol {
+		case 0:
 			o.Protocol = 2
+		case 2, 3:
+		default:
+			return nil, fmt.Errorf("bad --redis URL %q: protocol must be 2 or 3", raw)
 		}
 		return o, nil
 	}

@@ -220,7 +220,7 @@ func TestRedisOptions(t *testing.T) {
 	if o, err := RedisOptions("redis://h:1/2?protocol=3"); err != nil || o.Protocol != 3 {
 		t.Errorf("protocol=3 in the URL: %v %v", o, err)
 	}
-	for _, bad := range []string{"http://x", "tcp://", "::"} {
+	for _, bad := range []string{"http://x", "tcp://", "::", "redis://h:1?protocol=x", "redis://h:1?protocol=7"} {
 		if _, err := RedisOptions(bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
