@@ -187,6 +187,42 @@ func TestMoveBatch(t *testing.T) {
 	}
 }
 
+// moveBatch leaves both lists as the same number of LMOVE RIGHT LEFTs
+// would, whatever was in them before.
+func TestMoveBatchMatchesLMove(t *testing.T) {
+	p, rdb := redisPeer(t, 10)
+	ctx := context.Background()
+	for _, l := range []string{"a", "b"} {
+		for i := range 7 {
+			rdb.LPush(ctx, l+".in", fmt.Sprint(i))
+		}
+		rdb.LPush(ctx, l+".processing", "x", "y")
+	}
+	for _, n := range []int{1, 3, 64, 1} {
+		got, err := p.moveBatch(ctx, "a.in", "a.processing", n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for range n {
+			v, err := rdb.LMove(ctx, "b.in", "b.processing", "RIGHT", "LEFT").Result()
+			if errors.Is(err, redis.Nil) {
+				break
+			}
+			want = append(want, v)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) && len(got)+len(want) > 0 {
+			t.Fatalf("moving %d: got %q, LMOVE gives %q", n, got, want)
+		}
+		for _, l := range []string{".in", ".processing"} {
+			a, b := rdb.LRange(ctx, "a"+l, 0, -1).Val(), rdb.LRange(ctx, "b"+l, 0, -1).Val()
+			if fmt.Sprint(a) != fmt.Sprint(b) {
+				t.Fatalf("after moving %d, %s is %q; LMOVE leaves %q", n, l, a, b)
+			}
+		}
+	}
+}
+
 // Removals from concurrent handlers are coalesced and all happen.
 func TestFinishBatched(t *testing.T) {
 	p, rdb := redisPeer(t, 10)
