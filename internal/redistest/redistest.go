@@ -126,6 +126,22 @@ func (s *Server) Kill() {
 	}
 }
 
+// Pause freezes the server (SIGSTOP), as a stalled host or a long fork
+// would: connections stay open, nothing is answered. Resume lets it go on
+// with every command that reached it meanwhile.
+func (s *Server) Pause() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.cmd.Process.Signal(syscall.SIGSTOP)
+	}
+}
+
+// Resume undoes Pause (SIGCONT).
+func (s *Server) Resume() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
+
 // Stop stops the server; calling it twice is harmless.
 func (s *Server) Stop() {
 	if s.cmd != nil && s.cmd.Process != nil {

@@ -262,6 +262,40 @@ func TestRedisKill(t *testing.T) {
 	}
 }
 
+// TestRedisStall freezes the peers' redis-server (SIGSTOP) for longer
+// than the clients' read timeouts (3 s), then lets it go on. Unlike after
+// a kill, Redis then runs every command that reached it, those whose
+// clients gave up included: moves whose reply nobody read (the peer finds
+// those messages in its processing list, unheld), pushes the peer retries
+// (at worst a duplicate), bookkeeping sent again. Nothing may be lost.
+func TestRedisStall(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t)
+	e := startBus(t, ctx, busOptions{topology: oneRelay})
+	// A service slower than the load, as in TestRedisKill: the stall finds
+	// requests waiting in msgbus.echo.
+	e.echo.Workers = 8
+	var backlog int64
+	tally := e.run(ctx, func() {
+		backlog, _ = e.rdbB.LLen(ctx, "msgbus.echo").Result()
+		e.peerDB.Pause()
+		time.Sleep(5 * time.Second)
+		e.peerDB.Resume()
+	})
+	t.Logf("%d requests waited in msgbus.echo at the stall", backlog)
+	if backlog == 0 {
+		t.Errorf("nothing waited in Redis at the stall: the scenario tests nothing")
+	}
+	// Retried pushes whose first try Redis ran after all: a request queued
+	// twice for the service, an answer pushed twice to ret (suppressed or
+	// counted). The echo service's BRPOPs that Redis ran for connections
+	// the service had given up are lost there: 408 at the deadline. Bound:
+	// what was in flight at the stall.
+	if tally.ServiceDups > 10 || tally.DupResponses > 10 || tally.Errored > 10 {
+		t.Errorf("want every request answered, at most a few duplicates or errors: %s", tally)
+	}
+}
+
 // TestServicePeerKill kills -9 peer B, the one in front of the service.
 // While it is down the relay keeps its envelopes; answers the service
 // pushed meanwhile wait in Redis. Requests B had read from its socket but
