@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rmb-go/rmb/internal/pprofserver"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/peer"
 	"github.com/rmb-go/rmb/pkg/registrar"
@@ -93,6 +94,7 @@ type Main struct {
 	Debug        bool
 	PolicyFile   string
 	MetricsAddr  string
+	PprofAddr    string
 
 	// Stderr receives the log and flag errors. Default os.Stderr.
 	Stderr io.Writer
@@ -104,6 +106,7 @@ type Main struct {
 	peer    *peer.Peer
 	rdb     *redis.Client
 	metrics *http.Server
+	pprof   *pprofserver.Server
 	mln     net.Listener
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the peer stops
@@ -151,6 +154,7 @@ func (m *Main) ParseFlags(args []string) error {
 	str(&m.Registrar, "registrar", "", "registrar base URL, e.g. https://registrar.example")
 	str(&m.PolicyFile, "policy", "", "YAML file of which twins may call which commands (reloaded on SIGHUP)")
 	str(&m.MetricsAddr, "metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100")
+	str(&m.PprofAddr, "pprof", "", "serve Go's profiler (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	fs.Var(relayList{m}, "relay", fmt.Sprintf("relay URL, ws:// or wss:// (repeat for up to %d)", peer.MaxRelays))
 	fs.BoolVar(&m.NoUpdate, "no-update", m.NoUpdate, "do not update the twin's relays and e2e key at the registrar")
 	fs.BoolVar(&m.Debug, "debug", m.Debug, "log at debug level")
@@ -315,7 +319,22 @@ func (m *Main) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if m.PprofAddr != "" {
+		if m.pprof, err = pprofserver.Listen(ctx, m.PprofAddr); err != nil {
+			m.Close()
+			return err
+		}
+		m.log.Info("profiler listening", "addr", m.pprof.Addr())
+	}
 	return nil
+}
+
+// PprofListenAddr is where the profiler is served, once Run has returned.
+func (m *Main) PprofListenAddr() string {
+	if m.pprof == nil {
+		return ""
+	}
+	return m.pprof.Addr()
 }
 
 func (m *Main) serveMetrics(ctx context.Context) error {
@@ -367,6 +386,10 @@ func (m *Main) ReloadPolicy() error {
 // Close stops the peer and the metrics server. Requests not yet handed to
 // a relay stay in Redis for the next start. Calling it again does nothing.
 func (m *Main) Close() error {
+	if m.pprof != nil {
+		m.pprof.Close()
+		m.pprof = nil
+	}
 	if m.metrics != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		m.metrics.Shutdown(ctx)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -98,7 +99,7 @@ func startMain(t *testing.T, e *env, environ map[string]string, args ...string) 
 
 func TestRunAnswersVersionAndServesMetrics(t *testing.T) {
 	e := newEnv(t)
-	m, logs := startMain(t, e, map[string]string{MnemonicEnv: newMnemonic(t)}, "--metrics", "127.0.0.1:0", "-d")
+	m, logs := startMain(t, e, map[string]string{MnemonicEnv: newMnemonic(t)}, "--metrics", "127.0.0.1:0", "--pprof", "127.0.0.1:0", "-d")
 	twin := m.Peer().Twin()
 	if !strings.Contains(logs.String(), fmt.Sprintf("twin=%d", twin)) {
 		t.Fatalf("log does not say twin=%d:\n%s", twin, logs)
@@ -133,11 +134,24 @@ func TestRunAnswersVersionAndServesMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, body)
 		}
 	}
+	pprofURL := "http://" + m.PprofListenAddr() + "/debug/pprof/goroutine?debug=1"
+	resp, err = http.Get(pprofURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "peer.(*Peer).popLoop") {
+		t.Errorf("--pprof goroutine profile: %d\n%.300s", resp.StatusCode, body)
+	}
 	m.Close()
 	select {
 	case <-m.Done():
 	default:
 		t.Fatal("Done not closed after Close")
+	}
+	if _, err := http.Get(pprofURL); err == nil {
+		t.Error("profiler still served after Close")
 	}
 }
 
@@ -244,5 +258,24 @@ func TestRunFailsClearly(t *testing.T) {
 	err := m.Run(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "registrar") {
 		t.Fatalf("want a registrar error, got %v", err)
+	}
+	// A --pprof address already taken fails Run and stops the peer.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	m = NewMain()
+	m.Stderr = io.Discard
+	m.ParseFlags([]string{"--relay", e.relay, "--registrar", e.registrar, "--redis", "redis://" + e.redis.Addr,
+		"-m", newMnemonic(t), "--pprof", taken.Addr().String()})
+	err = m.Run(context.Background())
+	if err == nil || !strings.HasPrefix(err.Error(), "--pprof: ") {
+		t.Fatalf("want a --pprof error, got %v", err)
+	}
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the peer still runs after Run failed on --pprof")
 	}
 }

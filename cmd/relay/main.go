@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rmb-go/rmb/internal/pprofserver"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/registrar"
 	"github.com/rmb-go/rmb/pkg/relay"
@@ -77,6 +78,7 @@ type Main struct {
 	FedScheme       string
 	Debug           bool
 	ShutdownTimeout time.Duration
+	PprofAddr       string
 
 	// Stderr receives the logs. Default os.Stderr.
 	Stderr io.Writer
@@ -92,6 +94,7 @@ type Main struct {
 	serveDone   chan error
 	registrar   *registrar.Client
 	policyFiles bool
+	pprof       *pprofserver.Server
 }
 
 // NewMain returns a Main with the defaults.
@@ -166,6 +169,7 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.DurationVar(&m.MaxTokenLife, "max-token-lifetime", m.MaxTokenLife, "longest token lifetime accepted (default 1h)")
 	fs.StringVar(&m.FedScheme, "federation-scheme", m.FedScheme, "scheme of federation POSTs to other relays: https, or http for relays on a private network")
 	fs.DurationVar(&m.ShutdownTimeout, "shutdown-timeout", m.ShutdownTimeout, "how long a graceful shutdown may take")
+	fs.StringVar(&m.PprofAddr, "pprof", m.PprofAddr, "serve Go's profiler (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060 (default: off)")
 	fs.BoolVar(&m.Debug, "debug", m.Debug, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -278,7 +282,22 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 	}()
 	m.log.Info("listening", "addr", m.ln.Addr().String(), "domains", m.Domains, "tls", m.TLSCert != "", "redis", m.Redis != "")
+	if m.PprofAddr != "" {
+		if m.pprof, err = pprofserver.Listen(ctx, m.PprofAddr); err != nil {
+			m.Close()
+			return err
+		}
+		m.log.Info("profiler listening", "addr", m.pprof.Addr())
+	}
 	return nil
+}
+
+// PprofListenAddr is where the profiler is served (after Run), or "".
+func (m *Main) PprofListenAddr() string {
+	if m.pprof == nil {
+		return ""
+	}
+	return m.pprof.Addr()
 }
 
 // Addr is the address the relay listens on (after Run).
@@ -334,6 +353,10 @@ func (m *Main) Close() error {
 		return nil
 	}
 	defer func() { m.server = nil }()
+	if m.pprof != nil {
+		m.pprof.Close()
+		m.pprof = nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.ShutdownTimeout)
 	defer cancel()
 	errs := []error{m.server.Shutdown(ctx), m.relay.Shutdown(ctx)}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -138,7 +140,7 @@ func TestRun(t *testing.T) {
 	m := NewMain()
 	m.Stderr = logs
 	if err := m.ParseFlags([]string{"--listen", "127.0.0.1:0", "-m", domain, "--registrar", reg.URL,
-		"--redis", rd.URL(), "--allow", allow, "--admin-token", "t"}); err != nil {
+		"--redis", rd.URL(), "--allow", allow, "--admin-token", "t", "--pprof", "127.0.0.1:0"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Run(context.Background()); err != nil {
@@ -147,6 +149,19 @@ func TestRun(t *testing.T) {
 	defer m.Close()
 	if !strings.Contains(logs.String(), "listening addr="+m.Addr()) {
 		t.Fatalf("no listening line in %q", logs.String())
+	}
+
+	pprofURL := "http://" + m.PprofListenAddr() + "/debug/pprof/goroutine?debug=1"
+	if resp, err := http.Get(pprofURL); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("--pprof: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	// The profiler is not on the relay's public listener.
+	if resp, err := http.Get("http://" + m.Addr() + "/debug/pprof/"); err != nil || resp.StatusCode == 200 {
+		t.Fatalf("/debug/pprof/ on the public listener: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	ca, _ := connect(t, m.Addr(), a)
@@ -189,9 +204,44 @@ func TestRun(t *testing.T) {
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := http.Get(pprofURL); err == nil {
+		t.Error("profiler still served after Close")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, _, err := ca.Read(ctx); websocket.CloseStatus(err) != websocket.StatusGoingAway {
 		t.Fatalf("after Close: %v", err)
 	}
+}
+
+// A --pprof address already taken fails Run with a clear error, and the
+// relay it had started is shut down again: its port is free.
+func TestPprofAddressTaken(t *testing.T) {
+	reg := httptest.NewServer(registrar.NewServer(nil).Handler())
+	defer reg.Close()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := free.Addr().String()
+	free.Close()
+	m := NewMain()
+	m.Stderr = io.Discard
+	if err := m.ParseFlags([]string{"--listen", listen, "-m", "relay.test", "--registrar", reg.URL,
+		"--pprof", taken.Addr().String()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Run(context.Background()); err == nil || !strings.HasPrefix(err.Error(), "--pprof: ") {
+		t.Fatalf("want a --pprof error, got %v", err)
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		t.Fatalf("the relay still holds %s after Run failed: %v", listen, err)
+	}
+	ln.Close()
 }
