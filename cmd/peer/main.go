@@ -383,8 +383,9 @@ func (m *Main) ReloadPolicy() error {
 	return nil
 }
 
-// Close stops the peer and the metrics server. Requests not yet handed to
-// a relay stay in Redis for the next start. Calling it again does nothing.
+// Close stops the peer and the metrics and profiler servers. Requests not
+// yet handed to a relay stay in Redis for the next start. Calling it again
+// does nothing.
 func (m *Main) Close() error {
 	if m.pprof != nil {
 		m.pprof.Close()
