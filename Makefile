@@ -1,18 +1,27 @@
 # The README's two commands are `make demo` and `make test`.
 GO ?= go
 FUZZTIME ?= 5s
+# What --version, the status page, rmb.version and rmb_build_info show.
+VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+BUILDINFO := github.com/rmb-go/rmb/internal/buildinfo
+LDFLAGS := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT)
 
-.PHONY: all build test fuzz deps proto demo bench clean soak
+.PHONY: all build test fuzz deps proto demo bench clean soak release
 
 all: build
 
-## build: bin/rmb-registrar, bin/rmb-relay, bin/rmb-peer and bin/rmb
+## build: bin/rmb-registrar, bin/rmb-relay, bin/rmb-peer and bin/rmb, static (no libc needed)
 build:
 	@mkdir -p bin
-	$(GO) build -o bin/rmb-registrar ./cmd/registrar
-	$(GO) build -o bin/rmb-relay ./cmd/relay
-	$(GO) build -o bin/rmb-peer ./cmd/peer
-	$(GO) build -o bin/rmb ./cmd/rmb
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/rmb-registrar ./cmd/registrar
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/rmb-relay ./cmd/relay
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/rmb-peer ./cmd/peer
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/rmb ./cmd/rmb
+
+## release: static versioned binaries for linux/amd64 and linux/arm64 in dist/, with SHA256SUMS
+release:
+	GO=$(GO) VERSION=$(VERSION) COMMIT=$(COMMIT) ./scripts/release.sh
 
 ## test: install missing system packages, vet, run every test with -race, fuzz briefly
 test: deps
@@ -37,7 +46,7 @@ bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./pkg/...
 
 clean:
-	rm -rf bin
+	rm -rf bin dist
 
 ## demo: registrar, relay, Redis, two peers, a calculator and real calls (DEMO_KEEP=1 stays up)
 demo: build

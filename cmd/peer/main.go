@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rmb-go/rmb/internal/buildinfo"
 	"github.com/rmb-go/rmb/internal/pprofserver"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/peer"
@@ -98,6 +99,8 @@ type Main struct {
 
 	// Stderr receives the log and flag errors. Default os.Stderr.
 	Stderr io.Writer
+	// Stdout receives --version. Default os.Stdout.
+	Stdout io.Writer
 	// Getenv reads the environment. Default os.Getenv.
 	Getenv func(string) string
 
@@ -115,7 +118,7 @@ type Main struct {
 
 // NewMain returns a Main with the flag defaults.
 func NewMain() *Main {
-	return &Main{KeyType: "sr25519", Redis: "redis://localhost:6379", Stderr: os.Stderr, Getenv: os.Getenv}
+	return &Main{KeyType: "sr25519", Redis: "redis://localhost:6379", Stderr: os.Stderr, Stdout: os.Stdout, Getenv: os.Getenv}
 }
 
 // relayList is the repeatable --relay flag.
@@ -141,6 +144,7 @@ func (r relayList) Set(s string) error {
 func (m *Main) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("rmb-peer", flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
+	printVersion := buildinfo.Flag(fs, "rmb-peer")
 	str := func(p *string, long, short, usage string) {
 		fs.StringVar(p, long, *p, usage)
 		if short != "" {
@@ -165,6 +169,9 @@ func (m *Main) ParseFlags(args []string) error {
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if printVersion(m.Stdout) {
+		return flag.ErrHelp
 	}
 	var err error
 	switch {
@@ -288,6 +295,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Logger:    m.log,
 		NoUpdate:  m.NoUpdate,
 		Policy:    pol,
+		Version:   buildinfo.Get().Line("rmb-go-peer"),
 	})
 	if err != nil {
 		m.rdb.Close()
@@ -346,7 +354,7 @@ func (m *Main) serveMetrics(ctx context.Context) error {
 	mux := http.NewServeMux()
 	// The peer's metrics plus go_goroutines, go_memstats_* and process_*.
 	rt := prometheus.NewRegistry()
-	rt.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rt.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector())
 	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{m.peer.Registry(), rt}, promhttp.HandlerOpts{}))
 	m.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 	go m.metrics.Serve(ln)

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/rmb-go/rmb/internal/buildinfo"
 	"io"
 	"net"
 	"net/http"
@@ -120,7 +121,7 @@ func TestRunAnswersVersionAndServesMetrics(t *testing.T) {
 	var ans map[string]any
 	json.Unmarshal([]byte(res[1]), &ans)
 	dat, _ := base64.StdEncoding.DecodeString(ans["dat"].(string))
-	if ans["ref"] != "r1" || !strings.Contains(string(dat), "rmb-go-peer") {
+	if want, _ := json.Marshal(buildinfo.Get().Line("rmb-go-peer")); ans["ref"] != "r1" || string(dat) != string(want) {
 		t.Fatalf("bad answer %v", ans)
 	}
 	resp, err := http.Get("http://" + m.MetricsListenAddr() + "/metrics")
@@ -129,7 +130,7 @@ func TestRunAnswersVersionAndServesMetrics(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"rmb_peer_requests_sent_total 1", "rmb_peer_relay_connected{relay=\"" + e.relay + "\"} 1", "rmb_peer_round_trip_seconds_count 1"} {
+	for _, want := range []string{"rmb_peer_requests_sent_total 1", "rmb_peer_relay_connected{relay=\"" + e.relay + "\"} 1", "rmb_peer_round_trip_seconds_count 1", "rmb_build_info{"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q:\n%s", want, body)
 		}

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rmb-go/rmb/internal/buildinfo"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
 
@@ -69,6 +70,8 @@ type Main struct {
 
 	// Stderr receives the log and flag errors. Default os.Stderr.
 	Stderr io.Writer
+	// Stdout receives --version. Default os.Stdout.
+	Stdout io.Writer
 
 	// Set by Run.
 	log      *slog.Logger
@@ -81,7 +84,7 @@ type Main struct {
 
 // NewMain returns a Main with the flag defaults.
 func NewMain() *Main {
-	return &Main{Listen: ":8090", DBPath: "rmb-registrar.db", Stderr: os.Stderr}
+	return &Main{Listen: ":8090", DBPath: "rmb-registrar.db", Stderr: os.Stderr, Stdout: os.Stdout}
 }
 
 // ParseFlags reads command-line arguments (without the program name). On
@@ -89,6 +92,7 @@ func NewMain() *Main {
 func (m *Main) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("rmb-registrar", flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
+	printVersion := buildinfo.Flag(fs, "rmb-registrar")
 	fs.StringVar(&m.Listen, "listen", m.Listen, "address to serve HTTP on")
 	fs.StringVar(&m.DBPath, "db", m.DBPath, `bbolt database file, or "`+MemoryDB+`" to keep accounts in memory`)
 	fs.BoolVar(&m.Debug, "debug", m.Debug, "log at debug level")
@@ -98,6 +102,9 @@ func (m *Main) ParseFlags(args []string) error {
 	}
 	if err := fs.Parse(args); err != nil {
 		return err // fs has printed it, with the usage
+	}
+	if printVersion(m.Stdout) {
+		return flag.ErrHelp
 	}
 	var err error
 	switch {

@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rmb-go/rmb/internal/buildinfo"
 	"github.com/rmb-go/rmb/internal/pprofserver"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/registrar"
@@ -82,6 +83,8 @@ type Main struct {
 
 	// Stderr receives the logs. Default os.Stderr.
 	Stderr io.Writer
+	// Stdout receives --version. Default os.Stdout.
+	Stdout io.Writer
 
 	// Set by Run.
 	log         *slog.Logger
@@ -107,6 +110,7 @@ func NewMain() *Main {
 		FedScheme:       "https",
 		ShutdownTimeout: 30 * time.Second,
 		Stderr:          os.Stderr,
+		Stdout:          os.Stdout,
 	}
 }
 
@@ -150,6 +154,7 @@ func (s seconds) Set(v string) error {
 func (m *Main) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("rmb-relay", flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
+	printVersion := buildinfo.Flag(fs, "rmb-relay")
 	domains := (*stringList)(&m.Domains)
 	fs.StringVar(&m.Listen, "listen", m.Listen, "address to listen on")
 	fs.Var(domains, "domain", "a domain of this relay, as twins list it in the registrar (repeatable)")
@@ -173,6 +178,9 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.BoolVar(&m.Debug, "debug", m.Debug, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if printVersion(m.Stdout) {
+		return flag.ErrHelp
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
@@ -228,6 +236,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Policy:           policy,
 		AdminToken:       m.AdminToken,
 		FederationScheme: m.FedScheme,
+		Version:          buildinfo.Get().String(),
 	}
 	if m.Limit > 0 || m.LimitBytes > 0 {
 		opts.RateLimit = &relay.RateLimit{Messages: m.Limit, Bytes: m.LimitBytes, Window: m.LimitWindow}
@@ -252,7 +261,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	// go_goroutines, go_memstats_* and process_* next to the relay's own
 	// metrics: what a leak shows in first.
-	m.relay.Registry().MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.relay.Registry().MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector())
 	if m.ln, err = net.Listen("tcp", m.Listen); err != nil {
 		m.relay.Shutdown(ctx)
 		m.closeBackends()

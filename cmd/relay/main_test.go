@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"github.com/rmb-go/rmb/internal/buildinfo"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -156,6 +158,22 @@ func TestRun(t *testing.T) {
 		t.Fatalf("--pprof: %v %v", resp, err)
 	} else {
 		resp.Body.Close()
+	}
+	// The build is named on the status page and in the metrics.
+	info := buildinfo.Get()
+	for path, want := range map[string]string{
+		"/status.json": `"version":` + strconv.Quote(info.String()),
+		"/metrics":     `rmb_build_info{commit="` + info.Commit + `",goversion="` + info.GoVersion + `",version="` + info.Version + `"} 1`,
+	} {
+		resp, err := http.Get("http://" + m.Addr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), want) {
+			t.Errorf("GET %s lacks %s:\n%.2000s", path, want, body)
+		}
 	}
 	// The profiler is not on the relay's public listener.
 	if resp, err := http.Get("http://" + m.Addr() + "/debug/pprof/"); err != nil || resp.StatusCode == 200 {

@@ -9,6 +9,7 @@
 //	rmb deadletter list|show|requeue|drop
 //	rmb bench relay|e2e                 the load tool
 //	rmb demo                            registrar, relay, two peers, a service, real calls
+//	rmb version                         the version of this build
 //
 // Every command takes --help.
 package main
@@ -25,6 +26,8 @@ import (
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/internal/buildinfo"
 )
 
 // command is one subcommand. run returns the process exit code.
@@ -65,6 +68,10 @@ func run(ctx context.Context, e *env, args []string) int {
 		}
 		return 0
 	}
+	if args[0] == "--version" || args[0] == "-version" || args[0] == "version" {
+		fmt.Fprintln(e.stdout, buildinfo.Get().Line("rmb"))
+		return 0
+	}
 	c, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(e.stderr, "rmb: unknown command %q\n\n", args[0])
@@ -84,6 +91,7 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-11s %s\n", n, commands[n].summary)
 	}
+	fmt.Fprintf(w, "  %-11s %s\n", "version", "print the version (also --version)")
 	fmt.Fprintln(w, "\nRun 'rmb <command> --help' for a command's flags.")
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -81,6 +82,11 @@ func TestUsageAndHelp(t *testing.T) {
 		r := rmb(t, nil, c, "--help")
 		if r.code != 0 || !strings.Contains(r.stderr, "usage: rmb "+c) {
 			t.Errorf("%s --help: %+v", c, r)
+		}
+	}
+	for _, v := range []string{"--version", "version"} {
+		if r := rmb(t, nil, v); r.code != 0 || !strings.HasPrefix(r.stdout, "rmb ") || !strings.Contains(r.stdout, runtime.Version()) {
+			t.Errorf("rmb %s: %+v", v, r)
 		}
 	}
 	if r := rmb(t, nil, "keygen", "--no-such-flag"); r.code != 2 {
