@@ -116,7 +116,8 @@
 //
 // Every job counts against the federation bounds from its acceptance
 // until it is posted or given up, retry backoff included:
-// FederationQueueSize and FederationQueueBytes per domain,
+// FederationQueueSize and FederationQueueBytes per domain and per source
+// twin,
 // FederationMaxJobs and FederationMaxBytes in all ("federation queue is
 // full" over them). A domain without jobs for FederationIdleTimeout is
 // forgotten with its federation_requests_total series. Unless

@@ -394,3 +394,31 @@ func routingOf(t *testing.T, b []byte) *envelope.Routing {
 	}
 	return &rt
 }
+
+// One source twin holds at most a domain's share of the federation
+// queues, however many domains it sends to; another twin still gets in.
+func TestFederationBoundPerSourceTwin(t *testing.T) {
+	reg := startRegistrar(t)
+	lnA, dA := listen(t)
+	a := reg.newTwin(t, dA)
+	other := reg.newTwin(t, dA)
+	ra := startRelay(t, reg, &Options{FederationQueueSize: 2, FederationMaxJobs: 100,
+		RetryBackoff: time.Second, MaxRetryBackoff: time.Second}, lnA, nil)
+	ca := dial(t, ra, a, "")
+	var dead []*twin
+	for range 4 {
+		dead = append(dead, reg.newTwin(t, deadDomain(t)))
+	}
+	ca.send(dead[0].num, "", "one")
+	ca.send(dead[1].num, "", "two")
+	ca.expectError(ca.send(dead[2].num, "", "three").Uid, msgFedQueueFull)
+	co := dial(t, ra, other, "")
+	co.send(dead[3].num, "", "other twin")
+	waitFor(t, 5*time.Second, func() error {
+		if n, _ := ra.fed.held(); n != 3 {
+			return fmt.Errorf("%d held, want 3", n)
+		}
+		return nil
+	})
+	co.expectNothing(50 * time.Millisecond)
+}

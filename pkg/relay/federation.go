@@ -62,6 +62,12 @@ type fedDomain struct {
 	idle    time.Time               // when held fell to 0
 }
 
+// fedShare is what one source twin holds in the federation queues.
+type fedShare struct {
+	jobs  int
+	bytes int64
+}
+
 // federator sends envelopes to other relays. A job goes to the queue of
 // the best-ranked relay of its twin; up to FederationWorkers workers per
 // domain, started when jobs are ready and ending when none is, try the
@@ -92,6 +98,7 @@ type federator struct {
 	domains  map[string]*fedDomain
 	jobs     int                  // held jobs, all domains
 	bytes    int64                // their sizes
+	bySource map[uint32]*fedShare // held jobs by source twin; no zero entries
 	lastPost map[string]time.Time // domains with metric series, by last POST
 	stopped  bool
 }
@@ -103,6 +110,7 @@ func newFederator(r *Relay) *federator {
 		replay:   newReplayGuard(replayGuardSize),
 		domains:  make(map[string]*fedDomain),
 		lastPost: make(map[string]time.Time),
+		bySource: make(map[uint32]*fedShare),
 	}
 	if r.opts.FederationRedis != nil {
 		f.durable = newFedStore(r.opts.FederationRedis, r.opts.Domains[0])
@@ -222,10 +230,17 @@ func (f *federator) domain(name string) *fedDomain {
 	return d
 }
 
-// fits reports whether j fits the bounds; f.mu is held.
+// fits reports whether j fits the bounds; f.mu is held. A source twin may
+// hold as much as one domain, so that one twin sending to many dead
+// domains cannot take all of FederationMaxJobs or FederationMaxBytes.
 func (f *federator) fits(d *fedDomain, j *fedJob) bool {
 	o := &f.r.opts
+	s := f.bySource[j.src.Twin]
+	if s == nil {
+		s = &fedShare{}
+	}
 	return d.held < o.FederationQueueSize && d.bytes+j.size <= o.FederationQueueBytes &&
+		s.jobs < o.FederationQueueSize && s.bytes+j.size <= o.FederationQueueBytes &&
 		f.jobs < o.FederationMaxJobs && f.bytes+j.size <= o.FederationMaxBytes
 }
 
@@ -235,6 +250,13 @@ func (f *federator) hold(d *fedDomain, j *fedJob) {
 	d.bytes += j.size
 	f.jobs++
 	f.bytes += j.size
+	s := f.bySource[j.src.Twin]
+	if s == nil {
+		s = &fedShare{}
+		f.bySource[j.src.Twin] = s
+	}
+	s.jobs++
+	s.bytes += j.size
 }
 
 // release undoes hold; f.mu is held.
@@ -243,6 +265,13 @@ func (f *federator) release(d *fedDomain, j *fedJob) {
 	d.bytes -= j.size
 	f.jobs--
 	f.bytes -= j.size
+	if s := f.bySource[j.src.Twin]; s != nil {
+		if s.jobs--; s.jobs <= 0 {
+			delete(f.bySource, j.src.Twin)
+		} else {
+			s.bytes -= j.size
+		}
+	}
 	if d.held == 0 {
 		d.idle = f.r.opts.Now()
 	}

@@ -68,7 +68,8 @@ type Options struct {
 	// Default 4.
 	FederationWorkers int
 	// FederationQueueSize bounds the jobs held for each destination domain
-	// (waiting, being posted or in a retry backoff). Default 1024.
+	// (waiting, being posted or in a retry backoff), and those of each
+	// source twin. Default 1024.
 	FederationQueueSize int
 	// FederationQueueBytes bounds the bytes of those jobs. Default 16 MiB.
 	FederationQueueBytes int64
