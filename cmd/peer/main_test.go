@@ -56,7 +56,7 @@ func newEnv(t *testing.T) *env {
 	srv := httptest.NewUnstartedServer(nil)
 	domain := srv.Listener.Addr().String()
 	r, err := relay.New(&relay.Options{Domains: []string{domain},
-		Directory: registrar.NewClient(reg.URL, nil), FederationScheme: "http"})
+		Directory: registrar.NewClient(reg.URL, nil), FederationScheme: "http", FederationAllowPrivate: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,6 +80,12 @@ type Main struct {
 	Debug           bool
 	ShutdownTimeout time.Duration
 	PprofAddr       string
+	// Federation bounds (relay.Options) and the private-address switch.
+	FedQueue        int
+	FedQueueBytes   int64
+	FedMaxJobs      int
+	FedMaxBytes     int64
+	FedAllowPrivate bool
 
 	// Stderr receives the logs. Default os.Stderr.
 	Stderr io.Writer
@@ -109,6 +115,10 @@ func NewMain() *Main {
 		MaxEnvelopeSize: 1 << 20,
 		FedScheme:       "https",
 		ShutdownTimeout: 30 * time.Second,
+		FedQueue:        1024,
+		FedQueueBytes:   16 << 20,
+		FedMaxJobs:      16384,
+		FedMaxBytes:     256 << 20,
 		Stderr:          os.Stderr,
 		Stdout:          os.Stdout,
 	}
@@ -176,6 +186,11 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.DurationVar(&m.ShutdownTimeout, "shutdown-timeout", m.ShutdownTimeout, "how long a graceful shutdown may take")
 	fs.StringVar(&m.PprofAddr, "pprof", m.PprofAddr, "serve Go's profiler (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060 (default: off)")
 	fs.BoolVar(&m.Debug, "debug", m.Debug, "debug logging")
+	fs.IntVar(&m.FedQueue, "federation-queue", m.FedQueue, "envelopes held for one destination relay (waiting, posting or in retry backoff)")
+	fs.Int64Var(&m.FedQueueBytes, "federation-queue-bytes", m.FedQueueBytes, "bytes held for one destination relay")
+	fs.IntVar(&m.FedMaxJobs, "federation-max-jobs", m.FedMaxJobs, "envelopes held for all destination relays")
+	fs.Int64Var(&m.FedMaxBytes, "federation-max-bytes", m.FedMaxBytes, "bytes held for all destination relays")
+	fs.BoolVar(&m.FedAllowPrivate, "federation-allow-private", m.FedAllowPrivate, "federate to loopback, private, link-local and multicast addresses (tests, private networks)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -196,6 +211,8 @@ func (m *Main) ParseFlags(args []string) error {
 		return fmt.Errorf("--federation-scheme must be https or http, got %q", m.FedScheme)
 	case m.Limit < 0 || m.LimitBytes < 0:
 		return errors.New("--limit and --limit-size must not be negative")
+	case m.FedQueue <= 0 || m.FedQueueBytes <= 0 || m.FedMaxJobs <= 0 || m.FedMaxBytes <= 0:
+		return errors.New("--federation-queue, --federation-queue-bytes, --federation-max-jobs and --federation-max-bytes must be positive")
 	}
 	return nil
 }
@@ -237,6 +254,12 @@ func (m *Main) Run(ctx context.Context) error {
 		AdminToken:       m.AdminToken,
 		FederationScheme: m.FedScheme,
 		Version:          buildinfo.Get().String(),
+
+		FederationQueueSize:    m.FedQueue,
+		FederationQueueBytes:   m.FedQueueBytes,
+		FederationMaxJobs:      m.FedMaxJobs,
+		FederationMaxBytes:     m.FedMaxBytes,
+		FederationAllowPrivate: m.FedAllowPrivate,
 	}
 	if m.Limit > 0 || m.LimitBytes > 0 {
 		opts.RateLimit = &relay.RateLimit{Messages: m.Limit, Bytes: m.LimitBytes, Window: m.LimitWindow}
@@ -255,6 +278,7 @@ func (m *Main) Run(ctx context.Context) error {
 			return fmt.Errorf("redis %s: %w", m.Redis, err)
 		}
 		opts.Store = relay.NewRedisStore(m.redis, nil)
+		opts.FederationRedis = m.redis
 	}
 	if m.relay, err = relay.New(opts); err != nil {
 		return err

@@ -117,6 +117,8 @@ func TestParseFlags(t *testing.T) {
 		{"--registrar", "http://r", "-m", "a", "--tls-cert", "c"}, // cert without key
 		{"--registrar", "http://r", "-m", "a", "--ranker-period", "soon"},
 		{"--registrar", "http://r", "-m", "a", "extra"},
+		{"--registrar", "http://r", "-m", "a", "--federation-queue", "0"},
+		{"--registrar", "http://r", "-m", "a", "--federation-max-bytes", "-1"},
 	} {
 		m := NewMain()
 		m.Stderr = &bytes.Buffer{}

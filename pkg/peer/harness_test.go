@@ -82,10 +82,11 @@ func (s *stack) startRelayOn(tls bool, options ...func(*relay.Options)) *testRel
 	srv.Listener = tl
 	domain := tl.Addr().String()
 	o := &relay.Options{
-		Domains:          []string{domain},
-		Directory:        s.client(),
-		FederationScheme: "http",
-		Logger:           testLogger(t).With("relay", domain),
+		Domains:                []string{domain},
+		Directory:              s.client(),
+		FederationScheme:       "http",
+		FederationAllowPrivate: true, // relays on 127.0.0.1
+		Logger:                 testLogger(t).With("relay", domain),
 	}
 	for _, f := range options {
 		f(o)

@@ -104,19 +104,35 @@
 // # Federation
 //
 // Sending: a federated envelope is queued for the best-ranked relay of its
-// destination twin (one bounded queue and FederationWorkers workers per
-// domain). A worker POSTs the raw envelope to scheme://<domain>/, trying
-// the twin's relays ranked by their failures over RankerPeriod. 2xx is
-// success; 5xx, 408, 429 and network errors count as failures and, when no
-// relay took the envelope, the job is retried after an exponential backoff
-// until its TTL runs out; any other 4xx is final for that relay. A request
-// that cannot be delivered gets an error envelope back to its sender. The
-// HTTP client keeps connections alive between POSTs.
+// destination twin (one queue per domain, up to FederationWorkers workers
+// that run while it has ready jobs). A worker POSTs the raw envelope to
+// scheme://<domain>/, trying the twin's relays ranked by their failures
+// over RankerPeriod. 2xx is success; 5xx, 408, 429 and network errors count
+// as failures and, when no relay took the envelope, the job is retried
+// after an exponential backoff until its TTL runs out; any other 4xx is
+// final for that relay. A request that cannot be delivered gets an error
+// envelope back to its sender. The HTTP client keeps connections alive
+// between POSTs.
+//
+// Every job counts against the federation bounds from its acceptance
+// until it is posted or given up, retry backoff included:
+// FederationQueueSize and FederationQueueBytes per domain and per source
+// twin,
+// FederationMaxJobs and FederationMaxBytes in all ("federation queue is
+// full" over them). A domain without jobs for FederationIdleTimeout is
+// forgotten with its federation_requests_total series. Unless
+// FederationAllowPrivate, the default FederationClient refuses loopback,
+// private, link-local and multicast addresses, checked on the address it
+// dials (after DNS), and IP literals are refused before queuing
+// ("destination relay address refused", dropped_total{reason=
+// "federation_address"}). With FederationRedis, a job is written to Redis
+// before it counts as accepted and removed when done; New posts the jobs a
+// previous incarnation (same first domain) left there (fedstore.go).
 //
 // Receiving (POST /): the body is limited to MaxEnvelopeSize (413), must
 // decode (400), must be signed by its source twin, which must exist (401),
-// must pass the routing rules (403), and its destination must be a twin of
-// this relay (404). Then it is delivered or stored and the answer is 202.
+// must be within the source twin's rate limit (429), must pass the routing
+// rules (403), and its destination must be a twin of this relay (404). Then it is delivered or stored and the answer is 202.
 // Envelopes received by federation are never federated again.
 //
 // Federation remembers what it accepted, by (source, destination, kind,

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/rmb-go/rmb/pkg/envelope"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
@@ -27,6 +29,8 @@ type fedJob struct {
 	src     SessionKey // the local sender, for the error envelope
 	uid     string     // set for requests only: they get an error envelope
 	attempt int        // rounds tried so far
+	id      string     // its key in the federation store; "" in memory only
+	size    int64      // what it counts against the bytes bounds
 }
 
 func newFedJob(rt *envelope.Routing, m Message, relays []string) *fedJob {
@@ -34,6 +38,10 @@ func newFedJob(rt *envelope.Routing, m Message, relays []string) *fedJob {
 		msg:    m,
 		relays: relays,
 		src:    SessionKey{Twin: rt.Source.Twin, SID: string(rt.Source.Session)},
+		size:   int64(len(m.Data)),
+	}
+	for _, d := range relays {
+		j.size += int64(len(d))
 	}
 	if rt.Kind == envelope.KindRequest {
 		j.uid = string(rt.UID)
@@ -41,82 +49,292 @@ func newFedJob(rt *envelope.Routing, m Message, relays []string) *fedJob {
 	return j
 }
 
-// federator sends envelopes to other relays: one bounded queue and
-// FederationWorkers workers per destination domain, created on first use.
-// A job goes to the queue of the best-ranked relay of its twin; a worker
-// tries the twin's relays in rank order and, when all fail with a network
-// error or a 5xx, schedules another round after a backoff, until the
-// envelope's TTL runs out.
+// fedDomain is the queue of one destination domain. Every job the relay
+// accepted for the domain is held here until it was posted or given up:
+// waiting for a worker (ready), being posted, or waiting out a backoff.
+type fedDomain struct {
+	name    string
+	ready   []*fedJob               // FIFO, waiting for a worker
+	backoff map[*fedJob]*time.Timer // jobs waiting out a retry backoff
+	held    int                     // jobs: ready, being posted, in backoff
+	bytes   int64                   // their sizes
+	workers int                     // running workers, at most FederationWorkers
+	idle    time.Time               // when held fell to 0
+}
+
+// fedShare is what one source twin holds in the federation queues.
+type fedShare struct {
+	jobs  int
+	bytes int64
+}
+
+// federator sends envelopes to other relays. A job goes to the queue of
+// the best-ranked relay of its twin; up to FederationWorkers workers per
+// domain, started when jobs are ready and ending when none is, try the
+// twin's relays in rank order and, when all fail with a network error or a
+// 5xx, schedule another round after a backoff, until the envelope's TTL
+// runs out.
+//
+// Every job the relay accepted counts against the bounds until it is done,
+// also while it waits out a backoff: FederationQueueSize and
+// FederationQueueBytes per domain, FederationMaxJobs and FederationMaxBytes
+// in all. A domain without jobs for FederationIdleTimeout is forgotten, with
+// its metric series. With a federation store (Redis), a job is written
+// there before it counts as accepted and removed when done, so a relay
+// killed with -9 posts it after its restart.
 type federator struct {
 	// Set by newFederator, read-only afterwards.
-	r      *Relay
-	ranker *ranker
-	replay *replayGuard    // receiving side: accepted envelopes
-	ctx    context.Context // cancelled by stop
-	cancel context.CancelFunc
+	r       *Relay
+	ranker  *ranker
+	replay  *replayGuard    // receiving side: accepted envelopes
+	durable *fedStore       // nil without Options.FederationRedis
+	ctx     context.Context // cancelled by stop
+	cancel  context.CancelFunc
 
-	wg      sync.WaitGroup // workers and retry timers
+	wg      sync.WaitGroup // workers and the sweeper
 	sending atomic.Int64   // jobs a worker is posting
 
-	mu      sync.Mutex // guards the following
-	queues  map[string]chan *fedJob
-	stopped bool
+	mu       sync.Mutex // guards the following
+	domains  map[string]*fedDomain
+	jobs     int                  // held jobs, all domains
+	bytes    int64                // their sizes
+	bySource map[uint32]*fedShare // held jobs by source twin; no zero entries
+	lastPost map[string]time.Time // domains with metric series, by last POST
+	stopped  bool
 }
 
 func newFederator(r *Relay) *federator {
 	f := &federator{
-		r:      r,
-		ranker: newRanker(r.opts.RankerPeriod, r.opts.Now),
-		replay: newReplayGuard(replayGuardSize),
-		queues: make(map[string]chan *fedJob),
+		r:        r,
+		ranker:   newRanker(r.opts.RankerPeriod, r.opts.Now),
+		replay:   newReplayGuard(replayGuardSize),
+		domains:  make(map[string]*fedDomain),
+		lastPost: make(map[string]time.Time),
+		bySource: make(map[uint32]*fedShare),
+	}
+	if r.opts.FederationRedis != nil {
+		f.durable = newFedStore(r.opts.FederationRedis, r.opts.Domains[0])
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	return f
 }
 
-// enqueue queues j for its best-ranked relay; false when that queue is full
-// or the federator has stopped.
-func (f *federator) enqueue(j *fedJob) bool {
-	q := f.queue(f.ranker.rank(j.relays)[0])
-	if q == nil {
-		return false
+// start recovers the jobs of a previous incarnation from the federation
+// store and starts the sweeper of idle domains.
+func (f *federator) start(ctx context.Context) error {
+	if f.durable != nil {
+		if err := f.recover(ctx); err != nil {
+			return err
+		}
 	}
-	select {
-	case q <- j:
-		return true
-	default:
-		return false
-	}
+	f.wg.Add(1)
+	go f.sweeper()
+	return nil
 }
 
-// queue returns the queue of domain, starting its workers on first use.
-func (f *federator) queue(domain string) chan *fedJob {
-	domain = strings.ToLower(domain)
+// recover queues the jobs found in the federation store.
+func (f *federator) recover(ctx context.Context) error {
+	r := f.r
+	seen := make(map[string]bool)
+	n := 0
+	err := f.durable.load(ctx, r.opts.MaxEnvelopeSize, func(j *fedJob, err error) {
+		if err != nil {
+			r.counters.drop(dropFederation)
+			r.log.Warn("unreadable federation job removed", "err", err)
+			return
+		}
+		if seen[j.id] {
+			return // HSCAN may return a field twice
+		}
+		seen[j.id] = true
+		if !j.msg.Deadline.After(r.opts.Now()) {
+			f.giveUp(j, "ttl ran out", dropFederation)
+			f.forget(j)
+			return
+		}
+		name := f.domainOf(j)
+		f.mu.Lock()
+		d := f.domain(name)
+		ok := f.fits(d, j)
+		if ok {
+			f.hold(d, j)
+			f.ready(d, j)
+		}
+		f.mu.Unlock()
+		if !ok {
+			f.giveUp(j, "federation queue full", dropFederationFull)
+			f.forget(j)
+			return
+		}
+		n++
+	})
+	if n > 0 {
+		r.log.Info("federation jobs recovered", "jobs", n)
+	}
+	return err
+}
+
+// domainOf is the lower-cased best-ranked relay of j's twin.
+func (f *federator) domainOf(j *fedJob) string {
+	return strings.ToLower(f.ranker.rank(j.relays)[0])
+}
+
+// errFedStopped is the answer of a federator that has stopped.
+var errFedStopped = errors.New("relay: federation stopped")
+
+// enqueue accepts j for its best-ranked relay. It fails with errFedAddress
+// when every relay of the twin is an address the relay refuses, errFedFull
+// over a bound, errFedStopped after stop, or the federation store's error.
+func (f *federator) enqueue(j *fedJob) error {
+	if !f.r.opts.FederationAllowPrivate && !slices.ContainsFunc(j.relays, func(d string) bool { return !refusedLiteral(d) }) {
+		return errFedAddress
+	}
+	name := f.domainOf(j)
+	f.mu.Lock()
+	if f.stopped {
+		f.mu.Unlock()
+		return errFedStopped
+	}
+	d := f.domain(name)
+	if !f.fits(d, j) {
+		f.mu.Unlock()
+		return errFedFull
+	}
+	f.hold(d, j)
+	f.mu.Unlock()
+	if f.durable != nil {
+		if err := f.durable.push(f.ctx, j, f.r.opts.FederationMaxJobs, f.r.opts.FederationMaxBytes); err != nil {
+			f.mu.Lock()
+			f.release(d, j)
+			f.mu.Unlock()
+			return err
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.stopped {
+		// Counted by stop, kept by the store.
 		return nil
 	}
-	q := f.queues[domain]
-	if q == nil {
-		q = make(chan *fedJob, f.r.opts.FederationQueueSize)
-		f.queues[domain] = q
-		for range f.r.opts.FederationWorkers {
-			f.wg.Add(1)
-			go f.worker(q)
-		}
-	}
-	return q
+	f.ready(d, j)
+	return nil
 }
 
+// domain returns the queue of name, making it; f.mu is held.
+func (f *federator) domain(name string) *fedDomain {
+	d := f.domains[name]
+	if d == nil {
+		d = &fedDomain{name: name, backoff: make(map[*fedJob]*time.Timer)}
+		f.domains[name] = d
+	}
+	return d
+}
+
+// fits reports whether j fits the bounds; f.mu is held. A source twin may
+// hold as much as one domain, so that one twin sending to many dead
+// domains cannot take all of FederationMaxJobs or FederationMaxBytes.
+func (f *federator) fits(d *fedDomain, j *fedJob) bool {
+	o := &f.r.opts
+	s := f.bySource[j.src.Twin]
+	if s == nil {
+		s = &fedShare{}
+	}
+	return d.held < o.FederationQueueSize && d.bytes+j.size <= o.FederationQueueBytes &&
+		s.jobs < o.FederationQueueSize && s.bytes+j.size <= o.FederationQueueBytes &&
+		f.jobs < o.FederationMaxJobs && f.bytes+j.size <= o.FederationMaxBytes
+}
+
+// hold counts j against the bounds; f.mu is held.
+func (f *federator) hold(d *fedDomain, j *fedJob) {
+	d.held++
+	d.bytes += j.size
+	f.jobs++
+	f.bytes += j.size
+	s := f.bySource[j.src.Twin]
+	if s == nil {
+		s = &fedShare{}
+		f.bySource[j.src.Twin] = s
+	}
+	s.jobs++
+	s.bytes += j.size
+}
+
+// release undoes hold; f.mu is held.
+func (f *federator) release(d *fedDomain, j *fedJob) {
+	d.held--
+	d.bytes -= j.size
+	f.jobs--
+	f.bytes -= j.size
+	if s := f.bySource[j.src.Twin]; s != nil {
+		if s.jobs--; s.jobs <= 0 {
+			delete(f.bySource, j.src.Twin)
+		} else {
+			s.bytes -= j.size
+		}
+	}
+	if d.held == 0 {
+		d.idle = f.r.opts.Now()
+	}
+}
+
+// ready queues j for a worker, starting one if fewer than
+// FederationWorkers run; f.mu is held and f is not stopped.
+func (f *federator) ready(d *fedDomain, j *fedJob) {
+	d.ready = append(d.ready, j)
+	if d.workers < f.r.opts.FederationWorkers {
+		d.workers++
+		f.wg.Add(1)
+		go f.worker(d)
+	}
+}
+
+// done ends j, posted or given up: out of the store and the bounds.
+func (f *federator) done(d *fedDomain, j *fedJob) {
+	f.forget(j)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.release(d, j)
+}
+
+// forget removes j from the federation store.
+func (f *federator) forget(j *fedJob) {
+	if f.durable == nil || j.id == "" {
+		return
+	}
+	if err := f.durable.remove(j.id); err != nil {
+		// It will be posted again after a restart; the receiver's replay
+		// guard and the peer suppress the duplicate.
+		f.r.log.Warn("federation job not removed from redis", "err", err)
+	}
+}
+
+// depth is the number of jobs waiting for a worker.
 func (f *federator) depth() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n := 0
-	for _, q := range f.queues {
-		n += len(q)
+	for _, d := range f.domains {
+		n += len(d.ready)
 	}
 	return n
+}
+
+// held is the number of jobs accepted and not done, and their bytes.
+func (f *federator) held() (int, int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.jobs, f.bytes
+}
+
+// heldByDomain is the number of jobs held per domain.
+func (f *federator) heldByDomain() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m := make(map[string]int, len(f.domains))
+	for name, d := range f.domains {
+		m[name] = d.held
+	}
+	return m
 }
 
 // shutdownDrain bounds how long a relay that stops keeps posting what its
@@ -141,100 +359,124 @@ func (f *federator) drain(ctx context.Context) {
 	}
 }
 
-// stop ends the workers and retry timers; queued jobs are dropped and
-// counted.
+// stop ends the workers, retry timers and the sweeper. Without a
+// federation store, the jobs still held are dropped and counted; with one,
+// they stay there for the next start.
 func (f *federator) stop() {
 	f.mu.Lock()
 	f.stopped = true
+	for _, d := range f.domains {
+		for _, t := range d.backoff {
+			t.Stop()
+		}
+	}
 	f.mu.Unlock()
 	f.cancel()
 	f.wg.Wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, q := range f.queues {
-		f.r.counters.drops[dropShutdown].Add(uint64(len(q)))
+	if f.durable == nil {
+		f.r.counters.drops[dropShutdown].Add(uint64(f.jobs))
+	} else if f.jobs > 0 {
+		f.r.log.Info("federation jobs left in redis for the next start", "jobs", f.jobs)
 	}
 }
 
-func (f *federator) worker(q chan *fedJob) {
+// worker posts the ready jobs of d and ends when there is none.
+func (f *federator) worker(d *fedDomain) {
 	defer f.wg.Done()
 	for {
-		select {
-		case <-f.ctx.Done():
+		f.mu.Lock()
+		if len(d.ready) == 0 || f.ctx.Err() != nil {
+			d.workers--
+			f.mu.Unlock()
 			return
-		case j := <-q:
-			f.sending.Add(1)
-			f.send(j)
-			f.sending.Add(-1)
 		}
+		j := d.ready[0]
+		d.ready[0] = nil
+		d.ready = d.ready[1:]
+		f.sending.Add(1)
+		f.mu.Unlock()
+		f.send(d, j)
+		f.sending.Add(-1)
 	}
 }
 
-// send runs one round of attempts for j.
-func (f *federator) send(j *fedJob) {
+// send runs one round of attempts for j, a job of d.
+func (f *federator) send(d *fedDomain, j *fedJob) {
 	r := f.r
 	if !j.msg.Deadline.After(r.opts.Now()) {
-		f.giveUp(j, "ttl ran out")
+		f.giveUp(j, "ttl ran out", dropFederation)
+		f.done(d, j)
 		return
 	}
-	retry := false
-	for _, d := range f.ranker.rank(j.relays) {
-		status, err := f.post(d, j)
+	retry, refusedAddr := false, false
+	for _, dom := range f.ranker.rank(j.relays) {
+		status, err := f.post(dom, j)
+		if f.ctx.Err() != nil {
+			return // stopped: counted (or kept) by stop
+		}
 		switch {
 		case err == nil && status >= 200 && status < 300:
-			r.metrics.fedResults.WithLabelValues(d, "success").Inc()
+			r.metrics.fedResults.WithLabelValues(dom, "success").Inc()
 			r.counters.fedMsgsOut.Add(1)
 			r.counters.fedBytesOut.Add(uint64(len(j.msg.Data)))
+			f.done(d, j)
 			return
+		case errors.Is(err, errFedAddress):
+			r.metrics.fedResults.WithLabelValues(dom, "refused").Inc()
+			refusedAddr = true
+			r.log.Debug("federation to a refused address", "domain", dom)
 		case err != nil || status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout:
-			r.metrics.fedResults.WithLabelValues(d, "failure").Inc()
-			f.ranker.fail(d)
+			r.metrics.fedResults.WithLabelValues(dom, "failure").Inc()
+			f.ranker.fail(dom)
 			retry = true
-			r.log.Debug("federation attempt failed", "domain", d, "status", status, "err", err)
+			r.log.Debug("federation attempt failed", "domain", dom, "status", status, "err", err)
 		default:
 			// The relay refused the envelope for good (404: not its twin).
-			r.metrics.fedResults.WithLabelValues(d, "refused").Inc()
-			r.log.Debug("federation refused", "domain", d, "status", status)
-		}
-		if f.ctx.Err() != nil {
-			r.counters.drop(dropShutdown)
-			return
+			r.metrics.fedResults.WithLabelValues(dom, "refused").Inc()
+			r.log.Debug("federation refused", "domain", dom, "status", status)
 		}
 	}
 	if !retry {
-		f.giveUp(j, "refused by every relay of the twin")
+		if refusedAddr {
+			f.giveUp(j, "relay address refused", dropFedAddress)
+		} else {
+			f.giveUp(j, "refused by every relay of the twin", dropFederation)
+		}
+		f.done(d, j)
 		return
 	}
 	backoff := min(r.opts.RetryBackoff<<min(j.attempt, 20), r.opts.MaxRetryBackoff)
 	backoff += rand.N(backoff/4 + 1)
 	if !r.opts.Now().Add(backoff).Before(j.msg.Deadline) {
-		f.giveUp(j, "ttl ran out")
+		f.giveUp(j, "ttl ran out", dropFederation)
+		f.done(d, j)
 		return
 	}
 	j.attempt++
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		t := time.NewTimer(backoff)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			if !f.enqueue(j) {
-				if f.ctx.Err() != nil {
-					r.counters.drop(dropShutdown)
-					return
-				}
-				f.giveUp(j, "federation queue full")
-			}
-		case <-f.ctx.Done():
-			r.counters.drop(dropShutdown)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
+		return
+	}
+	d.backoff[j] = time.AfterFunc(backoff, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.stopped {
+			return
 		}
-	}()
+		delete(d.backoff, j)
+		f.ready(d, j)
+	})
 }
 
 // post sends j to domain and answers the HTTP status.
 func (f *federator) post(domain string, j *fedJob) (int, error) {
 	r := f.r
+	f.mu.Lock()
+	f.lastPost[domain] = r.opts.Now()
+	f.mu.Unlock()
 	timeout := min(r.opts.FederationTimeout, time.Until(j.msg.Deadline))
 	ctx, cancel := context.WithTimeout(f.ctx, timeout)
 	defer cancel()
@@ -253,15 +495,56 @@ func (f *federator) post(domain string, j *fedJob) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// giveUp drops j and tells the sender when j is a request.
-func (f *federator) giveUp(j *fedJob, why string) {
+// giveUp drops j (counted under reason) and tells the sender when j is a
+// request.
+func (f *federator) giveUp(j *fedJob, why string, reason dropReason) {
 	r := f.r
-	r.counters.drop(dropFederation)
+	r.counters.drop(reason)
 	r.log.Info("federation gave up", "to_relays", j.relays, "src", j.src.String(), "reason", why)
 	if j.uid != "" {
 		r.sendOwn(j.src, envelope.NewError(j.uid, envelope.CodeUndeliverable, msgUndeliverable, envelope.DefaultTTL), r.opts.Now())
 		r.counters.errorsSent.Add(1)
 	}
+}
+
+// sweeper forgets, every quarter of FederationIdleTimeout, the domains
+// without jobs (and the metric series of domains not posted to) for
+// FederationIdleTimeout, and prunes the ranker.
+func (f *federator) sweeper() {
+	defer f.wg.Done()
+	idle := f.r.opts.FederationIdleTimeout
+	t := time.NewTicker(max(idle/4, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-t.C:
+			f.sweep(f.r.opts.Now().Add(-idle))
+		}
+	}
+}
+
+// sweep forgets domains idle since before cutoff.
+func (f *federator) sweep(cutoff time.Time) {
+	f.mu.Lock()
+	for name, d := range f.domains {
+		if d.held == 0 && d.workers == 0 && d.idle.Before(cutoff) {
+			delete(f.domains, name)
+		}
+	}
+	var stale []string
+	for name, t := range f.lastPost {
+		if t.Before(cutoff) {
+			delete(f.lastPost, name)
+			stale = append(stale, name)
+		}
+	}
+	f.mu.Unlock()
+	for _, name := range stale {
+		f.r.metrics.fedResults.DeletePartialMatch(prometheus.Labels{"domain": name})
+	}
+	f.ranker.sweep()
 }
 
 // ranker orders a twin's relays by their failures over the last period,
@@ -274,8 +557,12 @@ type ranker struct {
 	failures map[string][]time.Time
 }
 
-// maxFailures bounds the failure times kept per domain.
-const maxFailures = 1024
+// maxFailures bounds the failure times kept per domain, maxRanked the
+// domains with failures.
+const (
+	maxFailures = 1024
+	maxRanked   = 4096
+)
 
 func newRanker(period time.Duration, now func() time.Time) *ranker {
 	return &ranker{period: period, now: now, failures: make(map[string][]time.Time)}
@@ -286,6 +573,12 @@ func (k *ranker) fail(domain string) {
 	defer k.mu.Unlock()
 	now := k.now()
 	f := k.prune(domain, now)
+	if f == nil && len(k.failures) >= maxRanked {
+		for d := range k.failures { // full: forget any other domain
+			delete(k.failures, d)
+			break
+		}
+	}
 	if len(f) >= maxFailures {
 		f = f[1:]
 	}
@@ -308,6 +601,16 @@ func (k *ranker) prune(domain string, now time.Time) []time.Time {
 	return f
 }
 
+// sweep forgets the failures older than the period.
+func (k *ranker) sweep() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := k.now()
+	for d := range k.failures {
+		k.prune(d, now)
+	}
+}
+
 // rank returns relays ordered by recent failures (a new slice).
 func (k *ranker) rank(relays []string) []string {
 	out := slices.Clone(relays)
@@ -328,7 +631,8 @@ func (k *ranker) rank(relays []string) []string {
 // handleFederation is the receiving side of federation: POST / with one
 // serialized envelope as the body. 413 over the size limit, 400 when it is
 // not an envelope, 401 when it is not signed by its source twin (or that
-// twin is unknown), 403 when the routing rules deny it, 404 when its
+// twin is unknown), 429 over the source twin's rate limit, 403 when the
+// routing rules deny it, 404 when its
 // destination is not a twin of this relay, 409 when it asks to fail fast
 // and the destination is offline, 503 when the registrar or the store
 // fail, 202 when delivered or stored.
@@ -381,6 +685,14 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	now := r.opts.Now()
+	// The source twin's rate limit, as on its WebSocket sessions; checked
+	// once the signature proved the source, so nobody spends another
+	// twin's budget. The sending relay retries 429 after a backoff.
+	if r.limiter != nil && !r.limiter.allow(src, len(body), now) {
+		r.counters.drop(dropRateLimited)
+		http.Error(w, msgRateLimited, http.StatusTooManyRequests)
+		return
+	}
 	if rt.TTL(now) <= 0 {
 		// Accepted and dropped: a retry would not make it younger.
 		r.counters.drop(dropExpired)
@@ -555,4 +867,31 @@ func (h *replayHeap) Pop() any {
 	e := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return e
+}
+
+// msgFedAddress answers an envelope whose destination's relays are all
+// addresses the relay refuses to federate to.
+const msgFedAddress = "destination relay address refused"
+
+// federate hands m to federation, to the relays of its destination twin,
+// and answers like route.
+func (r *Relay) federate(rt *envelope.Routing, m Message, relays []string) (routeResult, uint32, string) {
+	err := r.fed.enqueue(newFedJob(rt, m, relays))
+	switch {
+	case err == nil:
+		return routedFederated, 0, ""
+	case errors.Is(err, errFedAddress):
+		r.counters.drop(dropFedAddress)
+		return 0, envelope.CodeUndeliverable, msgFedAddress
+	case errors.Is(err, errFedFull):
+		r.counters.drop(dropFederationFull)
+		return 0, envelope.CodeUndeliverable, msgFedQueueFull
+	case errors.Is(err, errFedStopped):
+		r.counters.drop(dropShutdown)
+		return 0, envelope.CodeUndeliverable, msgFedQueueFull
+	default:
+		r.counters.drop(dropStoreError)
+		r.log.Error("federation store push failed", "err", err)
+		return 0, envelope.CodeInternal, msgStoreFailed
+	}
 }

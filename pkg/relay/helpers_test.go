@@ -118,6 +118,7 @@ func startRelay(t testing.TB, reg *testRegistrar, opts *Options, ln net.Listener
 	}
 	if o.FederationScheme == "" {
 		o.FederationScheme = "http"
+		o.FederationAllowPrivate = true // relays on 127.0.0.1
 	}
 	if o.RetryBackoff == 0 {
 		o.RetryBackoff = 50 * time.Millisecond

@@ -29,6 +29,7 @@ const (
 	dropShutdown                         // relay shutting down
 	dropReplay                           // federated envelope accepted before (answered 202)
 	dropFuture                           // deadline beyond now + MaxTTL + clock skew
+	dropFedAddress                       // federation to a loopback/private/... address refused
 	numDropReasons
 )
 
@@ -36,7 +37,7 @@ var dropReasonNames = [numDropReasons]string{
 	"malformed", "too_big", "wrong_source", "expired", "rate_limited",
 	"denied", "unknown_twin", "offline", "queue_full", "store_error",
 	"store_expired", "federation_failed", "federation_queue_full", "lookup_failed",
-	"not_binary", "shutdown", "replay", "future",
+	"not_binary", "shutdown", "replay", "future", "federation_address",
 }
 
 func (d dropReason) String() string { return dropReasonNames[d] }
@@ -148,6 +149,8 @@ func newMetrics(r *Relay) *metrics {
 		gauge("send_queue_depth", "Envelopes waiting in session send queues.", func() float64 { return float64(r.sendQueueDepth()) }),
 		gauge("stored_messages", "Envelopes this process put in the store and has not taken out.", func() float64 { return float64(c.stored.Load()) }),
 		gauge("federation_queue_depth", "Envelopes waiting for a federation worker.", func() float64 { return float64(r.fed.depth()) }),
+		gauge("federation_held_jobs", "Envelopes accepted for federation and not yet posted or given up (waiting, posting, in backoff).", func() float64 { n, _ := r.fed.held(); return float64(n) }),
+		gauge("federation_held_bytes", "Bytes of the envelopes counted by federation_held_jobs.", func() float64 { _, b := r.fed.held(); return float64(b) }),
 		m.latency, m.fedResults,
 	)
 	return m

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/pkg/envelope"
 	"github.com/rmb-go/rmb/pkg/identity"
@@ -66,9 +67,31 @@ type Options struct {
 	// FederationWorkers is the number of senders per destination domain.
 	// Default 4.
 	FederationWorkers int
-	// FederationQueueSize bounds the queue of each destination domain.
-	// Default 1024.
+	// FederationQueueSize bounds the jobs held for each destination domain
+	// (waiting, being posted or in a retry backoff), and those of each
+	// source twin. Default 1024.
 	FederationQueueSize int
+	// FederationQueueBytes bounds the bytes of those jobs. Default 16 MiB.
+	FederationQueueBytes int64
+	// FederationMaxJobs and FederationMaxBytes bound the jobs held for all
+	// domains together. Defaults 16384 and 256 MiB. Over any bound a new
+	// envelope is refused ("federation queue is full").
+	FederationMaxJobs  int
+	FederationMaxBytes int64
+	// FederationIdleTimeout is how long a destination domain without jobs
+	// keeps its queue and its metric series. Default 1 minute.
+	FederationIdleTimeout time.Duration
+	// FederationAllowPrivate allows federation to loopback, private,
+	// link-local and multicast addresses. Default false: the default
+	// FederationClient refuses to connect to them (checked on the address
+	// dialled, after name resolution) and such an envelope gets an error.
+	// Tests and private deployments set it.
+	FederationAllowPrivate bool
+	// FederationRedis, when set, keeps the accepted federation jobs in Redis
+	// until they are posted, so a relay that crashes posts them when it
+	// starts again on the same Redis with the same first domain. Default:
+	// in memory only.
+	FederationRedis redis.UniversalClient
 	// FederationTimeout bounds one federation POST. Default 10 seconds.
 	FederationTimeout time.Duration
 	// RetryBackoff and MaxRetryBackoff shape the retry delay after a round
@@ -163,15 +186,25 @@ func New(opts *Options) (*Relay, error) {
 		o.FederationScheme = "https"
 	}
 	if o.FederationClient == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.MaxIdleConnsPerHost = 16
-		o.FederationClient = &http.Client{Transport: t}
+		o.FederationClient = newFederationClient(o.FederationAllowPrivate)
 	}
 	if o.FederationWorkers <= 0 {
 		o.FederationWorkers = 4
 	}
 	if o.FederationQueueSize <= 0 {
 		o.FederationQueueSize = 1024
+	}
+	if o.FederationQueueBytes <= 0 {
+		o.FederationQueueBytes = 16 << 20
+	}
+	if o.FederationMaxJobs <= 0 {
+		o.FederationMaxJobs = 16384
+	}
+	if o.FederationMaxBytes <= 0 {
+		o.FederationMaxBytes = 256 << 20
+	}
+	if o.FederationIdleTimeout <= 0 {
+		o.FederationIdleTimeout = time.Minute
 	}
 	if o.FederationTimeout <= 0 {
 		o.FederationTimeout = 10 * time.Second
@@ -213,6 +246,11 @@ func New(opts *Options) (*Relay, error) {
 	r.fed = newFederator(r)
 	r.metrics = newMetrics(r)
 	r.handler = r.routes()
+	if err := r.fed.start(r.ctx); err != nil {
+		r.fed.stop()
+		r.cancel()
+		return nil, err
+	}
 	go r.janitor()
 	return r, nil
 }

@@ -121,11 +121,7 @@ func (r *Relay) route(ctx context.Context, rt *envelope.Routing, m Message) (rou
 		r.counters.drop(dropOffline)
 		return 0, envelope.CodeOffline, msgOffline
 	}
-	if !r.fed.enqueue(newFedJob(rt, m, twin.Relays)) {
-		r.counters.drop(dropFederationFull)
-		return 0, envelope.CodeUndeliverable, msgFedQueueFull
-	}
-	return routedFederated, 0, ""
+	return r.federate(rt, m, twin.Relays)
 }
 
 func (r *Relay) storeError(err error) (routeResult, uint32, string) {

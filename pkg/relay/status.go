@@ -98,7 +98,8 @@ type statusSnapshot struct {
 // peerStatus is the health of one relay this relay federates with.
 type peerStatus struct {
 	Domain string `json:"domain"`
-	// Queue is the number of envelopes waiting for a worker.
+	// Queue is the number of envelopes held for the relay: waiting for a
+	// worker, being posted or waiting out a retry backoff.
 	Queue int `json:"queue"`
 	// Success, Failure and Refused count POSTs since start: accepted,
 	// failed (network error, 5xx, 408, 429) and refused for good (other
@@ -309,11 +310,9 @@ func (f *federator) peers() []peerStatus {
 		return p
 	}
 
-	f.mu.Lock()
-	for d, q := range f.queues {
-		peer(d).Queue = len(q)
+	for d, n := range f.heldByDomain() {
+		peer(d).Queue = n
 	}
-	f.mu.Unlock()
 
 	ch := make(chan prometheus.Metric)
 	go func() {

@@ -325,10 +325,14 @@ type RelayOptions struct {
 	Name  string
 	Redis string   // --redis URL, "" for the in-memory store
 	Extra []string // more flags
+	// PublicOnly leaves out --federation-allow-private: the relay then
+	// refuses to federate to 127.0.0.1 (and other private addresses).
+	PublicOnly bool
 }
 
 // StartRelay starts a relay on a free port that federates over plain HTTP
-// to 127.0.0.1 relays and waits for /healthz.
+// to 127.0.0.1 relays (--federation-allow-private unless o.PublicOnly) and
+// waits for /healthz.
 func (c *Cluster) StartRelay(ctx context.Context, reg *Registrar, o RelayOptions) (*Relay, error) {
 	addr, err := FreeAddr()
 	if err != nil {
@@ -340,6 +344,9 @@ func (c *Cluster) StartRelay(ctx context.Context, reg *Registrar, o RelayOptions
 	args := []string{"--listen", addr, "--domain", addr, "--registrar", reg.URL, "--federation-scheme", "http"}
 	if o.Redis != "" {
 		args = append(args, "--redis", o.Redis)
+	}
+	if !o.PublicOnly {
+		args = append(args, "--federation-allow-private")
 	}
 	args = append(args, o.Extra...)
 	p, err := c.add(&Proc{Name: o.Name, Path: c.Bins.Relay, Args: args,

@@ -36,6 +36,12 @@ type stack struct {
 
 func newStack(t *testing.T, relayFlags ...string) *stack {
 	t.Helper()
+	return newStackWith(t, harness.RelayOptions{Extra: relayFlags})
+}
+
+// newStackWith is newStack with the relay's options.
+func newStackWith(t *testing.T, ro harness.RelayOptions) *stack {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	c := harness.NewCluster(t.TempDir(), bins)
@@ -50,7 +56,7 @@ func newStack(t *testing.T, relayFlags ...string) *stack {
 	var err error
 	s.reg, err = c.StartRegistrar(ctx)
 	must(err)
-	s.relay, err = c.StartRelay(ctx, s.reg, harness.RelayOptions{Extra: relayFlags})
+	s.relay, err = c.StartRelay(ctx, s.reg, ro)
 	must(err)
 	rs, err := c.Redis(false)
 	must(err)
