@@ -29,6 +29,9 @@ const (
 	dropShutdown                         // relay shutting down
 	dropReplay                           // federated envelope accepted before (answered 202)
 	dropFuture                           // deadline beyond now + MaxTTL + clock skew
+	dropTwinQueueFull                    // the destination twin's queues together are full
+	dropStoreFull                        // the store is at its total cap
+	dropInvalidDest                      // destination twin 0
 	numDropReasons
 )
 
@@ -37,6 +40,7 @@ var dropReasonNames = [numDropReasons]string{
 	"denied", "unknown_twin", "offline", "queue_full", "store_error",
 	"store_expired", "federation_failed", "federation_queue_full", "lookup_failed",
 	"not_binary", "shutdown", "replay", "future",
+	"twin_queue_full", "store_full", "invalid_destination",
 }
 
 func (d dropReason) String() string { return dropReasonNames[d] }

@@ -35,8 +35,12 @@ type Options struct {
 	// Directory looks up twins. Required.
 	Directory Directory
 	// Store keeps envelopes for sessions that are offline or slow. Default:
-	// NewMemStore(nil).
+	// NewMemStore(StoreOptions).
 	Store Store
+	// StoreOptions bound the default memory store (per session, per twin
+	// and in total; see StoreOptions for the defaults). Ignored when Store
+	// is set: give the same options to NewRedisStore.
+	StoreOptions *StoreOptions
 	// Logger receives structured logs. Default: discard.
 	Logger *slog.Logger
 	// MaxEnvelopeSize bounds one envelope, on WebSocket frames (close 1009
@@ -139,7 +143,7 @@ func New(opts *Options) (*Relay, error) {
 		return nil, errors.New("relay: a Directory is required")
 	}
 	if o.Store == nil {
-		o.Store = NewMemStore(nil)
+		o.Store = NewMemStore(o.StoreOptions)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
