@@ -1,12 +1,19 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/redistest"
@@ -155,4 +162,116 @@ func TestDeadlineTooFar(t *testing.T) {
 
 func redisZ(score int64, member string) redis.Z {
 	return redis.Z{Score: float64(score), Member: member}
+}
+
+// TestStalledBodyClosed: a request that stalls its body (federation POST /
+// here) is answered and closed once ReadTimeout passed; the event stream of
+// the status page outlives it.
+func TestStalledBodyClosed(t *testing.T) {
+	reg := startRegistrar(t)
+	tr := startRelay(t, reg, &Options{ReadTimeout: 300 * time.Millisecond}, nil, nil)
+	nc, err := net.Dial("tcp", tr.domain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(nc, "POST / HTTP/1.1\r\nHost: relay\r\nContent-Length: 1000\r\n\r\n0123456789")
+	start := time.Now()
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(nc) // ends when the relay closes the connection
+	if err != nil {
+		t.Fatalf("the relay kept a stalled request open: %v (read %q)", err, b)
+	}
+	t.Logf("stalled POST closed after %v: %q", time.Since(start).Round(time.Millisecond), firstLine(b))
+
+	resp, err := http.Get("http://" + tr.domain + "/status/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	events := 0
+	for events < 2 && sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "data: ") {
+			events++
+		}
+	}
+	if events < 2 {
+		t.Fatalf("event stream ended after %d events: %v", events, sc.Err())
+	}
+}
+
+func firstLine(b []byte) string {
+	line, _, _ := strings.Cut(string(b), "\r\n")
+	return line
+}
+
+// TestSessionBounds: a twin's concurrent sessions and those from one
+// address are bounded; a live session id may always reconnect.
+func TestSessionBounds(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	b := reg.newTwin(t, domain)
+	tr := startRelay(t, reg, &Options{MaxSessionsPerTwin: 2, MaxSessionsPerAddress: 3}, ln, nil)
+	refusedWith := func(tw *twin, sid string) int {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, resp, err := websocket.Dial(ctx, tr.wsURL()+"?"+token(t, tw, sid), nil)
+		if err == nil {
+			c.CloseNow()
+			return 0
+		}
+		if resp == nil {
+			t.Fatalf("dial %d:%s: %v", tw.num, sid, err)
+		}
+		return resp.StatusCode
+	}
+	dial(t, tr, a, "one")
+	two := dial(t, tr, a, "two")
+	if st := refusedWith(a, "three"); st != http.StatusTooManyRequests {
+		t.Fatalf("third session of a twin at 2: status %d, want 429", st)
+	}
+	dial(t, tr, a, "one") // replaces: let in
+	dial(t, tr, b, "")    // the third from 127.0.0.1
+	if st := refusedWith(b, "x"); st != http.StatusTooManyRequests {
+		t.Fatalf("fourth session from an address at 3: status %d, want 429", st)
+	}
+	two.c.CloseNow()
+	waitSession(t, tr.Relay, SessionKey{a.num, "two"}, false)
+	waitFor(t, 5*time.Second, func() error {
+		if st := refusedWith(a, "three"); st != 0 {
+			return fmt.Errorf("after a session ended, a new one: status %d", st)
+		}
+		return nil
+	})
+	st := tr.Stats()
+	if st.Refused["twin_sessions"] != 1 || st.Refused["address_sessions"] != 1 {
+		t.Fatalf("refused: %v", st.Refused)
+	}
+}
+
+// TestClientAddr: X-Forwarded-For counts only from a trusted proxy.
+func TestClientAddr(t *testing.T) {
+	r := &Relay{opts: Options{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}
+	for _, tc := range []struct {
+		remote, xff, want string
+	}{
+		{"192.0.2.7:5000", "", "192.0.2.7"},
+		{"192.0.2.7:5000", "198.51.100.1", "192.0.2.7"}, // not a proxy: its claim is ignored
+		{"10.1.2.3:5000", "", "10.1.2.3"},
+		{"10.1.2.3:5000", "198.51.100.1", "198.51.100.1"},
+		{"10.1.2.3:5000", "203.0.113.9, 198.51.100.1, 10.9.9.9", "198.51.100.1"}, // the nearest untrusted hop
+		{"10.1.2.3:5000", "garbage, 10.9.9.9", "10.9.9.9"},
+		{"[::ffff:10.1.2.3]:5000", "198.51.100.1", "198.51.100.1"},
+	} {
+		req := &http.Request{RemoteAddr: tc.remote, Header: http.Header{}}
+		if tc.xff != "" {
+			req.Header.Set("X-Forwarded-For", tc.xff)
+		}
+		if got := r.clientAddr(req); got != tc.want {
+			t.Errorf("%s with X-Forwarded-For %q: %s, want %s", tc.remote, tc.xff, got, tc.want)
+		}
+	}
 }

@@ -45,6 +45,18 @@ var dropReasonNames = [numDropReasons]string{
 
 func (d dropReason) String() string { return dropReasonNames[d] }
 
+// refuseReason says why a connection was refused. Every refusal is
+// counted under exactly one reason (bad tokens under auth_failures).
+type refuseReason uint8
+
+const (
+	refuseTwinSessions refuseReason = iota // the twin is at MaxSessionsPerTwin
+	refuseAddrSessions                     // the address is at MaxSessionsPerAddress
+	numRefuseReasons
+)
+
+var refuseReasonNames = [numRefuseReasons]string{"twin_sessions", "address_sessions"}
+
 // routeResult is where an envelope went.
 type routeResult uint8
 
@@ -71,10 +83,13 @@ type counters struct {
 	authFailures            atomic.Uint64
 	routed                  [numRouteResults]atomic.Uint64
 	drops                   [numDropReasons]atomic.Uint64
+	refused                 [numRefuseReasons]atomic.Uint64
 	stored                  atomic.Int64 // this process's view of the store depth
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
+
+func (c *counters) refuse(r refuseReason) { c.refused[r].Add(1) }
 
 // Stats is a snapshot of the relay's counters, as served by GET /api/stats.
 type Stats struct {
@@ -93,6 +108,7 @@ type Stats struct {
 	AuthFailures     uint64            `json:"auth_failures"`
 	Routed           map[string]uint64 `json:"routed"`
 	Dropped          map[string]uint64 `json:"dropped"`
+	Refused          map[string]uint64 `json:"refused"`
 	Stored           int64             `json:"stored"`
 	FederationQueue  int               `json:"federation_queue"`
 }
@@ -135,6 +151,10 @@ func newMetrics(r *Relay) *metrics {
 		m.reg.MustRegister(counter("dropped_total", "Envelopes not delivered, by reason.",
 			&c.drops[i], prometheus.Labels{"reason": dropReasonNames[i]}))
 	}
+	for i := range numRefuseReasons {
+		m.reg.MustRegister(counter("refused_total", "Connections refused, by reason (bad tokens: auth_failures_total).",
+			&c.refused[i], prometheus.Labels{"reason": refuseReasonNames[i]}))
+	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "rmb", Subsystem: "relay", Name: name, Help: help}, f)
 	}
@@ -175,6 +195,7 @@ func (r *Relay) stats() Stats {
 		AuthFailures:     c.authFailures.Load(),
 		Routed:           make(map[string]uint64),
 		Dropped:          make(map[string]uint64),
+		Refused:          make(map[string]uint64),
 		Stored:           c.stored.Load(),
 		FederationQueue:  r.fed.depth(),
 	}
@@ -183,6 +204,9 @@ func (r *Relay) stats() Stats {
 	}
 	for i := range numDropReasons {
 		s.Dropped[dropReasonNames[i]] = c.drops[i].Load()
+	}
+	for i := range numRefuseReasons {
+		s.Refused[refuseReasonNames[i]] = c.refused[i].Load()
 	}
 	return s
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,13 @@ type Options struct {
 	// WriteTimeout bounds one WebSocket write; a session whose write times
 	// out is closed. Default 10 seconds.
 	WriteTimeout time.Duration
+	// ReadTimeout bounds reading each HTTP request that is not a WebSocket
+	// upgrade, its body included (federation POST / among them): a request
+	// that stalls is closed. The event stream of the status page lifts it
+	// once its request is read. The http.Server bounds the headers (its
+	// ReadHeaderTimeout; rmb-relay sets --header-timeout). Default 30
+	// seconds.
+	ReadTimeout time.Duration
 	// PingInterval is how long a session may stay silent before the relay
 	// sends a WebSocket ping; a ping unanswered within PingTimeout closes the
 	// session. Defaults 30 and 15 seconds.
@@ -83,6 +91,18 @@ type Options struct {
 	// RankerPeriod is the window over which relay failures are counted to
 	// rank a twin's relays. Default 1 hour.
 	RankerPeriod time.Duration
+
+	// MaxSessionsPerTwin bounds the concurrent sessions of one twin (a new
+	// connection of a session id that is live replaces it and is always
+	// let in). Default 64.
+	MaxSessionsPerTwin int
+	// MaxSessionsPerAddress bounds the concurrent sessions from one remote
+	// address (of any twins). Default 256.
+	MaxSessionsPerAddress int
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For header
+	// names the client's address. A request from anywhere else counts
+	// against its own remote address, whatever it claims. Default: none.
+	TrustedProxies []netip.Prefix
 
 	// RateLimit limits each twin's envelopes; nil means no limit.
 	RateLimit *RateLimit
@@ -125,6 +145,8 @@ type Relay struct {
 	sessions map[uint32]map[string]*session // twin -> sid -> live session
 	closing  bool                           // Shutdown was called
 	nsess    int                            // number of sessions in the map
+	joining  map[uint32]int                 // twin -> sessions admitted, not registered yet
+	perAddr  map[string]int                 // client address -> sessions admitted and not ended
 
 	conns       sync.WaitGroup // session handlers; Add under mu while !closing
 	janitorDone chan struct{}  // closed when janitor returns
@@ -157,6 +179,9 @@ func New(opts *Options) (*Relay, error) {
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 30 * time.Second
+	}
 	if o.PingInterval <= 0 {
 		o.PingInterval = 30 * time.Second
 	}
@@ -186,6 +211,12 @@ func New(opts *Options) (*Relay, error) {
 	if o.MaxRetryBackoff <= 0 {
 		o.MaxRetryBackoff = 30 * time.Second
 	}
+	if o.MaxSessionsPerTwin <= 0 {
+		o.MaxSessionsPerTwin = 64
+	}
+	if o.MaxSessionsPerAddress <= 0 {
+		o.MaxSessionsPerAddress = 256
+	}
 	if o.RankerPeriod <= 0 {
 		o.RankerPeriod = time.Hour
 	}
@@ -200,6 +231,8 @@ func New(opts *Options) (*Relay, error) {
 		log:         o.Logger,
 		store:       o.Store,
 		sessions:    make(map[uint32]map[string]*session),
+		joining:     make(map[uint32]int),
+		perAddr:     make(map[string]int),
 		janitorDone: make(chan struct{}),
 	}
 	for _, d := range o.Domains {
@@ -254,6 +287,9 @@ func (r *Relay) routes() http.Handler {
 			r.handleConnect(w, req)
 			return
 		}
+		// ErrNotSupported (a server that is not an http.Server): nothing
+		// to bound here.
+		http.NewResponseController(w).SetReadDeadline(time.Now().Add(r.opts.ReadTimeout))
 		mux.ServeHTTP(w, req)
 	})
 }
