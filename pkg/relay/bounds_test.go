@@ -275,3 +275,47 @@ func TestClientAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestRulesGovernRequests: with the example of docs/operations.md ("anyone
+// may call b"), b's answers reach their callers; b's own requests to them
+// are denied.
+func TestRulesGovernRequests(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	b := reg.newTwin(t, domain)
+	rules, err := ParseRules(fmt.Appendf(nil, "- from: \"*\"\n  to: [%d]\n", b.num))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := startRelay(t, reg, &Options{Policy: &Policy{Rules: rules}}, ln, nil)
+	ca := dial(t, tr, a, "")
+	cb := dial(t, tr, b, "")
+	req := ca.send(b.num, "", "call")
+	cb.expectPayload("call")
+	resp := envelope.NewResponse(req.Uid, []byte("answer"), 60)
+	resp.Source = envelope.NewAddress(b.num, "")
+	resp.Destination = envelope.NewAddress(a.num, "")
+	resp.Stamp(time.Now())
+	resp.Sign(b.id)
+	cb.sendRaw(marshal(t, resp))
+	ca.expectPayload("answer")
+	denied := cb.send(a.num, "", "b calls a")
+	cb.expectError(denied.Uid, msgDenied)
+	ca.expectNothing(50 * time.Millisecond)
+}
+
+// TestDestinationTwinZero: twin 0 (the relay's own address) is refused
+// without a registrar lookup.
+func TestDestinationTwinZero(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	tr := startRelay(t, reg, nil, ln, nil)
+	ca := dial(t, tr, a, "")
+	e := ca.send(0, "", "to the relay")
+	ca.expectError(e.Uid, msgNoTwin)
+	if n := dropped(tr.Relay, dropInvalidDest); n != 1 {
+		t.Fatalf("invalid_destination drops = %d, want 1", n)
+	}
+}

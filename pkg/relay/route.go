@@ -66,12 +66,18 @@ func (r *Relay) handleFrame(s *session, b []byte) {
 		r.counters.drop(dropExpired)
 		return
 	}
+	if rt.Destination.Twin == 0 {
+		// The relay's own address: nothing to look up or deliver.
+		r.counters.drop(dropInvalidDest)
+		r.replyError(s, &rt, envelope.CodeNotFound, msgNoTwin, now)
+		return
+	}
 	if deadlineTooFar(deadline(&rt), now) {
 		r.counters.drop(dropFuture)
 		r.replyError(s, &rt, envelope.CodeMalformed, msgFuture, now)
 		return
 	}
-	if p := r.policy.Load(); !p.mayRoute(s.key.Twin, rt.Destination.Twin) {
+	if p := r.policy.Load(); !p.allows(&rt) {
 		r.counters.drop(dropDenied)
 		r.replyError(s, &rt, envelope.CodeDenied, msgDenied, now)
 		return
