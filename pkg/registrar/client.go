@@ -81,7 +81,7 @@ type Client struct {
 
 	flights singleflight.Group // concurrent misses, keyed by twin id
 
-	mu        sync.Mutex // guards the following
+	mu        sync.Mutex            // guards the following
 	cache     map[uint32]cacheEntry // twins that exist
 	neg       map[uint32]cacheEntry // twins that do not
 	epoch     uint64                // bumped by every invalidation; fetches that span one are not cached
