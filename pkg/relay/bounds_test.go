@@ -183,6 +183,9 @@ func TestStalledBodyClosed(t *testing.T) {
 		t.Fatalf("the relay kept a stalled request open: %v (read %q)", err, b)
 	}
 	t.Logf("stalled POST closed after %v: %q", time.Since(start).Round(time.Millisecond), firstLine(b))
+	if n := tr.Stats().Refused["read_timeout"]; n != 1 {
+		t.Errorf("refused read_timeout = %d, want 1", n)
+	}
 
 	resp, err := http.Get("http://" + tr.domain + "/status/events")
 	if err != nil {

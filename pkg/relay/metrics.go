@@ -45,17 +45,18 @@ var dropReasonNames = [numDropReasons]string{
 
 func (d dropReason) String() string { return dropReasonNames[d] }
 
-// refuseReason says why a connection was refused. Every refusal is
+// refuseReason says why a connection or request was refused. Every refusal is
 // counted under exactly one reason (bad tokens under auth_failures).
 type refuseReason uint8
 
 const (
 	refuseTwinSessions refuseReason = iota // the twin is at MaxSessionsPerTwin
 	refuseAddrSessions                     // the address is at MaxSessionsPerAddress
+	refuseReadTimeout                      // an HTTP request body stalled past ReadTimeout
 	numRefuseReasons
 )
 
-var refuseReasonNames = [numRefuseReasons]string{"twin_sessions", "address_sessions"}
+var refuseReasonNames = [numRefuseReasons]string{"twin_sessions", "address_sessions", "read_timeout"}
 
 // routeResult is where an envelope went.
 type routeResult uint8
@@ -152,7 +153,7 @@ func newMetrics(r *Relay) *metrics {
 			&c.drops[i], prometheus.Labels{"reason": dropReasonNames[i]}))
 	}
 	for i := range numRefuseReasons {
-		m.reg.MustRegister(counter("refused_total", "Connections refused, by reason (bad tokens: auth_failures_total).",
+		m.reg.MustRegister(counter("refused_total", "Connections and requests refused, by reason (bad tokens: auth_failures_total).",
 			&c.refused[i], prometheus.Labels{"reason": refuseReasonNames[i]}))
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {

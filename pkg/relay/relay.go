@@ -3,9 +3,11 @@ package relay
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -289,9 +291,28 @@ func (r *Relay) routes() http.Handler {
 		}
 		// ErrNotSupported (a server that is not an http.Server): nothing
 		// to bound here.
-		http.NewResponseController(w).SetReadDeadline(time.Now().Add(r.opts.ReadTimeout))
+		err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(r.opts.ReadTimeout))
+		if err == nil && req.Body != nil && req.Body != http.NoBody {
+			req.Body = &deadlineBody{ReadCloser: req.Body, r: r}
+		}
 		mux.ServeHTTP(w, req)
 	})
+}
+
+// deadlineBody counts a request body that ran into ReadTimeout.
+type deadlineBody struct {
+	io.ReadCloser
+	r       *Relay
+	counted bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && !b.counted && errors.Is(err, os.ErrDeadlineExceeded) {
+		b.counted = true
+		b.r.counters.refuse(refuseReadTimeout)
+	}
+	return n, err
 }
 
 func isWebSocket(req *http.Request) bool {

@@ -400,6 +400,9 @@ func TestStalledPosts(t *testing.T) {
 	if open.Load() > 0 {
 		t.Errorf("%d of %d stalled POSTs were never closed", open.Load(), posts)
 	}
+	if n := s.relayMetric("rmb_relay_refused_total", map[string]string{"reason": "read_timeout"}); n != posts {
+		t.Errorf("refused_total{read_timeout} = %v, want %d", n, posts)
+	}
 	s.waitFor(15*time.Second, func() error {
 		if g := s.relayMetric("go_goroutines", nil); g > g0+20 {
 			return fmt.Errorf("relay goroutines %v, were %v before", g, g0)
