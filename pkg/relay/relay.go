@@ -99,7 +99,8 @@ type Options struct {
 	// let in). Default 64.
 	MaxSessionsPerTwin int
 	// MaxSessionsPerAddress bounds the concurrent sessions from one remote
-	// address (of any twins). Default 256.
+	// address (of any twins; an IPv6 address counts as its /64). Default
+	// 256.
 	MaxSessionsPerAddress int
 	// TrustedProxies are the reverse proxies whose X-Forwarded-For header
 	// names the client's address. A request from anywhere else counts

@@ -590,31 +590,42 @@ func (r *Relay) unjoin(twin uint32) {
 
 // clientAddr is the address a connection counts against: the remote
 // address, or, when that is a trusted proxy, the nearest address in
-// X-Forwarded-For that is not one.
+// X-Forwarded-For that is not one. An IPv6 address counts as its /64 (one
+// host usually holds a whole /64).
 func (r *Relay) clientAddr(req *http.Request) string {
 	ap, err := netip.ParseAddrPort(req.RemoteAddr)
 	if err != nil {
 		return req.RemoteAddr
 	}
 	addr := ap.Addr().Unmap()
-	if !r.trusted(addr) {
-		return addr.String()
+	if r.trusted(addr) {
+		addr = r.forwardedFor(req, addr)
 	}
+	if addr.Is6() {
+		return netip.PrefixFrom(addr, 64).Masked().String()
+	}
+	return addr.String()
+}
+
+// forwardedFor walks X-Forwarded-For from the nearest hop (proxy, a
+// trusted one) and returns the first address that is not trusted; at a
+// hop that is not an address it stops at the last trusted one.
+func (r *Relay) forwardedFor(req *http.Request, proxy netip.Addr) netip.Addr {
 	hops := req.Header.Values("X-Forwarded-For")
 	for i := len(hops) - 1; i >= 0; i-- {
 		list := strings.Split(hops[i], ",")
 		for j := len(list) - 1; j >= 0; j-- {
 			a, err := netip.ParseAddr(strings.TrimSpace(list[j]))
 			if err != nil {
-				return addr.String() // the last hop we trust
+				return proxy
 			}
-			addr = a.Unmap()
-			if !r.trusted(addr) {
-				return addr.String()
+			proxy = a.Unmap()
+			if !r.trusted(proxy) {
+				return proxy
 			}
 		}
 	}
-	return addr.String()
+	return proxy
 }
 
 func (r *Relay) trusted(a netip.Addr) bool {
