@@ -333,3 +333,31 @@ func TestDestinationTwinZero(t *testing.T) {
 		t.Fatalf("invalid_destination drops = %d, want 1", n)
 	}
 }
+
+// TestRedisStoreIndexesRequeuedTwin: a twin whose queue was popped empty
+// and then requeued is indexed again for the store total, so its bytes are
+// subtracted when its keys expire.
+func TestRedisStoreIndexesRequeuedTwin(t *testing.T) {
+	srv := redistest.Start(t, nil)
+	ctx := context.Background()
+	s := newRedisStore(t, srv, nil)
+	k := SessionKey{Twin: 7, SID: "a"}
+	m := Message{Data: []byte("0123456789"), Deadline: time.Now().Add(time.Minute)}
+	if err := s.Push(ctx, k, m); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := s.Pop(ctx, k, 10, time.Now())
+	if err != nil || len(got) != 1 {
+		t.Fatalf("pop: %v %v", got, err)
+	}
+	if err := s.Requeue(ctx, k, got); err != nil {
+		t.Fatal(err)
+	}
+	keys, _, _ := s.keys(k)
+	if _, err := s.client.ZScore(ctx, keys[4], "7").Result(); err != nil {
+		t.Fatalf("twin 7 holds a requeued envelope but is not indexed: %v", err)
+	}
+	if b, _ := s.client.HGet(ctx, keys[3], "7").Int(); b != 18 {
+		t.Fatalf("total counts %d bytes for twin 7, want 18", b)
+	}
+}

@@ -121,7 +121,9 @@ local function extend(twin, sid, exp)
   if redis.call('PEXPIRETIME', KEYS[2]) < exp then
     redis.call('PEXPIREAT', KEYS[2], exp)
     redis.call('PEXPIREAT', KEYS[3], exp)
-    if #KEYS >= 5 then redis.call('ZADD', KEYS[5], exp, twin) end
+  end
+  if #KEYS >= 5 then
+    redis.call('ZADD', KEYS[5], redis.call('PEXPIRETIME', KEYS[2]), twin)
   end
 end
 `
