@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -86,6 +87,13 @@ type Main struct {
 	FedMaxJobs      int
 	FedMaxBytes     int64
 	FedAllowPrivate bool
+	// Bounds against hostile twins (issue 13): see docs/operations.md.
+	HeaderTimeout      time.Duration
+	ReadTimeout        time.Duration
+	Store              relay.StoreOptions
+	SessionsPerTwin    int
+	SessionsPerAddress int
+	TrustedProxies     []netip.Prefix
 
 	// Stderr receives the logs. Default os.Stderr.
 	Stderr io.Writer
@@ -121,7 +129,45 @@ func NewMain() *Main {
 		FedMaxBytes:     256 << 20,
 		Stderr:          os.Stderr,
 		Stdout:          os.Stdout,
+		HeaderTimeout:   10 * time.Second,
+		ReadTimeout:     30 * time.Second,
+		Store: relay.StoreOptions{
+			MaxMessages: 10000, MaxBytes: 64 << 20,
+			MaxTwinMessages: 10000, MaxTwinBytes: 32 << 20, MaxTotalBytes: 512 << 20,
+		},
+		SessionsPerTwin:    64,
+		SessionsPerAddress: 256,
 	}
+}
+
+// prefixList is a repeatable flag of CIDRs (a bare address is a /32 or
+// /128).
+type prefixList []netip.Prefix
+
+func (l *prefixList) String() string {
+	var s []string
+	for _, p := range *l {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *prefixList) Set(v string) error {
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, aerr := netip.ParseAddr(f)
+			if aerr != nil {
+				return fmt.Errorf("want a CIDR like 10.0.0.0/8 or an address, got %q", f)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		*l = append(*l, p.Masked())
+	}
+	return nil
 }
 
 // stringList is a repeatable string flag.
@@ -191,6 +237,16 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.IntVar(&m.FedMaxJobs, "federation-max-jobs", m.FedMaxJobs, "envelopes held for all destination relays")
 	fs.Int64Var(&m.FedMaxBytes, "federation-max-bytes", m.FedMaxBytes, "bytes held for all destination relays")
 	fs.BoolVar(&m.FedAllowPrivate, "federation-allow-private", m.FedAllowPrivate, "federate to loopback, private, link-local and multicast addresses (tests, private networks)")
+	fs.DurationVar(&m.HeaderTimeout, "header-timeout", m.HeaderTimeout, "longest time to read a request's headers")
+	fs.DurationVar(&m.ReadTimeout, "read-timeout", m.ReadTimeout, "longest time to read a request that is not a WebSocket upgrade, body included (federation POSTs)")
+	fs.IntVar(&m.Store.MaxMessages, "queue-max-messages", m.Store.MaxMessages, "envelopes stored per offline session")
+	fs.Int64Var(&m.Store.MaxBytes, "queue-max-bytes", m.Store.MaxBytes, "bytes stored per offline session")
+	fs.IntVar(&m.Store.MaxTwinMessages, "queue-twin-max-messages", m.Store.MaxTwinMessages, "envelopes stored per twin, all its session ids together")
+	fs.Int64Var(&m.Store.MaxTwinBytes, "queue-twin-max-bytes", m.Store.MaxTwinBytes, "bytes stored per twin, all its session ids together")
+	fs.Int64Var(&m.Store.MaxTotalBytes, "store-max-bytes", m.Store.MaxTotalBytes, "bytes stored in total (memory: plus 128 per envelope; Redis: all twins)")
+	fs.IntVar(&m.SessionsPerTwin, "max-sessions-per-twin", m.SessionsPerTwin, "concurrent sessions of one twin")
+	fs.IntVar(&m.SessionsPerAddress, "max-sessions-per-address", m.SessionsPerAddress, "concurrent sessions from one client address")
+	fs.Var((*prefixList)(&m.TrustedProxies), "trusted-proxy", "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeatable; default: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -213,6 +269,13 @@ func (m *Main) ParseFlags(args []string) error {
 		return errors.New("--limit and --limit-size must not be negative")
 	case m.FedQueue <= 0 || m.FedQueueBytes <= 0 || m.FedMaxJobs <= 0 || m.FedMaxBytes <= 0:
 		return errors.New("--federation-queue, --federation-queue-bytes, --federation-max-jobs and --federation-max-bytes must be positive")
+	case m.HeaderTimeout <= 0 || m.ReadTimeout <= 0:
+		return errors.New("--header-timeout and --read-timeout must be positive")
+	case m.Store.MaxMessages <= 0 || m.Store.MaxBytes <= 0 || m.Store.MaxTwinMessages <= 0 ||
+		m.Store.MaxTwinBytes <= 0 || m.Store.MaxTotalBytes <= 0:
+		return errors.New("--queue-*, --queue-twin-* and --store-max-bytes must be positive")
+	case m.SessionsPerTwin <= 0 || m.SessionsPerAddress <= 0:
+		return errors.New("--max-sessions-per-twin and --max-sessions-per-address must be positive")
 	}
 	return nil
 }
@@ -260,6 +323,12 @@ func (m *Main) Run(ctx context.Context) error {
 		FederationMaxJobs:      m.FedMaxJobs,
 		FederationMaxBytes:     m.FedMaxBytes,
 		FederationAllowPrivate: m.FedAllowPrivate,
+
+		StoreOptions:          &m.Store,
+		ReadTimeout:           m.ReadTimeout,
+		MaxSessionsPerTwin:    m.SessionsPerTwin,
+		MaxSessionsPerAddress: m.SessionsPerAddress,
+		TrustedProxies:        m.TrustedProxies,
 	}
 	if m.Limit > 0 || m.LimitBytes > 0 {
 		opts.RateLimit = &relay.RateLimit{Messages: m.Limit, Bytes: m.LimitBytes, Window: m.LimitWindow}
@@ -277,7 +346,7 @@ func (m *Main) Run(ctx context.Context) error {
 			m.redis.Close()
 			return fmt.Errorf("redis %s: %w", m.Redis, err)
 		}
-		opts.Store = relay.NewRedisStore(m.redis, nil)
+		opts.Store = relay.NewRedisStore(m.redis, &m.Store)
 		opts.FederationRedis = m.redis
 	}
 	if m.relay, err = relay.New(opts); err != nil {
@@ -299,7 +368,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}()
 	m.server = &http.Server{
 		Handler:           m.relay.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: m.HeaderTimeout,
 		// Keep-alive connections (federation) idle this long are closed;
 		// WebSocket sessions are hijacked and not affected.
 		IdleTimeout: 2 * time.Minute,

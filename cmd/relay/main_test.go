@@ -107,6 +107,14 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m2 := NewMain()
+	if err := m2.ParseFlags([]string{"-m", "a", "--registrar", "http://r", "--trusted-proxy", "10.0.0.0/8,192.0.2.1",
+		"--queue-twin-max-bytes", "1000", "--max-sessions-per-address", "5"}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(m2.TrustedProxies) != "[10.0.0.0/8 192.0.2.1/32]" || m2.Store.MaxTwinBytes != 1000 || m2.SessionsPerAddress != 5 {
+		t.Fatalf("parsed %+v", m2)
+	}
 	if fmt.Sprint(m.Domains) != "[a.example b.example c.example]" || m.Limit != 100 ||
 		m.RankerPeriod != time.Minute || m.LimitWindow != 2*time.Minute || !m.Debug || m.Listen != "127.0.0.1:0" {
 		t.Fatalf("parsed %+v", m)
@@ -119,6 +127,10 @@ func TestParseFlags(t *testing.T) {
 		{"--registrar", "http://r", "-m", "a", "extra"},
 		{"--registrar", "http://r", "-m", "a", "--federation-queue", "0"},
 		{"--registrar", "http://r", "-m", "a", "--federation-max-bytes", "-1"},
+		{"--registrar", "http://r", "-m", "a", "--trusted-proxy", "not-a-cidr"},
+		{"--registrar", "http://r", "-m", "a", "--store-max-bytes", "0"},
+		{"--registrar", "http://r", "-m", "a", "--max-sessions-per-twin", "-1"},
+		{"--registrar", "http://r", "-m", "a", "--read-timeout", "0s"},
 	} {
 		m := NewMain()
 		m.Stderr = &bytes.Buffer{}

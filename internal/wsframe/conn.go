@@ -2,6 +2,7 @@ package wsframe
 
 import (
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -170,20 +171,8 @@ func (c *Conn) readMessage(msg []byte) (Opcode, []byte, error) {
 			c.sendClose(StatusMessageTooBig, "message too big")
 			return 0, nil, ErrMessageTooBig
 		}
-		n := len(msg)
-		if avail := c.rd.buffered(); int64(len(avail)) >= h.length {
-			// The common case: the whole payload is buffered. append
-			// does not zero what it copies over, as make would.
-			msg = append(msg, avail[:h.length]...)
-			c.rd.r += int(h.length)
-			if h.masked {
-				mask(h.key, 0, msg[n:])
-			}
-		} else {
-			msg = slices.Grow(msg, int(h.length))[:n+int(h.length)]
-			if err := c.readPayload(msg[n:], h); err != nil {
-				return 0, nil, err
-			}
+		if msg, err = c.appendPayload(msg, h); err != nil {
+			return 0, nil, err
 		}
 		if h.fin {
 			return msgOp, msg, nil
@@ -246,6 +235,53 @@ func (c *Conn) readHeader() (header, error) {
 			return h, err
 		}
 	}
+}
+
+// appendPayload appends the payload of h to msg, unmasked. The buffer
+// grows as the payload arrives, never to the length the frame announces
+// before the bytes are there: a peer that announces 1 MiB and sends 30
+// bytes costs 30 bytes (and a pooled read buffer), not 1 MiB.
+func (c *Conn) appendPayload(msg []byte, h header) ([]byte, error) {
+	n := len(msg)
+	for left := h.length; left > 0; {
+		avail := c.rd.buffered()
+		if len(avail) == 0 && left >= readBufSize {
+			// A large rest: read it straight into msg, which grows by
+			// at most what this frame delivered so far (a read buffer
+			// at first).
+			grow := int(min(left, max(int64(len(msg)-n), readBufSize)))
+			msg = slices.Grow(msg, grow)
+			k, err := c.rd.nc.Read(msg[len(msg) : len(msg)+grow])
+			msg = msg[:len(msg)+k]
+			left -= int64(k)
+			if err != nil && left > 0 {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return msg, err
+			}
+			continue
+		}
+		if len(avail) == 0 {
+			if err := c.rd.fill(); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return msg, err
+			}
+			continue
+		}
+		k := min(int64(len(avail)), left)
+		// append does not zero what it copies over, as make would, and
+		// at most doubles what the message already holds.
+		msg = append(msg, avail[:k]...)
+		c.rd.r += int(k)
+		left -= k
+	}
+	if h.masked {
+		mask(h.key, 0, msg[n:])
+	}
+	return msg, nil
 }
 
 // readPayload reads the payload of h into p (len(p) == h.length) and

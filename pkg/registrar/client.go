@@ -27,6 +27,7 @@ const (
 	DefaultNegativeCacheTTL = 5 * time.Second
 	DefaultRequestTimeout   = 10 * time.Second
 	DefaultMaxCacheEntries  = 100_000
+	DefaultMaxNegEntries    = 10_000
 )
 
 // Change-feed polling of Watch.
@@ -55,9 +56,16 @@ type ClientOptions struct {
 	// RequestTimeout bounds each request (change-feed polls get their wait
 	// on top). Default 10 seconds.
 	RequestTimeout time.Duration
-	// MaxCacheEntries bounds the cache; when it is full, expired entries
-	// and then arbitrary ones are dropped. Default 100000.
+	// MaxCacheEntries bounds the cache of twins; when it is full, expired
+	// entries and then one arbitrary entry per new twin are dropped, never
+	// many at once. Default 100000.
 	MaxCacheEntries int
+	// MaxNegativeEntries bounds the cache of twins that do not exist (the
+	// registrar answered 404 or another 4xx that is not 408 or 429). It is
+	// apart from the cache of twins: lookups of made-up ids (a relay looks
+	// a token's twin up before it can check the signature) fill this one
+	// and evict nothing else. Default 10000.
+	MaxNegativeEntries int
 }
 
 // Client talks to a registrar. It is safe for concurrent use.
@@ -69,12 +77,15 @@ type Client struct {
 	negTTL     time.Duration
 	timeout    time.Duration
 	maxEntries int
+	maxNeg     int
 
 	flights singleflight.Group // concurrent misses, keyed by twin id
 
-	mu    sync.Mutex // guards the following
-	cache map[uint32]cacheEntry
-	epoch uint64 // bumped by every invalidation; fetches that span one are not cached
+	mu        sync.Mutex            // guards the following
+	cache     map[uint32]cacheEntry // twins that exist
+	neg       map[uint32]cacheEntry // twins that do not
+	epoch     uint64                // bumped by every invalidation; fetches that span one are not cached
+	lastSweep time.Time             // when putLocked last looked for expired twins
 }
 
 // cacheEntry is a twin (twin set) or the error saying it does not exist
@@ -122,7 +133,9 @@ func NewClient(baseURL string, opts *ClientOptions) *Client {
 		negTTL:     o.NegativeCacheTTL,
 		timeout:    o.RequestTimeout,
 		maxEntries: o.MaxCacheEntries,
+		maxNeg:     o.MaxNegativeEntries,
 		cache:      make(map[uint32]cacheEntry),
+		neg:        make(map[uint32]cacheEntry),
 	}
 	if c.hc == nil {
 		c.hc = &http.Client{}
@@ -142,6 +155,9 @@ func NewClient(baseURL string, opts *ClientOptions) *Client {
 	if c.maxEntries <= 0 {
 		c.maxEntries = DefaultMaxCacheEntries
 	}
+	if c.maxNeg <= 0 {
+		c.maxNeg = DefaultMaxNegEntries
+	}
 	return c
 }
 
@@ -150,9 +166,7 @@ func NewClient(baseURL string, opts *ClientOptions) *Client {
 // uncached twin share one request. The result is shared: do not modify it.
 func (c *Client) Twin(ctx context.Context, id uint32) (*Twin, error) {
 	now := time.Now()
-	c.mu.Lock()
-	e, ok := c.cache[id]
-	c.mu.Unlock()
+	e, ok := c.cached(id)
 	if ok && now.Before(e.expires) {
 		return e.twin, e.err
 	}
@@ -176,13 +190,22 @@ func (c *Client) Twin(ctx context.Context, id uint32) (*Twin, error) {
 // CachedTwin is Twin without asking the registrar: what the cache holds
 // for id, or ErrNotCached when it holds nothing fresh. It never blocks.
 func (c *Client) CachedTwin(id uint32) (*Twin, error) {
-	c.mu.Lock()
-	e, ok := c.cache[id]
-	c.mu.Unlock()
+	e, ok := c.cached(id)
 	if !ok || !time.Now().Before(e.expires) {
 		return nil, ErrNotCached
 	}
 	return e.twin, e.err
+}
+
+// cached returns the entry of id, of either cache.
+func (c *Client) cached(id uint32) (cacheEntry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.cache[id]; ok {
+		return e, true
+	}
+	e, ok := c.neg[id]
+	return e, ok
 }
 
 func flightKey(id uint32) string { return strconv.FormatUint(uint64(id), 10) }
@@ -203,10 +226,18 @@ func (c *Client) fetch(ctx context.Context, id uint32) (*Twin, error) {
 	if err != nil {
 		err = fmt.Errorf("registrar: look up twin %d: %w", id, err)
 	}
+	var se *StatusError
 	switch {
 	case err == nil:
 		c.put(id, epoch, cacheEntry{twin: t, expires: time.Now().Add(c.ttl)})
 	case errors.Is(err, ErrNotFound):
+		c.put(id, epoch, cacheEntry{err: err, expires: time.Now().Add(c.negTTL)})
+	case errors.As(err, &se) && se.StatusCode >= 400 && se.StatusCode < 500 &&
+		se.StatusCode != http.StatusRequestTimeout && se.StatusCode != http.StatusTooManyRequests:
+		// The registrar will not give this twin (400 for an id it does
+		// not take, say): as good as 404, and cached like it, or every
+		// envelope to it would cost a request.
+		err = fmt.Errorf("registrar: look up twin %d: %w (%w)", id, ErrNotFound, se)
 		c.put(id, epoch, cacheEntry{err: err, expires: time.Now().Add(c.negTTL)})
 	}
 	return t, err
@@ -223,17 +254,44 @@ func (c *Client) put(id uint32, epoch uint64, e cacheEntry) {
 }
 
 func (c *Client) putLocked(id uint32, e cacheEntry) {
-	if _, ok := c.cache[id]; !ok && len(c.cache) >= c.maxEntries {
-		now := time.Now()
-		for k, old := range c.cache {
-			if now.After(old.expires) {
-				delete(c.cache, k)
+	if e.err != nil {
+		delete(c.cache, id)
+		if _, ok := c.neg[id]; !ok && len(c.neg) >= c.maxNeg {
+			now := time.Now()
+			for k, old := range c.neg {
+				if now.After(old.expires) {
+					delete(c.neg, k)
+				}
+			}
+			// Still full: drop a tenth of the negative entries (only
+			// those), so the next inserts do not scan again.
+			for k := range c.neg {
+				if len(c.neg) < c.maxNeg*9/10 {
+					break
+				}
+				delete(c.neg, k)
 			}
 		}
-		// Still full of live entries: drop a tenth, whichever map
-		// iteration yields first, so the next inserts do not scan again.
+		c.neg[id] = e
+		return
+	}
+	delete(c.neg, id)
+	if _, ok := c.cache[id]; !ok && len(c.cache) >= c.maxEntries {
+		// Expired entries go first, looked for at most once a second
+		// (a scan of a full cache per insert would cost more than the
+		// lookups). When the cache is full of live twins, one arbitrary
+		// entry makes room: a flood of lookups churns the cache one
+		// entry at a time, never empties much of it at once.
+		if now := time.Now(); now.Sub(c.lastSweep) >= time.Second {
+			c.lastSweep = now
+			for k, old := range c.cache {
+				if now.After(old.expires) {
+					delete(c.cache, k)
+				}
+			}
+		}
 		for k := range c.cache {
-			if len(c.cache) < c.maxEntries*9/10 {
+			if len(c.cache) < c.maxEntries {
 				break
 			}
 			delete(c.cache, k)
@@ -256,6 +314,7 @@ func (c *Client) remember(t *Twin) {
 func (c *Client) Invalidate(id uint32) {
 	c.mu.Lock()
 	delete(c.cache, id)
+	delete(c.neg, id)
 	c.epoch++
 	c.mu.Unlock()
 	c.flights.Forget(flightKey(id))
@@ -265,6 +324,7 @@ func (c *Client) Invalidate(id uint32) {
 func (c *Client) invalidateAll() {
 	c.mu.Lock()
 	clear(c.cache)
+	clear(c.neg)
 	c.epoch++
 	c.mu.Unlock()
 }

@@ -18,8 +18,13 @@
 // the token (400 if missing or malformed), checks its time against
 // Options.TokenPolicy (401 if expired, too long-lived or issued in the
 // future), looks the twin up in the Directory (401 if unknown), verifies the
-// token signature with the twin's key (401), and checks the allow list
-// (403). Refusals carry a plain-text reason.
+// token signature with the twin's key (401), checks the allow list (403)
+// and the session bounds: MaxSessionsPerTwin (a live session id may always
+// reconnect) and MaxSessionsPerAddress, the address being the remote one or,
+// from Options.TrustedProxies only, the nearest untrusted hop of
+// X-Forwarded-For (429, counted in rmb_relay_refused_total{reason}).
+// Refusals carry a plain-text reason. Every other request has a read
+// deadline, body included (Options.ReadTimeout).
 //
 // The connection becomes the session (twin, sid), sid being the token's
 // "sid" claim ("" when absent). A second connection for the same session
@@ -61,8 +66,12 @@
 //  3. answers an app-level ping with a pong;
 //  4. checks that the source is the session ("message wrong source");
 //  5. drops an expired envelope;
-//  6. applies the routing rules ("message denied by routing rules");
-//  7. routes: a live session here gets it in memory; a twin that lists one
+//  6. refuses destination twin 0 ("destination twin 0 is not a twin") and
+//     a deadline beyond now + MaxTTL + a minute of clock skew ("envelope
+//     deadline too far in the future"), as federation does;
+//  7. applies the routing rules to requests ("message denied by routing
+//     rules"); answers pass, so the answer to an allowed request arrives;
+//  8. routes: a live session here gets it in memory; a twin that lists one
 //     of our Domains but has no live session gets it stored ("destination
 //     offline" instead when the tags say fail-fast); an unknown twin is
 //     "unknown twin destination"; anything else is federated.
@@ -86,10 +95,12 @@
 // # Store and forward
 //
 // A Store holds one FIFO queue per session, bounded by a message count and
-// a byte count (StoreOptions); envelopes past their TTL are discarded when
-// popped (and by a periodic sweep in MemStore) and counted as
-// store_expired. No operation touches two sessions, so a Redis Cluster can
-// shard the queues.
+// a byte count per session, per twin (all its session ids together, so
+// made-up ids do not multiply the cap) and in total bytes (StoreOptions;
+// the sender gets "destination queue is full" or "relay store is full");
+// envelopes past their TTL are discarded when popped (and by a periodic
+// sweep in MemStore) and counted as store_expired. No operation touches two
+// twins, so a Redis Cluster can shard the queues by twin.
 //
 // MemStore is the default. RedisStore keeps the queues in Redis so they
 // survive a relay restart. It uses lists, not streams: a session's queue
@@ -97,9 +108,10 @@
 // and pending-entry lists would be bookkeeping without a use; LPOP with a
 // count pops a batch in one round trip; and a session that loses its
 // connection must put the envelopes it popped but did not write back at
-// the front of its queue, which LPUSH does and a stream cannot. The byte
-// cap needs a counter next to the list; both sit under one hash tag and are
-// updated by Lua scripts, so each operation is atomic and single-slot.
+// the front of its queue, which LPUSH does and a stream cannot. The caps
+// need counters next to the lists; a twin's keys sit under one hash tag and
+// are updated by Lua scripts, so each operation is atomic and single-slot
+// (the store-wide total, on a plain Redis only, adds two keys).
 //
 // # Federation
 //

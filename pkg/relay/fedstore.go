@@ -179,3 +179,9 @@ func (s *fedStore) load(ctx context.Context, maxSize int, fn func(j *fedJob, err
 		}
 	}
 }
+
+// keyTTL is how long (ms) the federation keys must live for a job with
+// this deadline: until the deadline plus keyGrace, and keyGrace at least.
+func keyTTL(deadline time.Time) int64 {
+	return max(time.Until(deadline)+keyGrace, keyGrace).Milliseconds()
+}

@@ -30,6 +30,9 @@ const (
 	dropReplay                           // federated envelope accepted before (answered 202)
 	dropFuture                           // deadline beyond now + MaxTTL + clock skew
 	dropFedAddress                       // federation to a loopback/private/... address refused
+	dropTwinQueueFull                    // the destination twin's queues together are full
+	dropStoreFull                        // the store is at its total cap
+	dropInvalidDest                      // destination twin 0
 	numDropReasons
 )
 
@@ -38,9 +41,23 @@ var dropReasonNames = [numDropReasons]string{
 	"denied", "unknown_twin", "offline", "queue_full", "store_error",
 	"store_expired", "federation_failed", "federation_queue_full", "lookup_failed",
 	"not_binary", "shutdown", "replay", "future", "federation_address",
+	"twin_queue_full", "store_full", "invalid_destination",
 }
 
 func (d dropReason) String() string { return dropReasonNames[d] }
+
+// refuseReason says why a connection or request was refused. Every refusal is
+// counted under exactly one reason (bad tokens under auth_failures).
+type refuseReason uint8
+
+const (
+	refuseTwinSessions refuseReason = iota // the twin is at MaxSessionsPerTwin
+	refuseAddrSessions                     // the address is at MaxSessionsPerAddress
+	refuseReadTimeout                      // an HTTP request body stalled past ReadTimeout
+	numRefuseReasons
+)
+
+var refuseReasonNames = [numRefuseReasons]string{"twin_sessions", "address_sessions", "read_timeout"}
 
 // routeResult is where an envelope went.
 type routeResult uint8
@@ -68,10 +85,13 @@ type counters struct {
 	authFailures            atomic.Uint64
 	routed                  [numRouteResults]atomic.Uint64
 	drops                   [numDropReasons]atomic.Uint64
+	refused                 [numRefuseReasons]atomic.Uint64
 	stored                  atomic.Int64 // this process's view of the store depth
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
+
+func (c *counters) refuse(r refuseReason) { c.refused[r].Add(1) }
 
 // Stats is a snapshot of the relay's counters, as served by GET /api/stats.
 type Stats struct {
@@ -90,6 +110,7 @@ type Stats struct {
 	AuthFailures     uint64            `json:"auth_failures"`
 	Routed           map[string]uint64 `json:"routed"`
 	Dropped          map[string]uint64 `json:"dropped"`
+	Refused          map[string]uint64 `json:"refused"`
 	Stored           int64             `json:"stored"`
 	FederationQueue  int               `json:"federation_queue"`
 }
@@ -131,6 +152,10 @@ func newMetrics(r *Relay) *metrics {
 	for i := range numDropReasons {
 		m.reg.MustRegister(counter("dropped_total", "Envelopes not delivered, by reason.",
 			&c.drops[i], prometheus.Labels{"reason": dropReasonNames[i]}))
+	}
+	for i := range numRefuseReasons {
+		m.reg.MustRegister(counter("refused_total", "Connections and requests refused, by reason (bad tokens: auth_failures_total).",
+			&c.refused[i], prometheus.Labels{"reason": refuseReasonNames[i]}))
 	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "rmb", Subsystem: "relay", Name: name, Help: help}, f)
@@ -174,6 +199,7 @@ func (r *Relay) stats() Stats {
 		AuthFailures:     c.authFailures.Load(),
 		Routed:           make(map[string]uint64),
 		Dropped:          make(map[string]uint64),
+		Refused:          make(map[string]uint64),
 		Stored:           c.stored.Load(),
 		FederationQueue:  r.fed.depth(),
 	}
@@ -182,6 +208,9 @@ func (r *Relay) stats() Stats {
 	}
 	for i := range numDropReasons {
 		s.Dropped[dropReasonNames[i]] = c.drops[i].Load()
+	}
+	for i := range numRefuseReasons {
+		s.Refused[refuseReasonNames[i]] = c.refused[i].Load()
 	}
 	return s
 }

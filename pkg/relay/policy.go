@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/rmb-go/rmb/pkg/envelope"
 )
 
 // Policy is the relay's access policy. A nil Policy, or nil fields, allow
@@ -16,8 +18,11 @@ import (
 type Policy struct {
 	// Allow lists the twins that may connect; nil: every twin.
 	Allow *TwinSet
-	// Rules say which source twins may send to which destination twins;
-	// nil: every route.
+	// Rules say which source twins may send requests to which
+	// destination twins; nil: every route. They govern requests only: an
+	// answer (response or error) goes back whatever the rules say, so the
+	// answer to a request that was allowed is delivered. (A peer takes an
+	// answer only to a request it sent.)
 	Rules *Rules
 }
 
@@ -57,6 +62,13 @@ func (p *Policy) mayConnect(twin uint32) bool {
 
 func (p *Policy) mayRoute(src, dst uint32) bool {
 	return p == nil || p.Rules == nil || p.Rules.Allowed(src, dst)
+}
+
+// allows reports whether the rules let an envelope through: a request when
+// its route is allowed, anything else always. Every path that takes
+// envelopes in applies it.
+func (p *Policy) allows(rt *envelope.Routing) bool {
+	return rt.Kind != envelope.KindRequest || p.mayRoute(rt.Source.Twin, rt.Destination.Twin)
 }
 
 // ParseAllowList reads an allow list: a YAML list of twin ids, where "*"

@@ -3,8 +3,11 @@ package relay
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,8 +39,12 @@ type Options struct {
 	// Directory looks up twins. Required.
 	Directory Directory
 	// Store keeps envelopes for sessions that are offline or slow. Default:
-	// NewMemStore(nil).
+	// NewMemStore(StoreOptions).
 	Store Store
+	// StoreOptions bound the default memory store (per session, per twin
+	// and in total; see StoreOptions for the defaults). Ignored when Store
+	// is set: give the same options to NewRedisStore.
+	StoreOptions *StoreOptions
 	// Logger receives structured logs. Default: discard.
 	Logger *slog.Logger
 	// MaxEnvelopeSize bounds one envelope, on WebSocket frames (close 1009
@@ -53,6 +60,13 @@ type Options struct {
 	// WriteTimeout bounds one WebSocket write; a session whose write times
 	// out is closed. Default 10 seconds.
 	WriteTimeout time.Duration
+	// ReadTimeout bounds reading each HTTP request that is not a WebSocket
+	// upgrade, its body included (federation POST / among them): a request
+	// that stalls is closed. The event stream of the status page lifts it
+	// once its request is read. The http.Server bounds the headers (its
+	// ReadHeaderTimeout; rmb-relay sets --header-timeout). Default 30
+	// seconds.
+	ReadTimeout time.Duration
 	// PingInterval is how long a session may stay silent before the relay
 	// sends a WebSocket ping; a ping unanswered within PingTimeout closes the
 	// session. Defaults 30 and 15 seconds.
@@ -103,6 +117,19 @@ type Options struct {
 	// rank a twin's relays. Default 1 hour.
 	RankerPeriod time.Duration
 
+	// MaxSessionsPerTwin bounds the concurrent sessions of one twin (a new
+	// connection of a session id that is live replaces it and is always
+	// let in). Default 64.
+	MaxSessionsPerTwin int
+	// MaxSessionsPerAddress bounds the concurrent sessions from one remote
+	// address (of any twins; an IPv6 address counts as its /64). Default
+	// 256.
+	MaxSessionsPerAddress int
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For header
+	// names the client's address. A request from anywhere else counts
+	// against its own remote address, whatever it claims. Default: none.
+	TrustedProxies []netip.Prefix
+
 	// RateLimit limits each twin's envelopes; nil means no limit.
 	RateLimit *RateLimit
 	// Policy is the initial access policy (allow list and routing rules);
@@ -144,6 +171,8 @@ type Relay struct {
 	sessions map[uint32]map[string]*session // twin -> sid -> live session
 	closing  bool                           // Shutdown was called
 	nsess    int                            // number of sessions in the map
+	joining  map[uint32]int                 // twin -> sessions admitted, not registered yet
+	perAddr  map[string]int                 // client address -> sessions admitted and not ended
 
 	conns       sync.WaitGroup // session handlers; Add under mu while !closing
 	janitorDone chan struct{}  // closed when janitor returns
@@ -162,7 +191,7 @@ func New(opts *Options) (*Relay, error) {
 		return nil, errors.New("relay: a Directory is required")
 	}
 	if o.Store == nil {
-		o.Store = NewMemStore(nil)
+		o.Store = NewMemStore(o.StoreOptions)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -175,6 +204,9 @@ func New(opts *Options) (*Relay, error) {
 	}
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
+	}
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = 30 * time.Second
 	}
 	if o.PingInterval <= 0 {
 		o.PingInterval = 30 * time.Second
@@ -215,6 +247,12 @@ func New(opts *Options) (*Relay, error) {
 	if o.MaxRetryBackoff <= 0 {
 		o.MaxRetryBackoff = 30 * time.Second
 	}
+	if o.MaxSessionsPerTwin <= 0 {
+		o.MaxSessionsPerTwin = 64
+	}
+	if o.MaxSessionsPerAddress <= 0 {
+		o.MaxSessionsPerAddress = 256
+	}
 	if o.RankerPeriod <= 0 {
 		o.RankerPeriod = time.Hour
 	}
@@ -229,6 +267,8 @@ func New(opts *Options) (*Relay, error) {
 		log:         o.Logger,
 		store:       o.Store,
 		sessions:    make(map[uint32]map[string]*session),
+		joining:     make(map[uint32]int),
+		perAddr:     make(map[string]int),
 		janitorDone: make(chan struct{}),
 	}
 	for _, d := range o.Domains {
@@ -288,8 +328,30 @@ func (r *Relay) routes() http.Handler {
 			r.handleConnect(w, req)
 			return
 		}
+		// ErrNotSupported (a server that is not an http.Server): nothing
+		// to bound here.
+		err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(r.opts.ReadTimeout))
+		if err == nil && req.Body != nil && req.Body != http.NoBody {
+			req.Body = &deadlineBody{ReadCloser: req.Body, r: r}
+		}
 		mux.ServeHTTP(w, req)
 	})
+}
+
+// deadlineBody counts a request body that ran into ReadTimeout.
+type deadlineBody struct {
+	io.ReadCloser
+	r       *Relay
+	counted bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && !b.counted && errors.Is(err, os.ErrDeadlineExceeded) {
+		b.counted = true
+		b.r.counters.refuse(refuseReadTimeout)
+	}
+	return n, err
 }
 
 func isWebSocket(req *http.Request) bool {

@@ -22,6 +22,9 @@ const (
 	msgLookupFailed  = "failed to look up destination twin"
 	msgUndeliverable = "failed to deliver message to destination relay"
 	msgFedQueueFull  = "federation queue is full"
+	msgFuture        = "envelope deadline too far in the future"
+	msgStoreFull     = "relay store is full"
+	msgNoTwin        = "destination twin 0 is not a twin"
 )
 
 // handleFrame routes one binary message read from session s. b is owned by
@@ -63,7 +66,18 @@ func (r *Relay) handleFrame(s *session, b []byte) {
 		r.counters.drop(dropExpired)
 		return
 	}
-	if p := r.policy.Load(); !p.mayRoute(s.key.Twin, rt.Destination.Twin) {
+	if rt.Destination.Twin == 0 {
+		// The relay's own address: nothing to look up or deliver.
+		r.counters.drop(dropInvalidDest)
+		r.replyError(s, &rt, envelope.CodeNotFound, msgNoTwin, now)
+		return
+	}
+	if deadlineTooFar(deadline(&rt), now) {
+		r.counters.drop(dropFuture)
+		r.replyError(s, &rt, envelope.CodeMalformed, msgFuture, now)
+		return
+	}
+	if p := r.policy.Load(); !p.allows(&rt) {
 		r.counters.drop(dropDenied)
 		r.replyError(s, &rt, envelope.CodeDenied, msgDenied, now)
 		return
@@ -79,6 +93,15 @@ func (r *Relay) handleFrame(s *session, b []byte) {
 
 func deadline(rt *envelope.Routing) time.Time {
 	return time.Unix(int64(rt.Timestamp+rt.Expiration), 0)
+}
+
+// deadlineTooFar reports whether dl lies beyond now + envelope.MaxTTL +
+// maxClockSkew. No peer stamps such a deadline (they clamp the TTL), and
+// an envelope that claims one would hold store space, replay memory and a
+// caller's hopes for as long as it says. Every path that takes envelopes
+// in (WebSocket and federation) refuses them with this one check.
+func deadlineTooFar(dl, now time.Time) bool {
+	return dl.After(now.Add(envelope.MaxTTL*time.Second + maxClockSkew))
 }
 
 // route delivers m to its destination: a live session here, the store when
@@ -125,6 +148,14 @@ func (r *Relay) route(ctx context.Context, rt *envelope.Routing, m Message) (rou
 }
 
 func (r *Relay) storeError(err error) (routeResult, uint32, string) {
+	switch {
+	case errors.Is(err, ErrStoreFull):
+		r.counters.drop(dropStoreFull)
+		return 0, envelope.CodeOffline, msgStoreFull
+	case errors.Is(err, ErrTwinQueueFull):
+		r.counters.drop(dropTwinQueueFull)
+		return 0, envelope.CodeOffline, msgQueueFull
+	}
 	if errors.Is(err, ErrQueueFull) {
 		r.counters.drop(dropQueueFull)
 		return 0, envelope.CodeOffline, msgQueueFull

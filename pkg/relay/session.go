@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,7 +49,8 @@ type session struct {
 	key         SessionKey
 	conn        *wsframe.Conn // nil in tests that drive handleFrame directly
 	log         *slog.Logger
-	remote      string
+	remote      string // RemoteAddr of the connection
+	addr        string // the client's address, counted against MaxSessionsPerAddress
 	connectedAt time.Time
 	ctx         context.Context // cancelled when the session ends
 	cancel      context.CancelFunc
@@ -503,15 +506,11 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "twin not allowed on this relay", http.StatusForbidden)
 		return
 	}
-	r.mu.Lock()
-	if r.closing {
-		r.mu.Unlock()
-		http.Error(w, "relay shutting down", http.StatusServiceUnavailable)
+	addr := r.clientAddr(req)
+	if status, msg := r.admit(key, addr); status != 0 {
+		http.Error(w, msg, status)
 		return
 	}
-	r.conns.Add(1)
-	r.mu.Unlock()
-
 	var s *session
 	conn, err := wsframe.Upgrade(w, req, &wsframe.Options{
 		ReadLimit:    r.opts.MaxEnvelopeSize,
@@ -520,13 +519,16 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 	})
 	if err != nil {
 		r.log.Debug("websocket upgrade failed", "remote", req.RemoteAddr, "err", err)
+		r.leave(key.Twin, addr, true)
 		r.conns.Done()
 		return
 	}
 	s = r.newSession(key, conn, req.RemoteAddr)
+	s.addr = addr
 	if !r.register(s) {
 		conn.Close(wsframe.StatusCode(statusGoingAway), "relay shutting down", closeGrace)
 		s.cancel()
+		r.leave(key.Twin, addr, true)
 		r.conns.Done()
 		return
 	}
@@ -537,7 +539,102 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 	go func() {
 		defer r.conns.Done()
 		s.serve()
+		r.leave(0, addr, false)
 	}()
+}
+
+// admit lets a new session of key from addr in, or answers the HTTP status
+// and reason to refuse it with (the refusal counted). A session id that is
+// live is always let in: its new connection replaces the old one. On
+// success the caller owns a place in r.conns, r.joining and r.perAddr.
+func (r *Relay) admit(key SessionKey, addr string) (int, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	live := r.sessions[key.Twin]
+	_, replaces := live[key.SID]
+	switch {
+	case r.closing:
+		return http.StatusServiceUnavailable, "relay shutting down"
+	case !replaces && len(live)+r.joining[key.Twin] >= r.opts.MaxSessionsPerTwin:
+		r.counters.refuse(refuseTwinSessions)
+		return http.StatusTooManyRequests, "too many sessions of this twin"
+	case r.perAddr[addr] >= r.opts.MaxSessionsPerAddress:
+		r.counters.refuse(refuseAddrSessions)
+		return http.StatusTooManyRequests, "too many sessions from this address"
+	}
+	r.joining[key.Twin]++
+	r.perAddr[addr]++
+	r.conns.Add(1)
+	return 0, ""
+}
+
+// leave gives back what admit took: the place in r.joining (when joining:
+// the session was not registered) and the one in r.perAddr.
+func (r *Relay) leave(twin uint32, addr string, joining bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if joining {
+		r.unjoin(twin)
+	}
+	if r.perAddr[addr]--; r.perAddr[addr] <= 0 {
+		delete(r.perAddr, addr)
+	}
+}
+
+// unjoin ends twin's place in r.joining; r.mu is held.
+func (r *Relay) unjoin(twin uint32) {
+	if r.joining[twin]--; r.joining[twin] <= 0 {
+		delete(r.joining, twin)
+	}
+}
+
+// clientAddr is the address a connection counts against: the remote
+// address, or, when that is a trusted proxy, the nearest address in
+// X-Forwarded-For that is not one. An IPv6 address counts as its /64 (one
+// host usually holds a whole /64).
+func (r *Relay) clientAddr(req *http.Request) string {
+	ap, err := netip.ParseAddrPort(req.RemoteAddr)
+	if err != nil {
+		return req.RemoteAddr
+	}
+	addr := ap.Addr().Unmap()
+	if r.trusted(addr) {
+		addr = r.forwardedFor(req, addr)
+	}
+	if addr.Is6() {
+		return netip.PrefixFrom(addr, 64).Masked().String()
+	}
+	return addr.String()
+}
+
+// forwardedFor walks X-Forwarded-For from the nearest hop (proxy, a
+// trusted one) and returns the first address that is not trusted; at a
+// hop that is not an address it stops at the last trusted one.
+func (r *Relay) forwardedFor(req *http.Request, proxy netip.Addr) netip.Addr {
+	hops := req.Header.Values("X-Forwarded-For")
+	for i := len(hops) - 1; i >= 0; i-- {
+		list := strings.Split(hops[i], ",")
+		for j := len(list) - 1; j >= 0; j-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(list[j]))
+			if err != nil {
+				return proxy
+			}
+			proxy = a.Unmap()
+			if !r.trusted(proxy) {
+				return proxy
+			}
+		}
+	}
+	return proxy
+}
+
+func (r *Relay) trusted(a netip.Addr) bool {
+	for _, p := range r.opts.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // register makes s the live session of its key, replacing (and closing) the
@@ -548,6 +645,7 @@ func (r *Relay) register(s *session) bool {
 		r.mu.Unlock()
 		return false
 	}
+	r.unjoin(s.key.Twin)
 	m := r.sessions[s.key.Twin]
 	if m == nil {
 		m = make(map[string]*session)

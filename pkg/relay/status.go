@@ -192,6 +192,9 @@ func (p *statusPage) serveEvents(w http.ResponseWriter, req *http.Request) {
 	}
 	serverDone := p.serverDone(req)
 	rc := http.NewResponseController(w)
+	// The request is read: the stream outlives ReadTimeout (with it, the
+	// server would end the stream when it passed).
+	rc.SetReadDeadline(time.Time{})
 	// The deadline set for each event must not outlive the stream on a
 	// kept-alive connection.
 	defer rc.SetWriteDeadline(time.Time{})

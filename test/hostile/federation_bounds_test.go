@@ -30,16 +30,6 @@ func (s *stack) twinAt(relays ...string) *twin {
 	return &twin{id: id, n: tw.ID}
 }
 
-// relayMetric sums a relay metric.
-func (s *stack) relayMetric(name string, match map[string]string) float64 {
-	s.t.Helper()
-	m, err := s.relay.Metrics(s.ctx)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return m.Sum(name, match)
-}
-
 // TestFederationToPrivateAddress: twins whose registered relays are
 // loopback, private or link-local addresses (or a name resolving to one)
 // cannot make a public relay (no --federation-allow-private) post to them;

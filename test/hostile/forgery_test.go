@@ -124,8 +124,9 @@ func TestTokens(t *testing.T) {
 
 // TestEnvelopeTimes: an expired envelope is dropped by the relay (counted,
 // not delivered); one whose deadline lies beyond MaxTTL is refused by the
-// destination peer (it would otherwise pin an entry of its duplicate
-// filter for as long as it claims) and by federation (400).
+// relay, on the WebSocket path with an error envelope and on federation
+// with 400 (the destination peer refuses them too: it would otherwise pin
+// an entry of its duplicate filter for as long as it claims).
 func TestEnvelopeTimes(t *testing.T) {
 	t.Parallel()
 	s := newStack(t)
@@ -175,8 +176,10 @@ func TestEnvelopeTimes(t *testing.T) {
 	if code, msg := s.post(marshal(t, fed)); code != http.StatusBadRequest {
 		t.Errorf("far-future federation POST: %d %s, want 400", code, msg)
 	}
-	if got := s.relayDropped("future"); got != 1 {
-		t.Errorf("dropped_total{future} = %v, want 1", got)
+	// The relay refuses them on both paths (the two WebSocket ones with
+	// an error envelope), before the peer would.
+	if got := s.relayDropped("future"); got != 3 {
+		t.Errorf("dropped_total{future} = %v, want 3", got)
 	}
 	s.echoWorks(c)
 }

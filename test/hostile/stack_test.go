@@ -298,3 +298,13 @@ func (s *stack) waitFor(d time.Duration, f func() error) {
 		s.t.Fatal(err)
 	}
 }
+
+// relayMetric sums a metric of the stack's relay.
+func (s *stack) relayMetric(name string, match map[string]string) float64 {
+	s.t.Helper()
+	m, err := s.relay.Metrics(s.ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return m.Sum(name, match)
+}
