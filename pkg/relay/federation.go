@@ -700,20 +700,20 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	dl := deadline(&rt)
-	if dl.After(now.Add(envelope.MaxTTL*time.Second + maxClockSkew)) {
+	if deadlineTooFar(dl, now) {
 		// No peer stamps such a deadline (they clamp the TTL); remembering
 		// it for replays would take memory for as long as it claims.
 		r.counters.drop(dropFuture)
 		http.Error(w, "envelope deadline too far in the future", http.StatusBadRequest)
 		return
 	}
-	if p := r.policy.Load(); !p.mayRoute(src, rt.Destination.Twin) {
+	if p := r.policy.Load(); !p.allows(&rt) {
 		r.counters.drop(dropDenied)
 		http.Error(w, msgDenied, http.StatusForbidden)
 		return
 	}
 	key := replayKeyOf(&rt)
-	if r.fed.replay.seen(key, now) {
+	if r.fed.replay.seen(key, now) && (rt.Kind != envelope.KindRequest || !r.fed.replay.again(key)) {
 		// Accepted before: say so again, deliver nothing.
 		r.counters.drop(dropReplay)
 		w.WriteHeader(http.StatusAccepted)
@@ -767,6 +767,15 @@ const maxClockSkew = time.Minute
 // about 100 bytes each, 128 Ki entries take some 13 MiB.
 const replayGuardSize = 1 << 17
 
+// maxRedeliveries is how often a request that federation accepted before
+// is delivered again. A peer that lost an answer (a relay on the way back
+// died with it) re-sends the request with the same uid, at most three
+// times before the deadline and once after its own restart; the
+// destination peer answers each copy from its answer cache, and only the
+// first reaches the service. Copies beyond that are replays: 202, not
+// delivered.
+const maxRedeliveries = 4
+
 // replayKey identifies a federated envelope: SHA-256 (first 16 bytes) of
 // its source and destination (twin and session), kind and uid. Peers
 // suppress duplicates by (uid, source, kind); the destination is part of
@@ -808,21 +817,40 @@ func replayKeyOf(rt *envelope.Routing) replayKey {
 type replayGuard struct {
 	max int
 
-	mu      sync.Mutex          // guards the following
-	entries map[replayKey]int64 // -> deadline, unix seconds
-	order   replayHeap          // the same entries by deadline, for expiry and eviction
+	mu      sync.Mutex               // guards the following
+	entries map[replayKey]guardEntry // the envelopes accepted
+	order   replayHeap               // the same entries by deadline, for expiry and eviction
+}
+
+type guardEntry struct {
+	deadline int64 // unix seconds
+	again    uint8 // times delivered again (requests only)
 }
 
 func newReplayGuard(max int) *replayGuard {
-	return &replayGuard{max: max, entries: make(map[replayKey]int64)}
+	return &replayGuard{max: max, entries: make(map[replayKey]guardEntry)}
 }
 
 // seen reports whether key is recorded and not past its deadline.
 func (g *replayGuard) seen(key replayKey, now time.Time) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	d, ok := g.entries[key]
-	return ok && d >= now.Unix()
+	e, ok := g.entries[key]
+	return ok && e.deadline >= now.Unix()
+}
+
+// again reports whether the request recorded under key may be delivered
+// once more (maxRedeliveries), and counts it.
+func (g *replayGuard) again(key replayKey) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e, ok := g.entries[key]
+	if !ok || e.again >= maxRedeliveries {
+		return false
+	}
+	e.again++
+	g.entries[key] = e
+	return true
 }
 
 // add records key until deadline, forgetting expired entries and, when
@@ -841,7 +869,7 @@ func (g *replayGuard) add(key replayKey, deadline, now time.Time) {
 		g.evict()
 	}
 	d := deadline.Unix()
-	g.entries[key] = d
+	g.entries[key] = guardEntry{deadline: d}
 	heap.Push(&g.order, replayEntry{key: key, deadline: d})
 }
 

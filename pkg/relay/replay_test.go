@@ -42,3 +42,28 @@ func TestReplayGuardBounded(t *testing.T) {
 		t.Error("same uid to another destination counted as a replay")
 	}
 }
+
+// A request accepted before is delivered again at most maxRedeliveries
+// times; responses never are.
+func TestReplayGuardRedeliveries(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	g := newReplayGuard(8)
+	rt := envelope.Routing{UID: []byte("u"), Kind: envelope.KindRequest}
+	k := replayKeyOf(&rt)
+	if g.again(k) {
+		t.Fatal("again for a key never recorded")
+	}
+	g.add(k, now.Add(time.Minute), now)
+	for i := range maxRedeliveries {
+		if !g.again(k) {
+			t.Fatalf("redelivery %d refused", i+1)
+		}
+	}
+	if g.again(k) {
+		t.Errorf("redelivery %d allowed, bound is %d", maxRedeliveries+1, maxRedeliveries)
+	}
+	g.add(k, now.Add(time.Minute), now) // a second add does not reset the count
+	if g.again(k) {
+		t.Error("add reset the redelivery count")
+	}
+}
