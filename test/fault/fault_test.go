@@ -427,15 +427,7 @@ func TestFederationKillReceiver(t *testing.T) {
 	t.Parallel()
 	ctx := ctxFor(t)
 	e := startBus(t, ctx, busOptions{topology: federated, relayRedis: true})
-	r2 := e.relays[1]
-	tally := e.run(ctx, func() {
-		e.restart(r2.Proc, func() error {
-			if err := r2.WaitReady(ctx); err != nil {
-				return err
-			}
-			return e.b.WaitConnected(ctx, 20*time.Second)
-		})
-	})
+	tally := e.run(ctx, func() { e.killRelay(ctx, e.relays[1], e.b) })
 	expectClean(t, tally)
 }
 
@@ -447,16 +439,19 @@ func TestFederationKillSender(t *testing.T) {
 	t.Parallel()
 	ctx := ctxFor(t)
 	e := startBus(t, ctx, busOptions{topology: federated, relayRedis: true})
-	r1 := e.relays[0]
-	tally := e.run(ctx, func() {
-		e.restart(r1.Proc, func() error {
-			if err := r1.WaitReady(ctx); err != nil {
-				return err
-			}
-			return e.a.WaitConnected(ctx, 20*time.Second)
-		})
-	})
+	tally := e.run(ctx, func() { e.killRelay(ctx, e.relays[0], e.a) })
 	expectClean(t, tally)
+}
+
+// killRelay kills -9 relay r, restarts it and waits until peer p (one of
+// its twins) is connected to it again.
+func (e *bus) killRelay(ctx context.Context, r *harness.Relay, p *harness.Peer) {
+	e.restart(r.Proc, func() error {
+		if err := r.WaitReady(ctx); err != nil {
+			return err
+		}
+		return p.WaitConnected(ctx, 20*time.Second)
+	})
 }
 
 // expectClean asserts what the design promises when no peer dies: every
