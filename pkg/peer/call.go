@@ -190,7 +190,6 @@ type requestSpec struct {
 	// ret and ref are the client's reply queue and ref for a request
 	// from Redis; such requests are persisted (pending.go).
 	ret, ref string
-	pd       *pending // set by startRequest
 }
 
 func (s *requestSpec) deadline() time.Time {
@@ -219,10 +218,6 @@ type pending struct {
 	// relayErrs are relay errors (source twin 0) that could not be
 	// attributed yet: they name no destination, and several wait.
 	relayErrs []*Error
-	// hold keeps responses in held until releaseHeld (requests from
-	// Redis, until handleLocal queued their removal from LocalProcessing).
-	hold bool
-	held []*Response
 }
 
 // startRequest registers the request, then builds, signs and sends one
@@ -241,9 +236,7 @@ func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint3
 		deliver:  deliver,
 		ret:      spec.ret,
 		ref:      spec.ref,
-		hold:     spec.ret != "",
 	}
-	spec.pd = pd
 	for _, d := range dsts {
 		pd.waiting[d] = nil
 	}
@@ -429,20 +422,11 @@ func (p *Peer) complete(ctx context.Context, uid string, src uint32, r *Response
 		delete(p.pending, uid)
 	}
 	persisted := pd.persisted
-	if pd.hold {
-		pd.held = append(pd.held, done...)
-		done = nil
-	}
 	p.pendMu.Unlock()
-	if len(done) == 0 && src == 0 {
+	if len(done) == 0 {
 		p.log.Debug("relay error kept until it can be attributed to a destination", "uid", uid, "code", r.Err.Code)
 	}
-	p.deliverAll(ctx, pd, done, persisted)
-}
-
-// deliverAll hands responses of pd to its caller.
-func (p *Peer) deliverAll(ctx context.Context, pd *pending, rs []*Response, persisted bool) {
-	for _, r := range rs {
+	for _, r := range done {
 		if r.Err != nil {
 			p.metrics.errorCode(r.Err.Code)
 		} else {
@@ -451,24 +435,10 @@ func (p *Peer) deliverAll(ctx context.Context, pd *pending, rs []*Response, pers
 		p.metrics.responsesIn.Inc()
 		var after *writeOp
 		if persisted {
-			after = forgetOp(pd.uid, r.Source)
+			after = forgetOp(uid, r.Source)
 		}
 		pd.deliver(ctx, r, after)
 	}
-}
-
-// releaseHeld delivers the responses of a request from Redis that came
-// before handleLocal queued the transaction removing the request from
-// LocalProcessing. Held until then, their pushes on ret run after it:
-// a crash cannot leave an answered request in LocalProcessing, to be
-// sent again with a new uid and answered a second time.
-func (p *Peer) releaseHeld(ctx context.Context, pd *pending) {
-	p.pendMu.Lock()
-	pd.hold = false
-	held, persisted := pd.held, pd.persisted
-	pd.held = nil
-	p.pendMu.Unlock()
-	p.deliverAll(ctx, pd, held, persisted)
 }
 
 // forget drops a request of Call nobody waits for any more.
@@ -492,8 +462,9 @@ func (p *Peer) sweeper(ctx context.Context) {
 		now := time.Now()
 		type expired struct {
 			pd        *pending
-			rs        []*Response
+			dsts      []uint32
 			persisted bool
+			relayErrs []*Error
 		}
 		var list []expired
 		p.pendMu.Lock()
@@ -502,45 +473,39 @@ func (p *Peer) sweeper(ctx context.Context) {
 				continue
 			}
 			// Destinations not sent yet are answered by their sender.
-			var dsts []uint32
+			e := expired{pd: pd, persisted: pd.persisted, relayErrs: pd.relayErrs}
 			for d, b := range pd.waiting {
 				if b != nil {
-					dsts = append(dsts, d)
+					e.dsts = append(e.dsts, d)
 					delete(pd.waiting, d)
 				}
 			}
 			if len(pd.waiting) == 0 {
 				delete(p.pending, uid)
 			}
-			slices.Sort(dsts)
-			e := expired{pd: pd, persisted: pd.persisted}
-			for _, d := range dsts {
-				e.rs = append(e.rs, timeoutResponse(d, pd.relayErrs, now))
-			}
-			switch {
-			case pd.hold:
-				pd.held = append(pd.held, e.rs...)
-			case len(e.rs) > 0:
+			if len(e.dsts) > 0 {
 				list = append(list, e)
 			}
 		}
 		p.pendMu.Unlock()
 		for _, e := range list {
-			p.deliverAll(ctx, e.pd, e.rs, e.persisted)
+			slices.Sort(e.dsts)
+			for _, d := range e.dsts {
+				p.metrics.errorCode(envelope.CodeTimeout)
+				var after *writeOp
+				if e.persisted {
+					after = forgetOp(e.pd.uid, d)
+				}
+				msg := fmt.Sprintf("no answer from twin %d before the deadline", d)
+				if len(e.relayErrs) > 0 {
+					msg += fmt.Sprintf(" (the relay refused %d of this request's destinations, not telling which: %s)",
+						len(e.relayErrs), e.relayErrs[0].Message)
+				}
+				e.pd.deliver(ctx, &Response{Source: d, Timestamp: now, Err: &Error{Code: envelope.CodeTimeout, Message: msg}}, after)
+			}
 		}
 		p.sweepSeen(now)
 	}
-}
-
-// timeoutResponse is the 408 of dst, quoting the relay errors its request
-// got that could not be attributed.
-func timeoutResponse(dst uint32, relayErrs []*Error, now time.Time) *Response {
-	msg := fmt.Sprintf("no answer from twin %d before the deadline", dst)
-	if len(relayErrs) > 0 {
-		msg += fmt.Sprintf(" (the relay refused %d of this request's destinations, not telling which: %s)",
-			len(relayErrs), relayErrs[0].Message)
-	}
-	return &Response{Source: dst, Timestamp: now, Err: &Error{Code: envelope.CodeTimeout, Message: msg}}
 }
 
 // errorFromEnvelope converts an error message.

@@ -311,9 +311,8 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 		return false // stopping: keep it in the processing list for the next run
 	}
 	// Remove it from the processing list and persist the request in one
-	// transaction; answers that came meanwhile are pushed behind it.
+	// transaction.
 	p.finish(LocalProcessing, raw, spec.uid)
-	p.releaseHeld(ctx, spec.pd)
 	return true
 }
 
