@@ -66,6 +66,10 @@ type pushOp struct {
 	// on a goroutine of its own when it did not (full, or Redis failed).
 	after  *writeOp
 	failed func(error)
+	// withAfter is set when after's HDELs went in the same transaction as
+	// the push: the answer on ret and the end of its pending entry happen
+	// together (pending.go).
+	withAfter bool
 }
 
 // moveOp moves up to max messages from queue to processing; runBatch sets
@@ -271,10 +275,16 @@ func (p *Peer) settle(u *pushOp) *redisOp {
 		go u.failed(u.err)
 	case u.n < 0:
 		go u.failed(fmt.Errorf("%s: %w (%d entries)", u.queue, errQueueFull, p.opts.QueueLimit))
-	case u.after != nil:
+	case u.after != nil && !u.withAfter:
 		return &redisOp{write: u.after}
 	}
 	return nil
+}
+
+// forgetsOnly reports whether w only deletes PendingHash fields, so it can
+// go in the transaction of the push it follows.
+func forgetsOnly(w *writeOp) bool {
+	return w != nil && len(w.forget) > 0 && w.processing == "" && w.persist == ""
 }
 
 // moveBatch moves up to n messages from queue to processing without
@@ -378,11 +388,13 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	ctx := context.Background()
 	conn := &p.batch.conn
 	rdb := conn.get()
-	// A transaction only when the batch persists a request: then the HSET
-	// and the LREM of the message it came from must happen together.
+	// A transaction only when the batch persists a request or pushes an
+	// answer to a persisted one: then the HSET and the LREM of the message
+	// it came from, or the push of the answer and the HDEL of its pending
+	// entry, must happen together.
 	tx := rdb.Pipeline()
 	for _, op := range ops {
-		if op.write != nil && op.write.persist != "" {
+		if op.write != nil && op.write.persist != "" || op.push != nil && forgetsOnly(op.push.after) {
 			tx = rdb.TxPipeline()
 			break
 		}
@@ -400,6 +412,12 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 			u := op.push
 			if u.err = u.ctx.Err(); u.err == nil {
 				u.cmd = tx.LPush(ctx, u.queue, u.b)
+				if forgetsOnly(u.after) {
+					// Fails with the push if the round trip is lost; the
+					// retry of the push queues after again (pushAsync).
+					hdel = append(hdel, u.after.forget...)
+					u.withAfter = true
+				}
 			}
 		case op.write.persist != "":
 			// Built now, not when queued: pending.go relies on it.

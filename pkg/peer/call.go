@@ -209,6 +209,15 @@ type pending struct {
 	// persisted is set once redisLoop wrote the waiting destinations to
 	// PendingHash; from then on each answered one is deleted there.
 	persisted bool
+
+	// Re-sends (resend.go).
+	resends  int       // timed re-sends so far, at most maxResends
+	resendAt time.Time // when the next timed re-send is due
+	reloaded bool      // loaded from PendingHash: re-send once connected
+	resent   bool      // some destination was sent more than once
+	// relayErrs are relay errors (source twin 0) that could not be
+	// attributed yet: they name no destination, and several wait.
+	relayErrs []*Error
 }
 
 // startRequest registers the request, then builds, signs and sends one
@@ -231,6 +240,7 @@ func (p *Peer) startRequest(ctx context.Context, spec *requestSpec, dsts []uint3
 	for _, d := range dsts {
 		pd.waiting[d] = nil
 	}
+	pd.resendAt = pd.nextResend()
 	p.pendMu.Lock()
 	p.pending[spec.uid] = pd
 	p.pendMu.Unlock()
@@ -362,7 +372,11 @@ func unknownTwin(id uint32) *Error {
 }
 
 // complete hands the answer of src to the request uid. src 0 is a relay
-// error: it completes the request when only one destination is left.
+// error: relay errors name no destination (PROTOCOL.md §4: same uid,
+// source twin 0), so one is attributed to a destination only when no
+// other is left to which it could belong. Until then it is kept on the
+// request; once every destination still waiting has a relay error, each
+// gets one. Each destination gets exactly one response.
 func (p *Peer) complete(ctx context.Context, uid string, src uint32, r *Response) {
 	p.pendMu.Lock()
 	pd := p.pending[uid]
@@ -372,37 +386,59 @@ func (p *Peer) complete(ctx context.Context, uid string, src uint32, r *Response
 		p.log.Debug("answer for unknown or expired request dropped", "uid", uid, "src", src)
 		return
 	}
-	if src == 0 && len(pd.waiting) == 1 {
-		for d := range pd.waiting {
-			src = d
+	var done []*Response
+	if src == 0 {
+		if pd.resent && r.Err.Code == envelope.CodeRateLimited {
+			// The relay refused a copy we sent again, not the request:
+			// the first copy may well have been delivered.
+			p.pendMu.Unlock()
+			p.metrics.dropped.WithLabelValues(dropResendRefused).Inc()
+			return
 		}
-		r.Source = src
-	}
-	persisted := false
-	if src != 0 {
+		pd.relayErrs = append(pd.relayErrs, r.Err)
+	} else {
 		if _, ok := pd.waiting[src]; !ok {
 			p.pendMu.Unlock()
 			p.metrics.dropped.WithLabelValues(dropLateResponse).Inc()
 			return
 		}
 		delete(pd.waiting, src)
-		if len(pd.waiting) == 0 {
-			delete(p.pending, uid)
+		done = append(done, r)
+	}
+	if n := len(pd.waiting); n > 0 && len(pd.relayErrs) >= n {
+		// Every destination left was refused by the relay.
+		dsts := make([]uint32, 0, n)
+		for d := range pd.waiting {
+			dsts = append(dsts, d)
 		}
-		persisted = pd.persisted
+		slices.Sort(dsts)
+		for i, d := range dsts {
+			delete(pd.waiting, d)
+			done = append(done, &Response{Source: d, Timestamp: r.Timestamp, Err: pd.relayErrs[i]})
+		}
+		pd.relayErrs = nil
 	}
+	if len(pd.waiting) == 0 {
+		delete(p.pending, uid)
+	}
+	persisted := pd.persisted
 	p.pendMu.Unlock()
-	if r.Err != nil {
-		p.metrics.errorCode(r.Err.Code)
-	} else {
-		p.metrics.roundTrip.Observe(time.Since(pd.sent).Seconds())
+	if len(done) == 0 {
+		p.log.Debug("relay error kept until it can be attributed to a destination", "uid", uid, "code", r.Err.Code)
 	}
-	p.metrics.responsesIn.Inc()
-	var after *writeOp
-	if persisted {
-		after = forgetOp(uid, src)
+	for _, r := range done {
+		if r.Err != nil {
+			p.metrics.errorCode(r.Err.Code)
+		} else {
+			p.metrics.roundTrip.Observe(time.Since(pd.sent).Seconds())
+		}
+		p.metrics.responsesIn.Inc()
+		var after *writeOp
+		if persisted {
+			after = forgetOp(uid, r.Source)
+		}
+		pd.deliver(ctx, r, after)
 	}
-	pd.deliver(ctx, r, after)
 }
 
 // forget drops a request of Call nobody waits for any more.
@@ -428,6 +464,7 @@ func (p *Peer) sweeper(ctx context.Context) {
 			pd        *pending
 			dsts      []uint32
 			persisted bool
+			relayErrs []*Error
 		}
 		var list []expired
 		p.pendMu.Lock()
@@ -436,7 +473,7 @@ func (p *Peer) sweeper(ctx context.Context) {
 				continue
 			}
 			// Destinations not sent yet are answered by their sender.
-			e := expired{pd: pd, persisted: pd.persisted}
+			e := expired{pd: pd, persisted: pd.persisted, relayErrs: pd.relayErrs}
 			for d, b := range pd.waiting {
 				if b != nil {
 					e.dsts = append(e.dsts, d)
@@ -459,59 +496,15 @@ func (p *Peer) sweeper(ctx context.Context) {
 				if e.persisted {
 					after = forgetOp(e.pd.uid, d)
 				}
-				e.pd.deliver(ctx, &Response{Source: d, Timestamp: now, Err: &Error{
-					Code: envelope.CodeTimeout, Message: fmt.Sprintf("no answer from twin %d before the deadline", d)}}, after)
+				msg := fmt.Sprintf("no answer from twin %d before the deadline", d)
+				if len(e.relayErrs) > 0 {
+					msg += fmt.Sprintf(" (the relay refused %d of this request's destinations, not telling which: %s)",
+						len(e.relayErrs), e.relayErrs[0].Message)
+				}
+				e.pd.deliver(ctx, &Response{Source: d, Timestamp: now, Err: &Error{Code: envelope.CodeTimeout, Message: msg}}, after)
 			}
 		}
 		p.sweepSeen(now)
-	}
-}
-
-// resender sends unanswered requests again after a relay connection was
-// lost: that relay may have dropped them or their answers. Receivers
-// suppress the duplicates and answer again from their response cache.
-func (p *Peer) resender(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-p.resendReq:
-		}
-		type item struct {
-			uid      string
-			dst      uint32
-			b        []byte
-			deadline time.Time
-		}
-		var items []item
-		p.pendMu.Lock()
-		for _, pd := range p.pending {
-			for d, b := range pd.waiting {
-				if b != nil {
-					items = append(items, item{pd.uid, d, b, pd.deadline})
-				}
-			}
-		}
-		p.pendMu.Unlock()
-		for _, it := range items {
-			p.pendMu.Lock()
-			pd := p.pending[it.uid]
-			still := pd != nil && pd.waiting[it.dst] != nil
-			p.pendMu.Unlock()
-			if !still {
-				continue
-			}
-			if err := p.send(ctx, it.b, it.deadline); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				continue // the sweeper reports the timeout
-			}
-			p.metrics.resent.Inc()
-		}
-		if len(items) > 0 {
-			p.log.Info("re-sent unanswered requests after a relay connection loss", "count", len(items))
-		}
 	}
 }
 

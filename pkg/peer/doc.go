@@ -54,12 +54,12 @@
 // Which request an answer belongs to survives a restart: once sent, each
 // destination still waiting is a field of the hash msgbus.system.pending
 // (ret, ref, deadline, signed envelope), written in the same transaction
-// as the LREM, deleted once its answer or 408 was pushed on ret. Run loads
-// the hash before it connects to a relay, so answers the relay kept while
-// the peer was down reach the client, and requests that ran out of time
-// get their 408. (A crash between pushing an answer and deleting its field
-// gives the client a second, spurious 408 at the deadline; see
-// pending.go.)
+// as the LREM, deleted in the same transaction as the push of its answer
+// or 408 on ret. Run loads the hash before it connects to a relay, so
+// answers the relay kept while the peer was down reach the client, sends
+// those requests again once connected (an answer that died with the last
+// process comes again from the receiver's cache), and requests that ran
+// out of time get their 408 (pending.go).
 //
 // # Incoming envelopes (relay -> peer)
 //
@@ -85,8 +85,11 @@
 //
 // Answers are matched to the pending request by uid and source twin and
 // pushed on the client's ret with its ref restored. An answer with an
-// unknown or expired uid is dropped and counted. When the deadline passes,
-// every destination that did not answer gets an error with code 408.
+// unknown or expired uid is dropped and counted. A relay error (source
+// twin 0) names no destination: it goes to the destination still waiting
+// when only one is left, and is kept until then otherwise, so a request
+// to N twins gets exactly N responses. When the deadline passes, every
+// destination that did not answer gets an error with code 408.
 //
 // # Batching
 //
@@ -109,10 +112,11 @@
 // Every Redis list the peer pushes to is bounded by QueueLimit: a push
 // that finds the list full is taken back, so a full service queue answers
 // the caller with 429 and a full ret queue dead-letters the answer;
-// nothing is trimmed. When a relay connection drops, every unanswered
-// request is sent again on another connection: the lost relay may have
-// dropped the request or its answer, and receivers suppress the duplicate
-// and re-send their cached answer.
+// nothing is trimmed. Unanswered requests are sent again, same uid (see
+// resend.go): all of them when a relay connection drops, each after a
+// quarter, a half and three quarters of its TTL, and those loaded at
+// start. Receivers suppress the duplicate and re-send their cached
+// answer, or answer once their service is done with the first copy.
 //
 // # Operations
 //

@@ -19,7 +19,7 @@ type metrics struct {
 	dropped      *prometheus.CounterVec // by reason
 	deadLettered *prometheus.CounterVec // by queue
 	duplicates   prometheus.Counter
-	resent       prometheus.Counter
+	resent       *prometheus.CounterVec // by reason (resend.go)
 	recovered    *prometheus.CounterVec // by processing list
 	relayUp      *prometheus.GaugeVec   // by relay
 	relayDials   *prometheus.CounterVec
@@ -54,9 +54,10 @@ func newMetrics(pendingCount func() float64) *metrics {
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rmb_peer_duplicates_total", Help: "Incoming envelopes suppressed as duplicates.",
 		}),
-		resent: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "rmb_peer_resent_total", Help: "Unanswered requests sent again after a relay connection was lost.",
-		}),
+		resent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rmb_peer_resent_total",
+			Help: "Unanswered requests sent again, by reason: unanswered (a share of the TTL passed), connection_lost, restart.",
+		}, []string{"reason"}),
 		recovered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rmb_peer_recovered_total",
 			Help: "Messages found in a processing list with no worker holding them (left by an earlier run, or a lost Redis reply), by list.",
@@ -97,4 +98,7 @@ const (
 	dropUnexpected   = "unexpected_kind"
 	dropLateResponse = "late_response"
 	dropDeadLetter   = "dead_letter_full"
+	// dropResendRefused: a relay refused a re-sent copy for its rate
+	// limit; the first copy stands.
+	dropResendRefused = "resend_refused"
 )

@@ -22,15 +22,19 @@ import (
 // never neither. redisLoop reads the destinations still waiting when it
 // builds the transaction, and a destination answered after that is
 // deleted by an HDEL queued behind it, so no field outlives its answer.
-// The HDEL is queued after the answer was pushed on ret: a crash in
-// between gives the client a spurious 408 at the deadline, never a lost
-// answer.
+// The HDEL goes in the same MULTI/EXEC as the push of the answer on ret
+// (runBatch): after a crash the client has the answer and the field is
+// gone, or neither, never an answer and then a 408 (or a second answer)
+// for the same destination.
 //
 // Run loads the hash before it connects to any relay, so answers the
 // relays kept for the twin while the peer was down find their request;
 // requests whose deadline passed are answered with 408 by the sweeper as
-// usual. The signed envelope is kept so the request can be sent again
-// after a relay connection loss, like any other.
+// usual. The signed envelope is kept so the request can be sent again:
+// once at start (the answer may have died with the process that read it,
+// or in a socket buffer; the receiver answers a duplicate from its
+// cache), and like any other after a relay connection loss or when it
+// stays unanswered (resend.go).
 
 // PendingHash holds the requests from Redis clients waiting for answers.
 const PendingHash = "msgbus.system.pending"
@@ -190,6 +194,12 @@ func (p *Peer) addPending(all map[string]string) {
 				ret:       rec.Ret,
 				ref:       rec.Ref,
 				persisted: true,
+				reloaded:  true, // its answer may have died with the last run
+			}
+			// Timed re-sends go on from where the schedule stands.
+			now := time.Now()
+			for pd.resendAt = pd.nextResend(); pd.resends < maxResends && !now.Before(pd.resendAt); pd.resendAt = pd.nextResend() {
+				pd.resends++
 			}
 			p.pending[uid] = pd
 		}

@@ -2,12 +2,14 @@ package harness
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +33,7 @@ type Bot struct {
 
 	mu        sync.Mutex     // guards the following
 	accepted  map[string]int // id -> destinations
+	expect    map[string]expectation
 	order     []string
 	responses map[string][]redisapi.IncomingResponse
 	rejected  int            // pushes Redis did not acknowledge
@@ -38,17 +41,48 @@ type Bot struct {
 	skip      map[string]int // processing-list entries already recorded
 }
 
-// NewBot returns a bot pushing cmd to peer's Redis rdb.
-func NewBot(rdb *redis.Client, name, cmd string, ttl int64) *Bot {
-	return &Bot{RDB: rdb, Ret: "bot.ret." + name, Cmd: cmd, TTL: ttl,
-		accepted: map[string]int{}, responses: map[string][]redisapi.IncomingResponse{}}
+// expectation is what the answers to a request must show: one response
+// from each destination, and (the services here echo) its own payload.
+type expectation struct {
+	dsts []string // destination twins, as the src of their responses
+	dat  [32]byte // SHA-256 of the request's dat (base64)
 }
 
-// Push sends one request with id to dst. It is accepted only when Redis
-// acknowledged the push; an unacknowledged push is not retried (it may or
-// may not have happened) and counts as rejected.
+// expectationOf reads the destinations and payload of a request body; ok
+// is false when the body is not a request with want destinations.
+func expectationOf(body []byte, want int) (e expectation, ok bool) {
+	var req redisapi.OutgoingRequest
+	if json.Unmarshal(body, &req) != nil {
+		return e, false
+	}
+	for _, d := range req.Destinations {
+		s := strconv.FormatUint(uint64(d), 10)
+		if !slices.Contains(e.dsts, s) {
+			e.dsts = append(e.dsts, s)
+		}
+	}
+	e.dat = sha256.Sum256([]byte(req.Data))
+	return e, len(e.dsts) == want
+}
+
+// NewBot returns a bot pushing cmd to peer's Redis rdb.
+func NewBot(rdb *redis.Client, name, cmd string, ttl int64) *Bot {
+	return &Bot{RDB: rdb, Ret: "bot.ret." + name, Cmd: cmd, TTL: ttl, accepted: map[string]int{},
+		expect: map[string]expectation{}, responses: map[string][]redisapi.IncomingResponse{}}
+}
+
+// Push sends one request with id to dst, id as its payload. It is
+// accepted only when Redis acknowledged the push; an unacknowledged push
+// is not retried (it may or may not have happened) and counts as
+// rejected. It expects one response per distinct destination.
 func (b *Bot) Push(ctx context.Context, id string, dst []uint32) error {
-	return b.PushRaw(ctx, id, len(dst), b.Request(id, dst, []byte(id)))
+	n := 0
+	for i, d := range dst {
+		if !slices.Contains(dst[:i], d) {
+			n++
+		}
+	}
+	return b.PushRaw(ctx, id, n, b.Request(id, dst, []byte(id)))
 }
 
 // Request is the JSON of a request with id and payload.
@@ -68,10 +102,18 @@ func (b *Bot) Request(id string, dst []uint32, payload []byte) []byte {
 // PushRaw pushes body as the request id that expects want responses.
 // The id is recorded before the push (its answer may come back before
 // LPUSH returns) and forgotten again when Redis did not acknowledge it.
+// When body is a request with want destinations, Count checks that each
+// of them answered once, with the request's own payload.
 func (b *Bot) PushRaw(ctx context.Context, id string, want int, body []byte) error {
+	e, checked := expectationOf(body, want)
 	b.mu.Lock()
 	_, dup := b.accepted[id]
 	b.accepted[id] = want
+	if checked {
+		b.expect[id] = e
+	} else {
+		delete(b.expect, id)
+	}
 	b.mu.Unlock()
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -80,6 +122,7 @@ func (b *Bot) PushRaw(ctx context.Context, id string, want int, body []byte) err
 		b.rejected++
 		if !dup {
 			delete(b.accepted, id)
+			delete(b.expect, id)
 			delete(b.responses, id)
 		}
 		b.mu.Unlock()
@@ -181,11 +224,24 @@ func (b *Bot) Pending() int {
 	defer b.mu.Unlock()
 	n := 0
 	for id, want := range b.accepted {
-		if len(b.responses[id]) < want {
+		if b.answeredLocked(id) < want {
 			n++
 		}
 	}
 	return n
+}
+
+// answeredLocked is how many destinations of id have a response: distinct
+// sources, and only destinations of the request where it is known.
+func (b *Bot) answeredLocked(id string) int {
+	exp, checked := b.expect[id]
+	var srcs []string
+	for _, r := range b.responses[id] {
+		if !slices.Contains(srcs, r.Source) && (!checked || slices.Contains(exp.dsts, r.Source)) {
+			srcs = append(srcs, r.Source)
+		}
+	}
+	return len(srcs)
 }
 
 // Accepted is how many requests Redis acknowledged.
@@ -336,20 +392,25 @@ func DeadLetters(ctx context.Context, rdb *redis.Client) ([]redisapi.DeadLetter,
 	return out, nil
 }
 
-// Tally is the outcome of a run, per request id.
+// Tally is the outcome of a run. A request to N destinations is N
+// destination outcomes: answered, errored or lost.
 type Tally struct {
 	Accepted     int            // requests Redis acknowledged
 	Rejected     int            // pushes Redis did not acknowledge (not counted anywhere else)
-	Answered     int            // every destination answered without error
-	Errored      int            // at least one error response, none missing
-	DeadLettered int            // errored requests that also have a dead-letter entry
-	Timeouts     int            // errored requests with a 408 (no answer before the deadline)
-	Lost         int            // accepted, but a destination never got a response: must be 0
-	DupResponses int            // responses beyond one per destination
+	Destinations int            // responses the accepted requests expect: one per destination
+	Answered     int            // destinations answered without error, with their request's own payload
+	Errored      int            // destinations answered with an error
+	DeadLettered int            // errored destinations whose request also has a dead-letter entry
+	Timeouts     int            // errored destinations with a 408 (no answer before the deadline)
+	Lost         int            // destinations that never got a response: must be 0
+	DupResponses int            // responses beyond one per destination: must be 0 unless Redis died
+	Swapped      int            // answers that carry another payload than their request's: must be 0
+	WrongSource  int            // responses from a twin the request was not sent to: must be 0
+	Strays       int            // responses for ids never accepted (a push Redis ran but did not acknowledge)
 	ServiceDups  int            // deliveries to the service beyond the first, over all ids
 	Codes        map[uint32]int // error responses by code
 	Orphans      int            // dead letters naming our ret whose ref got no error response: must be 0
-	LostIDs      []string       // a few of the lost ids
+	LostIDs      []string       // a few of the requests with a lost destination
 }
 
 func (t Tally) String() string {
@@ -358,8 +419,20 @@ func (t Tally) String() string {
 		codes = append(codes, fmt.Sprintf("%d:%d", c, n))
 	}
 	sort.Strings(codes)
-	return fmt.Sprintf("accepted=%d answered=%d errored=%d (dead-lettered=%d timeouts=%d codes=[%s]) lost=%d dup_responses=%d service_dups=%d orphan_dead_letters=%d rejected_pushes=%d",
-		t.Accepted, t.Answered, t.Errored, t.DeadLettered, t.Timeouts, strings.Join(codes, " "), t.Lost, t.DupResponses, t.ServiceDups, t.Orphans, t.Rejected)
+	return fmt.Sprintf("accepted=%d destinations=%d answered=%d errored=%d (dead-lettered=%d timeouts=%d codes=[%s]) lost=%d dup_responses=%d swapped=%d wrong_source=%d service_dups=%d orphan_dead_letters=%d rejected_pushes=%d strays=%d",
+		t.Accepted, t.Destinations, t.Answered, t.Errored, t.DeadLettered, t.Timeouts, strings.Join(codes, " "), t.Lost,
+		t.DupResponses, t.Swapped, t.WrongSource, t.ServiceDups, t.Orphans, t.Rejected, t.Strays)
+}
+
+// Clean reports what must never happen, whatever the fault: a lost
+// destination, a swapped answer, an answer from the wrong twin, an
+// orphan dead letter. Empty when none.
+func (t Tally) Clean() string {
+	if t.Lost == 0 && t.Swapped == 0 && t.WrongSource == 0 && t.Orphans == 0 {
+		return ""
+	}
+	return fmt.Sprintf("lost=%d (ids %v) swapped=%d wrong_source=%d orphan_dead_letters=%d",
+		t.Lost, t.LostIDs, t.Swapped, t.WrongSource, t.Orphans)
 }
 
 // Count builds the tally of bot against the echo service (nil: no service
@@ -367,7 +440,7 @@ func (t Tally) String() string {
 func Count(b *Bot, e *Echo, dead []redisapi.DeadLetter) Tally {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	t := Tally{Accepted: len(b.accepted), Rejected: b.rejected, Codes: map[uint32]int{}}
+	t := Tally{Accepted: len(b.accepted), Rejected: b.rejected, Strays: b.strays, Codes: map[uint32]int{}}
 	dl := map[string]bool{}
 	for _, d := range dead {
 		if d.Ret == b.Ret && d.Ref != "" {
@@ -376,40 +449,48 @@ func Count(b *Bot, e *Echo, dead []redisapi.DeadLetter) Tally {
 	}
 	for _, id := range b.order {
 		want := b.accepted[id]
-		rs := b.responses[id]
-		// One response per destination (by src); more is a duplicate.
-		bySrc := map[string]int{}
-		errs := 0
-		timeout := false
-		for _, r := range rs {
-			bySrc[r.Source]++
-			if r.Error != nil {
-				errs++
-				t.Codes[r.Error.Code]++
-				if r.Error.Code == 408 {
-					timeout = true
-				}
+		t.Destinations += want
+		exp, checked := b.expect[id]
+		// The first response of each destination (by src) counts; more
+		// are duplicates.
+		first := map[string]redisapi.IncomingResponse{}
+		var srcs []string
+		for _, r := range b.responses[id] {
+			if checked && !slices.Contains(exp.dsts, r.Source) {
+				t.WrongSource++
+				continue
 			}
+			if _, ok := first[r.Source]; ok {
+				t.DupResponses++
+				continue
+			}
+			first[r.Source] = r
+			srcs = append(srcs, r.Source)
 		}
-		distinct := len(bySrc)
-		for _, n := range bySrc {
-			t.DupResponses += n - 1
-		}
-		switch {
-		case distinct < want:
-			t.Lost++
+		if lost := want - len(first); lost > 0 {
+			t.Lost += lost
 			if len(t.LostIDs) < 10 {
 				t.LostIDs = append(t.LostIDs, id)
 			}
-		case errs == 0:
-			t.Answered++
-		default:
-			t.Errored++
-			if dl[id] {
-				t.DeadLettered++
-			}
-			if timeout {
-				t.Timeouts++
+		}
+		errs := 0
+		for _, src := range srcs {
+			r := first[src]
+			switch {
+			case r.Error != nil:
+				errs++
+				t.Errored++
+				t.Codes[r.Error.Code]++
+				if r.Error.Code == 408 {
+					t.Timeouts++
+				}
+				if dl[id] {
+					t.DeadLettered++
+				}
+			case checked && sha256.Sum256([]byte(r.Data)) != exp.dat:
+				t.Swapped++
+			default:
+				t.Answered++
 			}
 		}
 		if dl[id] && errs == 0 {

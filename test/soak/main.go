@@ -4,7 +4,9 @@
 // error answers, unknown destinations, oversized requests and garbage
 // JSON. Every SOAK_SAMPLE (default 5s) it samples the RSS of each process
 // (VmRSS) and the goroutines of the relay and the peers (go_goroutines on
-// their metrics endpoints). It fails when any request vanished, when RSS
+// their metrics endpoints). It fails when any destination of a request
+// got no response, or two, or an answer from another twin or with another
+// request's payload (harness.Count), when RSS
 // of the relay or a peer grows over the second half of the run
 // (Theil-Sen slope above SOAK_MAX_SLOPE MiB/min, default 2; Redis is
 // reported, not judged), or when goroutines do not come back
@@ -253,8 +255,11 @@ sampling:
 	for _, id := range tally.LostIDs[:min(3, len(tally.LostIDs))] {
 		fmt.Printf("lost %s: want %d responses, got %+v\n", id, bot.Want(id), bot.Responses(id))
 	}
-	if tally.Lost > 0 || tally.Orphans > 0 {
-		problems = append(problems, fmt.Errorf("%d requests lost (ids %v), %d orphan dead letters", tally.Lost, tally.LostIDs, tally.Orphans))
+	if bad := tally.Clean(); bad != "" {
+		problems = append(problems, fmt.Errorf("messages lost or answered wrong: %s", bad))
+	}
+	if tally.DupResponses > 0 || tally.Strays > 0 {
+		problems = append(problems, fmt.Errorf("%d duplicate responses, %d responses to requests never pushed, with every process up", tally.DupResponses, tally.Strays))
 	}
 	if tally.Timeouts > 0 {
 		problems = append(problems, fmt.Errorf("%d requests timed out (408) with every process up", tally.Timeouts))
