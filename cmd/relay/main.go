@@ -93,6 +93,8 @@ type Main struct {
 	Store              relay.StoreOptions
 	SessionsPerTwin    int
 	SessionsPerAddress int
+	SendQueue          int
+	SendQueueBytes     int64
 	TrustedProxies     []netip.Prefix
 
 	// Stderr receives the logs. Default os.Stderr.
@@ -137,6 +139,8 @@ func NewMain() *Main {
 		},
 		SessionsPerTwin:    64,
 		SessionsPerAddress: 256,
+		SendQueue:          256,
+		SendQueueBytes:     4 << 20,
 	}
 }
 
@@ -246,6 +250,8 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.Int64Var(&m.Store.MaxTotalBytes, "store-max-bytes", m.Store.MaxTotalBytes, "bytes stored in total (memory: plus 128 per envelope; Redis: all twins)")
 	fs.IntVar(&m.SessionsPerTwin, "max-sessions-per-twin", m.SessionsPerTwin, "concurrent sessions of one twin")
 	fs.IntVar(&m.SessionsPerAddress, "max-sessions-per-address", m.SessionsPerAddress, "concurrent sessions from one client address")
+	fs.IntVar(&m.SendQueue, "send-queue", m.SendQueue, "envelopes waiting in memory for one live session's connection (more go to the store)")
+	fs.Int64Var(&m.SendQueueBytes, "send-queue-bytes", m.SendQueueBytes, "bytes waiting in memory for one live session's connection (more go to the store)")
 	fs.Var((*prefixList)(&m.TrustedProxies), "trusted-proxy", "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeatable; default: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -276,6 +282,8 @@ func (m *Main) ParseFlags(args []string) error {
 		return errors.New("--queue-*, --queue-twin-* and --store-max-bytes must be positive")
 	case m.SessionsPerTwin <= 0 || m.SessionsPerAddress <= 0:
 		return errors.New("--max-sessions-per-twin and --max-sessions-per-address must be positive")
+	case m.SendQueue <= 0 || m.SendQueueBytes <= 0:
+		return errors.New("--send-queue and --send-queue-bytes must be positive")
 	}
 	return nil
 }
@@ -328,6 +336,8 @@ func (m *Main) Run(ctx context.Context) error {
 		ReadTimeout:           m.ReadTimeout,
 		MaxSessionsPerTwin:    m.SessionsPerTwin,
 		MaxSessionsPerAddress: m.SessionsPerAddress,
+		SendQueueSize:         m.SendQueue,
+		SendQueueBytes:        m.SendQueueBytes,
 		TrustedProxies:        m.TrustedProxies,
 	}
 	if m.Limit > 0 || m.LimitBytes > 0 {

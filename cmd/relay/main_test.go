@@ -131,6 +131,7 @@ func TestParseFlags(t *testing.T) {
 		{"--registrar", "http://r", "-m", "a", "--store-max-bytes", "0"},
 		{"--registrar", "http://r", "-m", "a", "--max-sessions-per-twin", "-1"},
 		{"--registrar", "http://r", "-m", "a", "--read-timeout", "0s"},
+		{"--registrar", "http://r", "-m", "a", "--send-queue-bytes", "0"},
 	} {
 		m := NewMain()
 		m.Stderr = &bytes.Buffer{}

@@ -57,6 +57,10 @@ type Options struct {
 	// SendQueueSize is the bound of each session's in-memory send queue;
 	// when it is full, envelopes go to the Store. Default 256.
 	SendQueueSize int
+	// SendQueueBytes bounds the bytes in each session's send queue; an
+	// envelope that would go over it goes to the Store, like one that finds
+	// the queue full. Default 4 MiB.
+	SendQueueBytes int64
 	// WriteTimeout bounds one WebSocket write; a session whose write times
 	// out is closed. Default 10 seconds.
 	WriteTimeout time.Duration
@@ -198,6 +202,9 @@ func New(opts *Options) (*Relay, error) {
 	}
 	if o.MaxEnvelopeSize <= 0 {
 		o.MaxEnvelopeSize = envelope.DefaultMaxSize
+	}
+	if o.SendQueueBytes <= 0 {
+		o.SendQueueBytes = 4 << 20
 	}
 	if o.SendQueueSize <= 0 {
 		o.SendQueueSize = 256

@@ -80,6 +80,7 @@ type session struct {
 	// sendLoop. It is made at the first delivery (and sendLoop woken to
 	// pick it up): an idle session does not pay for its buffer.
 	send      chan Message
+	sendBytes int64       // bytes of the envelopes in send (SendQueueBytes)
 	pingTimer *time.Timer // runs pingCheck
 	// spilled is set when an envelope went to the store while the session
 	// was live (its queue was full, or it just connected and the store may
@@ -126,12 +127,17 @@ func (s *session) deliver(m Message) (routeResult, error) {
 			s.send = make(chan Message, s.r.opts.SendQueueSize)
 			s.wake() // sendLoop picks the new queue up
 		}
-		select {
-		case s.send <- m:
-			s.mu.Unlock()
-			return routedLocal, nil
-		default:
+		if s.sendBytes+int64(len(m.Data)) > s.r.opts.SendQueueBytes {
 			s.spilled = true
+		} else {
+			select {
+			case s.send <- m:
+				s.sendBytes += int64(len(m.Data))
+				s.mu.Unlock()
+				return routedLocal, nil
+			default:
+				s.spilled = true
+			}
 		}
 	}
 	closed := s.closed
@@ -151,6 +157,13 @@ func (s *session) deliver(m Message) (routeResult, error) {
 		return 0, err
 	}
 	return routedStored, nil
+}
+
+// took accounts for m, taken from the send queue.
+func (s *session) took(m Message) {
+	s.mu.Lock()
+	s.sendBytes -= int64(len(m.Data))
+	s.mu.Unlock()
 }
 
 // queue returns the send queue, nil until the first delivery.
@@ -280,6 +293,7 @@ func (s *session) sendLoop() {
 			leftover = s.takeUnflushed()
 			return
 		case m := <-send:
+			s.took(m)
 			var err error
 			if leftover, err = s.writeQueue(m, send); err != nil {
 				return
@@ -304,6 +318,7 @@ func (s *session) writeQueue(m Message, send chan Message) ([]Message, error) {
 		}
 		select {
 		case m = <-send:
+			s.took(m)
 			continue
 		default:
 		}
@@ -326,6 +341,7 @@ func (s *session) drain() ([]Message, error) {
 		for done := false; !done; {
 			select {
 			case m := <-send:
+				s.took(m)
 				if err := s.write(m); err != nil {
 					return s.takeUnflushed(), err
 				}
@@ -426,6 +442,7 @@ func (s *session) finish(leftover []Message) {
 	for done := false; !done; {
 		select {
 		case m := <-send:
+			s.took(m)
 			leftover = append(leftover, m)
 		default:
 			done = true

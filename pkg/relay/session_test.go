@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -92,3 +93,33 @@ const (
 	errSpilled   = testError("session still spilled")
 	errNotQueued = testError("envelope not in the send queue")
 )
+
+// A session that never reads holds at most SendQueueBytes in its send
+// queue, however many envelopes the queue's count would take: the rest
+// goes to the store.
+func TestSendQueueBytes(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	slow := reg.newTwin(t, domain)
+	const limit = 256 << 10
+	tr := startRelay(t, reg, &Options{SendQueueSize: 10000, SendQueueBytes: limit, WriteTimeout: time.Hour, PingInterval: time.Hour}, ln, nil)
+	ca := dial(t, tr, a, "")
+	dialSilent(t, tr, slow, "") // never reads
+	key := SessionKey{slow.num, ""}
+	waitSession(t, tr.Relay, key, true)
+	big := strings.Repeat("z", 64<<10)
+	for i := 0; tr.counters.stored.Load() < 10; i++ {
+		if i > 2000 {
+			t.Fatal("nothing spilled to the store: the send queue is not bounded in bytes")
+		}
+		ca.send(slow.num, "", big)
+	}
+	s := tr.lookup(key)
+	s.mu.Lock()
+	queued, bytes := len(s.send), s.sendBytes
+	s.mu.Unlock()
+	if bytes > limit || queued > limit/(64<<10) {
+		t.Errorf("send queue holds %d envelopes, %d bytes; bound %d bytes", queued, bytes, limit)
+	}
+}
