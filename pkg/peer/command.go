@@ -80,6 +80,10 @@ func commandChar(c byte) bool {
 // '\' are refused, so a pattern never means something other than what it
 // reads as.
 
+// CheckGlob reports whether pattern is a valid glob (see Globs), as
+// Options.Serve and policy rules take them.
+func CheckGlob(pattern string) error { return checkGlob(pattern) }
+
 // checkGlob reports whether pattern is a valid glob.
 func checkGlob(pattern string) error {
 	if pattern == "" {
