@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -38,9 +39,12 @@ import (
 //     removed request is answered with 408 to its sender and
 //     dead-lettered (its payload left out when large).
 //
-// The byte counts are estimates between sweeps: a push adds its size,
-// a sweep replaces the sum with what it measured. Pops by services are
-// seen at the next sweep, so the estimate errs on the side of refusing.
+// The byte counts are estimates between measurements: a push adds its
+// size, a sweep replaces the sum with what it measured. Pops by services
+// are seen at the next measurement, so the estimate errs on the side of
+// refusing; a request the estimate refuses is admitted after all when
+// the list, measured again then (MEMORY USAGE; requests that find a
+// measurement running wait for it), has room.
 //
 // Lists that were already in Redis when the peer started are not known
 // until the peer pushes on them again.
@@ -56,7 +60,11 @@ type cmdQueue struct {
 	bytes    int64     // estimated bytes in the list
 	due      int64     // unix seconds of the earliest deadline that may be in the list; 0 none
 	admitted int64     // bytes admitted in all, for the sweep's bookkeeping
+	inflight int64     // bytes admitted whose push has not landed (or failed) yet
 	last     time.Time // of the last admission
+	// measuring is closed when the measurement remeasure runs ends; nil
+	// when none runs.
+	measuring chan struct{}
 }
 
 // Reasons a request for a command queue is refused (rmb_peer_dropped_total).
@@ -99,12 +107,79 @@ func (p *Peer) admit(queue string, n int, deadline time.Time) string {
 	}
 	q.bytes += int64(n)
 	q.admitted += int64(n)
+	q.inflight += int64(n)
 	c.total += int64(n)
 	q.last = time.Now()
 	if d := deadline.Unix(); q.due == 0 || d < q.due {
 		q.due = d
 	}
 	return ""
+}
+
+// settled reports the end of the push of n bytes admitted to queue: it
+// landed, or it failed and its bytes are given back.
+func (p *Peer) settled(queue string, n int, ok bool) {
+	c := &p.cmdq
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if q := c.q[queue]; q != nil {
+		q.inflight -= int64(n)
+		if !ok {
+			q.bytes -= int64(n)
+			c.total -= int64(n)
+		}
+	}
+}
+
+// measuredBytes is the estimate of a list that held n bytes when a
+// measurement ran, which started when the list's admitted and inflight
+// counts were as given. Pushes in flight at the start landed before the
+// measurement (and are counted twice) or after (and are counted once);
+// admissions since are added: the estimate errs on the side of too much.
+func (q *cmdQueue) measuredBytes(n, admitted, inflight int64) int64 {
+	return n + inflight + q.admitted - admitted
+}
+
+// remeasure learns the bytes of queue from Redis (MEMORY USAGE, which
+// walks the list's nodes without copying them); when a measurement runs
+// already it waits for that one instead. It reports whether the estimate
+// is now fresh.
+func (p *Peer) remeasure(ctx context.Context, queue string) bool {
+	c := &p.cmdq
+	c.mu.Lock()
+	q := c.q[queue]
+	if q == nil {
+		c.mu.Unlock()
+		return false
+	}
+	if ch := q.measuring; ch != nil {
+		c.mu.Unlock()
+		select {
+		case <-ch:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	done := make(chan struct{})
+	q.measuring = done
+	admitted, inflight := q.admitted, q.inflight
+	c.mu.Unlock()
+	defer close(done)
+	n, err := p.rdb.MemoryUsage(ctx, queue, 0).Result()
+	if errors.Is(err, redis.Nil) {
+		n, err = 0, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	q.measuring = nil
+	if err != nil || c.q[queue] != q {
+		return false
+	}
+	nb := q.measuredBytes(n, admitted, inflight)
+	c.total += nb - q.bytes
+	q.bytes = nb
+	return true
 }
 
 // sweepScript removes from KEYS[1] the entries whose deadline ("now" +
@@ -160,21 +235,26 @@ func (p *Peer) commandSweeper(ctx context.Context) {
 	}
 }
 
-// sweepCommands sweeps the lists that need it now: those that may hold
-// an expired entry and those past half their byte bound (to learn what
-// services popped). It forgets lists that are empty and idle.
+// sweepCommands runs the sweep script on the lists that may hold an
+// entry past its deadline, and measures again (remeasure) those near
+// their byte bound, or idle for idleForget; it forgets lists that are
+// empty and idle.
 func (p *Peer) sweepCommands(ctx context.Context, now time.Time) {
 	c := &p.cmdq
 	type job struct {
-		queue    string
-		admitted int64
+		queue              string
+		admitted, inflight int64
+		script             bool
 	}
 	var jobs []job
 	c.mu.Lock()
 	for name, q := range c.q {
-		if q.due != 0 && q.due <= now.Unix() || q.bytes > p.opts.MaxQueueBytes/2 ||
-			c.total > p.opts.MaxCommandBytes/2 && q.bytes > 0 || q.bytes == 0 && now.Sub(q.last) > idleForget {
-			jobs = append(jobs, job{name, q.admitted})
+		switch {
+		case q.due != 0 && q.due <= now.Unix():
+			jobs = append(jobs, job{name, q.admitted, q.inflight, true})
+		case q.bytes > p.opts.MaxQueueBytes/4 || c.total > p.opts.MaxCommandBytes/2 && q.bytes > 0 ||
+			now.Sub(q.last) > idleForget:
+			jobs = append(jobs, job{queue: name})
 		}
 	}
 	c.mu.Unlock()
@@ -182,27 +262,40 @@ func (p *Peer) sweepCommands(ctx context.Context, now time.Time) {
 		if ctx.Err() != nil {
 			return
 		}
+		if !j.script {
+			if p.remeasure(ctx, j.queue) {
+				c.forgetIdle(j.queue, now)
+			}
+			continue
+		}
 		res, err := p.runSweep(ctx, j.queue, now)
 		if err != nil {
 			p.log.Warn("command list sweep failed", "queue", j.queue, "err", err)
 			continue
 		}
-		bytes, due, left, gone := res.bytes, res.due, res.left, res.gone
 		c.mu.Lock()
 		if q := c.q[j.queue]; q != nil {
-			// What was admitted while the script ran is not in its sum.
-			nb := bytes + q.admitted - j.admitted
+			nb := q.measuredBytes(res.bytes, j.admitted, j.inflight)
 			c.total += nb - q.bytes
 			q.bytes = nb
-			q.due = due
-			if left == 0 && nb == 0 && now.Sub(q.last) > idleForget {
-				delete(c.q, j.queue)
-			}
+			q.due = res.due
 		}
 		c.mu.Unlock()
-		if len(gone) > 0 {
-			p.unserved(ctx, j.queue, gone)
+		c.forgetIdle(j.queue, now)
+		if len(res.gone) > 0 {
+			p.unserved(ctx, j.queue, res.gone)
 		}
+	}
+}
+
+// forgetIdle forgets queue when it was measured empty and nothing was
+// admitted to it for idleForget.
+func (c *cmdQueues) forgetIdle(queue string, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if q := c.q[queue]; q != nil && q.bytes <= 0 && now.Sub(q.last) > idleForget {
+		c.total -= q.bytes
+		delete(c.q, queue)
 	}
 }
 

@@ -405,11 +405,35 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 	}
 	b := msg.AppendJSON(nil)
 	queue := CommandQueue(cmd)
-	if reason := p.admit(queue, len(b), deadline); reason != "" {
+	full := func(reason string) {
 		refuse(reason, envelope.CodeRateLimited, fmt.Sprintf("cannot queue request for %q: the service's queues are full", cmd))
+	}
+	switch reason := p.admit(queue, len(b), deadline); reason {
+	case "":
+	case dropQueueBytes, dropCommandBytes:
+		// The estimate does not know what services popped: measure.
+		later(func() {
+			if !p.remeasure(ctx, queue) {
+				full(reason)
+			} else if reason = p.admit(queue, len(b), deadline); reason != "" {
+				full(reason)
+			} else {
+				p.pushRequest(ctx, env.Uid, src, cmd, queue, b, deadline)
+			}
+		})
+		return
+	default:
+		full(reason)
 		return
 	}
-	p.pushAsync(ctx, queue, b, deadline, nil, func(err error) {
+	p.pushRequest(ctx, env.Uid, src, cmd, queue, b, deadline)
+}
+
+// pushRequest pushes the incoming request b onto queue, the list of cmd,
+// and answers it with an error when that fails.
+func (p *Peer) pushRequest(ctx context.Context, uid string, src address, cmd, queue string, b []byte, deadline time.Time) {
+	p.pushAsyncLanded(ctx, queue, b, deadline, nil, func(err error) {
+		p.settled(queue, len(b), false)
 		// The error names the service's Redis: the log's, not the
 		// sender's.
 		code, msg := uint32(envelope.CodeInternal), "the service's queue is unavailable"
@@ -417,10 +441,10 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 			code, msg = envelope.CodeRateLimited, "the service's queue is full"
 			p.metrics.dropped.WithLabelValues(dropQueueFull).Inc()
 		} else {
-			p.log.Warn("cannot queue request", "queue", queue, "uid", env.Uid, "src", src, "err", err)
+			p.log.Warn("cannot queue request", "queue", queue, "uid", uid, "src", src, "err", err)
 		}
-		p.sendError(ctx, env.Uid, src, code, fmt.Sprintf("cannot queue request for %q: %s", cmd, msg), deadline)
-	})
+		p.sendError(ctx, uid, src, code, fmt.Sprintf("cannot queue request for %q: %s", cmd, msg), deadline)
+	}, func() { p.settled(queue, len(b), true) })
 }
 
 // sendError answers a request with a signed error envelope.
