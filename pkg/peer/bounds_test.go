@@ -212,6 +212,19 @@ func TestCommandQueueBounds(t *testing.T) {
 	}
 	raw.send(raw.request("other", "other", nil, b.Twin()))
 	expect("other", envelope.CodeNotFound)
+	mfs, err := b.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gauges := map[string]float64{}
+	for _, mf := range mfs {
+		if len(mf.GetMetric()) == 1 && mf.GetMetric()[0].GetGauge() != nil {
+			gauges[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	if gauges["rmb_peer_command_queues"] != 3 || gauges["rmb_peer_command_queue_bytes"] < float64(size) {
+		t.Errorf("gauges %v; want 3 lists and at least %d bytes", gauges, size)
+	}
 	if n, _ := b.rdb.Exists(ctx, "msgbus.other").Result(); n != 0 {
 		t.Error("msgbus.other exists")
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/pkg/envelope"
@@ -81,6 +82,24 @@ const (
 	deadLetterDatLimit = 4096
 )
 
+// registerBoundGauges adds the gauges of what the bounds hold:
+// rmb_peer_command_queues, rmb_peer_command_queue_bytes (estimated) and
+// rmb_peer_answer_cache_bytes.
+func (p *Peer) registerBoundGauges() {
+	c := &p.cmdq
+	p.metrics.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "rmb_peer_command_queues", Help: "msgbus.<cmd> lists in use (bound: MaxCommandQueues).",
+		}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(len(c.q)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "rmb_peer_command_queue_bytes", Help: "Estimated bytes in all msgbus.<cmd> lists (bound: MaxCommandBytes).",
+		}, func() float64 { c.mu.Lock(); defer c.mu.Unlock(); return float64(c.total) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "rmb_peer_answer_cache_bytes", Help: "Bytes of answers kept for re-sent requests (bound: MaxAnswerCacheBytes).",
+		}, func() float64 { p.seenMu.Lock(); defer p.seenMu.Unlock(); return float64(p.answerBytes) }),
+	)
+}
+
 // idleForget is how long an empty command list stays counted after its
 // last push.
 const idleForget = 10 * time.Second
@@ -125,8 +144,10 @@ func (p *Peer) settled(queue string, n int, ok bool) {
 	if q := c.q[queue]; q != nil {
 		q.inflight -= int64(n)
 		if !ok {
-			q.bytes -= int64(n)
-			c.total -= int64(n)
+			// A measurement since may already have left it out.
+			back := min(int64(n), max(q.bytes, 0))
+			q.bytes -= back
+			c.total -= back
 		}
 	}
 }

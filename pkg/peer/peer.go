@@ -298,6 +298,7 @@ func New(opts *Options) (*Peer, error) {
 		defer p.pendMu.Unlock()
 		return float64(len(p.pending))
 	})
+	p.registerBoundGauges()
 	for _, u := range o.Relays {
 		d, err := RelayDomain(u)
 		if err != nil {
