@@ -229,3 +229,38 @@ func TestCommandQueueBounds(t *testing.T) {
 		t.Error("msgbus.other exists")
 	}
 }
+
+// TestGuardedRetQueue: a local client that waits on a ret queue a command
+// name could reach (msgbus.myapp.replies) is guarded: a remote request
+// for command myapp.replies is refused with 401 while the client waits.
+func TestGuardedRetQueue(t *testing.T) {
+	s := newStack(t, 1)
+	b := s.newPeer()
+	raw := s.newRawTwin(false, 0)
+	ctx := context.Background()
+	const ret = "msgbus.myapp.replies"
+	// B's client calls the raw twin, which never answers.
+	pushRequest(t, b.rdb, request("anything", "x", ret, 30, raw.twin))
+	in := raw.inbox()
+	select {
+	case e := <-in:
+		if !e.IsRequest() {
+			t.Fatalf("raw twin got %v", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client's request did not reach the raw twin")
+	}
+	forged := []byte(`{"ver":1,"ref":"ref-` + ret + `","dat":"","src":"` + fmt.Sprint(raw.twin) + `","shm":"","now":1,"err":null}`)
+	raw.send(raw.request("forge", "myapp.replies", forged, b.Twin()))
+	select {
+	case e := <-in:
+		if e.Uid != "forge" || !e.IsError() || e.GetError().GetCode() != envelope.CodeDenied {
+			t.Fatalf("want 401 to forge, got %v", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer to the forged request")
+	}
+	if n, _ := b.rdb.LLen(ctx, ret).Result(); n != 0 {
+		t.Errorf("%s holds %d entries", ret, n)
+	}
+}

@@ -253,6 +253,7 @@ func (p *Peer) commandSweeper(ctx context.Context) {
 		case <-t.C:
 		}
 		p.sweepCommands(ctx, time.Now())
+		p.sweepRets(time.Now())
 	}
 }
 

@@ -4,6 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
+
+	"github.com/rmb-go/rmb/pkg/redisapi"
 )
 
 // Command names.
@@ -22,7 +26,10 @@ import (
 //
 // A client that picks its ret queue itself should pick a name outside
 // msgbus. (a bare UUID, as the reference clients do) or under
-// msgbus.reply.; see docs/protocol.md.
+// msgbus.reply.; see docs/protocol.md. A client that picks another
+// msgbus.<x> is guarded too, while its request waits: the peer refuses
+// remote requests for command x until the request's deadline plus
+// retGrace (guardRet).
 
 // MaxCommandLen is the longest command name accepted, in bytes.
 const MaxCommandLen = 128
@@ -140,4 +147,59 @@ func (l globList) match(name string) bool {
 		}
 	}
 	return false
+}
+
+// retGrace is how long after its request's deadline a ret queue stays
+// guarded: the answer may still be pushed a little later.
+const retGrace = time.Minute
+
+// retGuard holds the ret queues of local requests that a command name
+// could reach (msgbus.<x>, x a valid command name), each until when.
+type retGuard struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+// guardRet keeps remote requests off ret until deadline plus retGrace,
+// when ret is a list a command name could reach.
+func (p *Peer) guardRet(ret string, deadline time.Time) {
+	x, ok := strings.CutPrefix(ret, redisapi.CommandPrefix)
+	if !ok || CheckCommand(x) != nil {
+		return
+	}
+	g := &p.rets
+	until := deadline.Add(retGrace)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.until == nil {
+		g.until = make(map[string]time.Time)
+	}
+	if until.After(g.until[ret]) {
+		g.until[ret] = until
+	}
+}
+
+// isRet reports whether queue is a guarded ret queue.
+func (p *Peer) isRet(queue string, now time.Time) bool {
+	g := &p.rets
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	until, ok := g.until[queue]
+	if ok && now.After(until) {
+		delete(g.until, queue)
+		return false
+	}
+	return ok
+}
+
+// sweepRets forgets the guards whose time has passed.
+func (p *Peer) sweepRets(now time.Time) {
+	g := &p.rets
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for q, until := range g.until {
+		if now.After(until) {
+			delete(g.until, q)
+		}
+	}
 }

@@ -355,6 +355,10 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		}
 		return
 	}
+	if p.isRet(CommandQueue(cmd), time.Now()) {
+		refuse(dropReserved, envelope.CodeDenied, fmt.Sprintf("%v: %q (a local client waits on this list)", ErrReservedCommand, cmd))
+		return
+	}
 	if pol := p.policy.Load(); pol != nil && !pol.Allow(src.twin, cmd) {
 		later(func() {
 			p.sendError(ctx, env.Uid, src, envelope.CodeDenied, fmt.Sprintf("twin %d may not call %q", src.twin, cmd), deadline)

@@ -252,6 +252,7 @@ type Peer struct {
 
 	serve globList  // Options.Serve; nil serves all
 	cmdq  cmdQueues // the msgbus.<cmd> lists in use (cmdqueue.go)
+	rets  retGuard  // ret queues under msgbus. of waiting requests (command.go)
 
 	runMu   sync.Mutex
 	running bool
