@@ -35,6 +35,7 @@ import (
 	"github.com/rmb-go/rmb/internal/pprofserver"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/peer"
+	"github.com/rmb-go/rmb/pkg/redisapi"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
 
@@ -96,6 +97,12 @@ type Main struct {
 	PolicyFile   string
 	MetricsAddr  string
 	PprofAddr    string
+	// Bounds on what remote twins leave in Redis (peer.Options).
+	Serve             []string
+	CommandQueues     int
+	CommandQueueBytes int64
+	CommandBytes      int64
+	AnswerCacheBytes  int64
 
 	// Stderr receives the log and flag errors. Default os.Stderr.
 	Stderr io.Writer
@@ -160,6 +167,18 @@ func (m *Main) ParseFlags(args []string) error {
 	str(&m.MetricsAddr, "metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100")
 	str(&m.PprofAddr, "pprof", "", "serve Go's profiler (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	fs.Var(relayList{m}, "relay", fmt.Sprintf("relay URL, ws:// or wss:// (repeat for up to %d)", peer.MaxRelays))
+	fs.Func("serve", "comma-separated globs of the commands services serve through Redis; requests for others are answered 404 at once (default: any)", func(v string) error {
+		for _, g := range strings.Split(v, ",") {
+			if g = strings.TrimSpace(g); g != "" {
+				m.Serve = append(m.Serve, g)
+			}
+		}
+		return nil
+	})
+	fs.IntVar(&m.CommandQueues, "command-queues", 1000, "most msgbus.<cmd> lists in use at a time")
+	fs.Int64Var(&m.CommandQueueBytes, "command-queue-bytes", 16<<20, "most bytes in one msgbus.<cmd> list")
+	fs.Int64Var(&m.CommandBytes, "command-bytes", 256<<20, "most bytes in all msgbus.<cmd> lists together")
+	fs.Int64Var(&m.AnswerCacheBytes, "answer-cache-bytes", 64<<20, "most bytes of answers kept for re-sent requests")
 	fs.BoolVar(&m.NoUpdate, "no-update", m.NoUpdate, "do not update the twin's relays and e2e key at the registrar")
 	fs.BoolVar(&m.Debug, "debug", m.Debug, "log at debug level")
 	fs.BoolVar(&m.Debug, "d", m.Debug, "shorthand for --debug")
@@ -185,9 +204,18 @@ func (m *Main) ParseFlags(args []string) error {
 		err = errors.New("--registrar is required")
 	case m.Mnemonic != "" && m.MnemonicFile != "":
 		err = errors.New("give --mnemonic or --mnemonic-file, not both")
+	case m.CommandQueues <= 0 || m.CommandQueueBytes <= 0 || m.CommandBytes <= 0 || m.AnswerCacheBytes <= 0:
+		err = errors.New("--command-queues, --command-queue-bytes, --command-bytes and --answer-cache-bytes must be positive")
 	}
 	if err == nil {
 		_, err = identity.ParseKeyType(m.KeyType)
+	}
+	for _, g := range m.Serve {
+		if err == nil {
+			if err = peer.CheckGlob(g); err != nil {
+				err = fmt.Errorf("--serve: %w", err)
+			}
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(fs.Output(), err)
@@ -225,30 +253,36 @@ func (m *Main) secret() (string, error) {
 func RedisOptions(raw string) (*redis.Options, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("bad --redis URL: %w", err)
+		// url.Error quotes the URL, password and all.
+		return nil, errors.New("bad --redis URL: cannot parse it")
 	}
+	shown := u.Redacted()
 	switch u.Scheme {
 	case "tcp":
 		if u.Host == "" {
-			return nil, fmt.Errorf("bad --redis URL %q: want tcp://host:port", raw)
+			return nil, fmt.Errorf("bad --redis URL %q: want tcp://host:port", shown)
 		}
 		return &redis.Options{Addr: u.Host, Protocol: 2}, nil
 	case "redis", "rediss", "unix":
 		o, err := redis.ParseURL(raw)
 		if err != nil {
-			return nil, fmt.Errorf("bad --redis URL: %w", err)
+			return nil, fmt.Errorf("bad --redis URL %q: %s", shown, redisapi.RedactPassword(err.Error(), raw))
 		}
 		switch o.Protocol {
 		case 0:
 			o.Protocol = 2
 		case 2, 3:
 		default:
-			return nil, fmt.Errorf("bad --redis URL %q: protocol must be 2 or 3", raw)
+			return nil, fmt.Errorf("bad --redis URL %q: protocol must be 2 or 3", shown)
 		}
 		return o, nil
 	}
-	return nil, fmt.Errorf("bad --redis URL %q: want redis://, tcp:// or unix://", raw)
+	return nil, fmt.Errorf("bad --redis URL %q: want redis://, tcp:// or unix://", shown)
 }
+
+// RedactURL returns raw with its password replaced, for logs and error
+// texts (redisapi.RedactURL).
+func RedactURL(raw string) string { return redisapi.RedactURL(raw) }
 
 // Run starts the peer: it registers the twin (logging twin=N), connects to
 // the relays and Redis in the background, and returns once the twin is
@@ -284,7 +318,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.rdb = redis.NewClient(ropts)
 	if err := m.rdb.Ping(ctx).Err(); err != nil {
-		m.log.Warn("redis not reachable yet; will retry", "redis", m.Redis, "err", err)
+		m.log.Warn("redis not reachable yet; will retry", "redis", RedactURL(m.Redis), "err", err)
 	}
 	reg := registrar.NewClient(m.Registrar, &registrar.ClientOptions{Logger: m.log})
 	p, err := peer.New(&peer.Options{
@@ -296,6 +330,12 @@ func (m *Main) Run(ctx context.Context) error {
 		NoUpdate:  m.NoUpdate,
 		Policy:    pol,
 		Version:   buildinfo.Get().Line("rmb-go-peer"),
+
+		Serve:               m.Serve,
+		MaxCommandQueues:    m.CommandQueues,
+		MaxQueueBytes:       m.CommandQueueBytes,
+		MaxCommandBytes:     m.CommandBytes,
+		MaxAnswerCacheBytes: m.AnswerCacheBytes,
 	})
 	if err != nil {
 		m.rdb.Close()

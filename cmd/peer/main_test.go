@@ -209,6 +209,10 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"--relay", "ws://a", "--relay", "ws://b", "--relay", "ws://c", "--relay", "ws://d", "--relay", "ws://e", "--registrar", "http://x"}, false},
 		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "-m", "a", "--mnemonic-file", "f"}, false},
 		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "extra"}, false},
+		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "--serve", "calc.*, echo", "--command-queues", "5", "--command-queue-bytes", "1000", "--command-bytes", "5000", "--answer-cache-bytes", "1"}, true},
+		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "--serve", "calc.[ab]"}, false},
+		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "--command-queues", "0"}, false},
+		{[]string{"--relay", "ws://r:1", "--registrar", "http://x", "--command-bytes", "-1"}, false},
 	}
 	for _, tt := range tests {
 		m := NewMain()
@@ -239,6 +243,35 @@ func TestRedisOptions(t *testing.T) {
 		if _, err := RedisOptions(bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
+	}
+}
+
+// TestRedisPasswordNotShown: the password of --redis appears in no log
+// line and no error text.
+func TestRedisPasswordNotShown(t *testing.T) {
+	const pw = "s3cr3t-pw"
+	for _, bad := range []string{"redis://:" + pw + "@h:1?protocol=7", "redis://u:" + pw + "@h:1/x", "ftp://u:" + pw + "@h", "redis://u:" + pw + "@h:1\x7f"} {
+		if _, err := RedisOptions(bad); err == nil || strings.Contains(err.Error(), pw) {
+			t.Errorf("RedisOptions(%q) = %v", bad, err)
+		}
+	}
+	// A peer whose Redis is unreachable at start-up logs the URL.
+	e := newEnv(t)
+	m := NewMain()
+	logs := &syncBuffer{}
+	m.Stderr = logs
+	m.Getenv = func(string) string { return "" }
+	if err := m.ParseFlags([]string{"--relay", e.relay, "--registrar", e.registrar, "-m", newMnemonic(t),
+		"--redis", "redis://user:" + pw + "@127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	// It does not get ready without Redis: Run gives up with ctx.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	m.Run(ctx)
+	m.Close()
+	if out := logs.String(); !strings.Contains(out, "redis not reachable") || strings.Contains(out, pw) {
+		t.Errorf("log shows the password or not the warning:\n%s", out)
 	}
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/rmb-go/rmb/internal/buildinfo"
 	"github.com/rmb-go/rmb/internal/pprofserver"
 	"github.com/rmb-go/rmb/pkg/identity"
+	"github.com/rmb-go/rmb/pkg/redisapi"
 	"github.com/rmb-go/rmb/pkg/registrar"
 	"github.com/rmb-go/rmb/pkg/relay"
 )
@@ -75,6 +76,7 @@ type Main struct {
 	AllowFile       string
 	RulesFile       string
 	AdminToken      string
+	AdminTokenFile  string // read by Run; beside AdminToken and $RMB_ADMIN_TOKEN
 	MaxEnvelopeSize int
 	MaxTokenLife    time.Duration
 	FedScheme       string
@@ -229,7 +231,8 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.StringVar(&m.TLSKey, "tls-key", m.TLSKey, "TLS key file")
 	fs.StringVar(&m.AllowFile, "allow", m.AllowFile, "YAML allow list of twin ids that may connect (reloaded on SIGHUP)")
 	fs.StringVar(&m.RulesFile, "rules", m.RulesFile, "YAML routing rules (reloaded on SIGHUP)")
-	fs.StringVar(&m.AdminToken, "admin-token", m.AdminToken, "bearer token of the /api/ admin endpoints (default: disabled)")
+	fs.StringVar(&m.AdminToken, "admin-token", m.AdminToken, "bearer token of the /api/ admin endpoints (default: disabled; prefer --admin-token-file or $"+AdminTokenEnv+")")
+	fs.StringVar(&m.AdminTokenFile, "admin-token-file", m.AdminTokenFile, "file holding the admin token")
 	fs.IntVar(&m.MaxEnvelopeSize, "max-envelope-size", m.MaxEnvelopeSize, "largest envelope accepted, bytes")
 	fs.DurationVar(&m.MaxTokenLife, "max-token-lifetime", m.MaxTokenLife, "longest token lifetime accepted (default 1h)")
 	fs.StringVar(&m.FedScheme, "federation-scheme", m.FedScheme, "scheme of federation POSTs to other relays: https, or http for relays on a private network")
@@ -284,8 +287,34 @@ func (m *Main) ParseFlags(args []string) error {
 		return errors.New("--max-sessions-per-twin and --max-sessions-per-address must be positive")
 	case m.SendQueue <= 0 || m.SendQueueBytes <= 0:
 		return errors.New("--send-queue and --send-queue-bytes must be positive")
+	case m.AdminToken != "" && m.AdminTokenFile != "":
+		return errors.New("give --admin-token or --admin-token-file, not both")
 	}
 	return nil
+}
+
+// AdminTokenEnv is the environment variable read for the admin token when
+// neither --admin-token nor --admin-token-file is given.
+const AdminTokenEnv = "RMB_ADMIN_TOKEN"
+
+// adminToken finds the admin token: flag, file, then environment. The
+// error never holds the token.
+func (m *Main) adminToken() (string, error) {
+	switch {
+	case m.AdminToken != "":
+		return m.AdminToken, nil
+	case m.AdminTokenFile != "":
+		b, err := os.ReadFile(m.AdminTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("--admin-token-file: %w", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", fmt.Errorf("--admin-token-file: %s is empty", m.AdminTokenFile)
+		}
+		return t, nil
+	}
+	return strings.TrimSpace(os.Getenv(AdminTokenEnv)), nil
 }
 
 // Run starts the relay and returns once it listens; it logs
@@ -313,6 +342,10 @@ func (m *Main) Run(ctx context.Context) error {
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
+	adminToken, err := m.adminToken()
+	if err != nil {
+		return err
+	}
 	m.registrar = registrar.NewClient(m.Registrar, &registrar.ClientOptions{Logger: m.log.With("component", "registrar")})
 	opts := &relay.Options{
 		Domains:          m.Domains,
@@ -322,7 +355,7 @@ func (m *Main) Run(ctx context.Context) error {
 		TokenPolicy:      identity.TokenPolicy{MaxLifetime: m.MaxTokenLife},
 		RankerPeriod:     m.RankerPeriod,
 		Policy:           policy,
-		AdminToken:       m.AdminToken,
+		AdminToken:       adminToken,
 		FederationScheme: m.FedScheme,
 		Version:          buildinfo.Get().String(),
 
@@ -346,7 +379,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.Redis != "" {
 		ro, err := redis.ParseURL(m.Redis)
 		if err != nil {
-			return fmt.Errorf("--redis: %w", err)
+			return fmt.Errorf("--redis: %s", redisapi.RedactPassword(err.Error(), m.Redis))
 		}
 		m.redis = redis.NewClient(ro)
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -354,7 +387,7 @@ func (m *Main) Run(ctx context.Context) error {
 		cancel()
 		if err != nil {
 			m.redis.Close()
-			return fmt.Errorf("redis %s: %w", m.Redis, err)
+			return fmt.Errorf("redis %s: %w", redisapi.RedactURL(m.Redis), err)
 		}
 		opts.Store = relay.NewRedisStore(m.redis, &m.Store)
 		opts.FederationRedis = m.redis

@@ -278,3 +278,43 @@ func TestPprofAddressTaken(t *testing.T) {
 	}
 	ln.Close()
 }
+
+// TestAdminTokenSources: the admin token comes from --admin-token,
+// --admin-token-file or $RMB_ADMIN_TOKEN; the file wins over the
+// environment, both flags together are refused, and an empty or missing
+// file fails clearly.
+func TestAdminTokenSources(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "admin.token")
+	os.WriteFile(file, []byte("from-file\n"), 0o400)
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o400)
+	t.Setenv(AdminTokenEnv, "from-env")
+	base := []string{"-m", "r.test", "--registrar", "http://x"}
+	for _, tt := range []struct {
+		args []string
+		want string
+		bad  string // part of the error, if any
+	}{
+		{nil, "from-env", ""},
+		{[]string{"--admin-token", "from-flag"}, "from-flag", ""},
+		{[]string{"--admin-token-file", file}, "from-file", ""},
+		{[]string{"--admin-token-file", empty}, "", "empty"},
+		{[]string{"--admin-token-file", filepath.Join(dir, "missing")}, "", "--admin-token-file"},
+	} {
+		m := NewMain()
+		m.Stderr = io.Discard
+		if err := m.ParseFlags(append(base, tt.args...)); err != nil {
+			t.Fatalf("%q: %v", tt.args, err)
+		}
+		got, err := m.adminToken()
+		if got != tt.want || (err == nil) != (tt.bad == "") || err != nil && !strings.Contains(err.Error(), tt.bad) {
+			t.Errorf("%q: token %q, err %v; want %q, error with %q", tt.args, got, err, tt.want, tt.bad)
+		}
+	}
+	m := NewMain()
+	m.Stderr = io.Discard
+	if err := m.ParseFlags(append(base, "--admin-token", "a", "--admin-token-file", file)); err == nil {
+		t.Error("both --admin-token and --admin-token-file accepted")
+	}
+}

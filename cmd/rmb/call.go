@@ -71,7 +71,7 @@ func call(ctx context.Context, e *env, args []string) int {
 	}
 	defer rdb.Close()
 	if err := rdb.Ping(ctx).Err(); err != nil {
-		return e.errorf("cannot reach the peer's Redis at %s: %v", *redisURL, err)
+		return e.errorf("cannot reach the peer's Redis at %s: %v", redisapi.RedactURL(*redisURL), err)
 	}
 	c := redisapi.NewClient(rdb)
 	out, err := c.Call(ctx, twins, *cmd, []byte(*data), &redisapi.CallOptions{TTL: *ttl, Session: *sid, Tags: *tags})
@@ -124,9 +124,9 @@ func serve(ctx context.Context, e *env, args []string) int {
 	}
 	defer rdb.Close()
 	if err := rdb.Ping(ctx).Err(); err != nil {
-		return e.errorf("cannot reach the peer's Redis at %s: %v", *redisURL, err)
+		return e.errorf("cannot reach the peer's Redis at %s: %v", redisapi.RedactURL(*redisURL), err)
 	}
-	fmt.Fprintf(e.stderr, "serving %s on %s (Ctrl-C to stop)\n", *cmd, *redisURL)
+	fmt.Fprintf(e.stderr, "serving %s on %s (Ctrl-C to stop)\n", *cmd, redisapi.RedactURL(*redisURL))
 	err = redisapi.NewClient(rdb).Serve(ctx, *cmd, func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
 		fmt.Fprintf(e.stdout, "%s from %s: %s\n", req.Command, req.Source, p)
 		return p, nil

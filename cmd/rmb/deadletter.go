@@ -69,7 +69,7 @@ func deadletter(ctx context.Context, e *env, args []string) int {
 	defer rdb.Close()
 	letters, err := readLetters(ctx, rdb)
 	if err != nil {
-		return e.errorf("cannot read %s at %s: %v", redisapi.QueueDeadLetter, *redisURL, err)
+		return e.errorf("cannot read %s at %s: %v", redisapi.QueueDeadLetter, redisapi.RedactURL(*redisURL), err)
 	}
 	switch action {
 	case "list":

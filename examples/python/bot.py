@@ -110,15 +110,22 @@ def call(r: redis.Redis, dst, cmd: str, numbers, exp: int) -> int:
     }
     r.lpush(LOCAL_QUEUE, json.dumps(request))
     failed = False
-    for _ in dst:
-        item = r.brpop([ret], timeout=exp + 5)
+    waiting = set(int(d) for d in dst)
+    deadline = time.time() + exp + 5
+    while waiting:
+        left = int(deadline - time.time())
+        item = r.brpop([ret], timeout=max(left, 1)) if left > 0 else None
         if item is None:
-            print("no answer", flush=True)
+            print("no answer from", sorted(waiting), flush=True)
             return 2
         response = json.loads(item[1])
-        if response.get("ref") != request["ref"]:
-            print("unexpected ref", response.get("ref"), flush=True)
-            return 2
+        # Only the peer should push on ret, but it is a plain Redis list:
+        # take an answer only with our ref, from a destination still waiting.
+        src = str(response.get("src", "")).split(":")[0]
+        if response.get("ref") != request["ref"] or not src.isdigit() or int(src) not in waiting:
+            print("skipping a message that is not an answer to this call", flush=True)
+            continue
+        waiting.discard(int(src))
         if response.get("err"):
             err = response["err"]
             print(response["src"], "error", err["code"], err["message"], flush=True)

@@ -27,7 +27,10 @@ fi
 python3 -c '
 import base64, json, sys
 r = json.loads(sys.argv[1])
+# Only the peer should push on ret: check it is the answer to this call.
+if r.get("ref") != sys.argv[2] or str(r.get("src", "")).split(":")[0] != sys.argv[3]:
+    print("not an answer to this call: " + sys.argv[1], file=sys.stderr); sys.exit(1)
 if r.get("err"):
     print(json.dumps({"from": r["src"], "error": r["err"]})); sys.exit(1)
 print(json.dumps({"from": r["src"], "answer": base64.b64decode(r["dat"]).decode()}))
-' "$resp"
+' "$resp" "$ref" "$dst"

@@ -70,6 +70,7 @@ type pushOp struct {
 	// the push: the answer on ret and the end of its pending entry happen
 	// together (pending.go).
 	withAfter bool
+	landed    func() // if set, called once the push succeeded
 }
 
 // moveOp moves up to max messages from queue to processing; runBatch sets
@@ -250,13 +251,21 @@ func (p *Peer) push(ctx context.Context, queue string, b []byte) (int64, error) 
 // and after is queued once failed returned, so bookkeeping that must
 // follow the push (pending.go) follows it either way.
 func (p *Peer) pushAsync(ctx context.Context, queue string, b []byte, deadline time.Time, after *writeOp, failed func(error)) {
-	op := &pushOp{ctx: context.Background(), queue: queue, b: b, after: after}
+	p.pushAsyncLanded(ctx, queue, b, deadline, after, failed, nil)
+}
+
+// pushAsyncLanded is pushAsync that also calls landed (if not nil) once
+// the push succeeded.
+func (p *Peer) pushAsyncLanded(ctx context.Context, queue string, b []byte, deadline time.Time, after *writeOp, failed func(error), landed func()) {
+	op := &pushOp{ctx: context.Background(), queue: queue, b: b, after: after, landed: landed}
 	op.failed = func(err error) {
 		if !errors.Is(err, errQueueFull) {
 			err = p.pushBounded(ctx, queue, b, deadline)
 		}
 		if err != nil {
 			failed(err)
+		} else if landed != nil {
+			landed()
 		}
 		if after != nil {
 			p.write(*after)
@@ -275,8 +284,13 @@ func (p *Peer) settle(u *pushOp) *redisOp {
 		go u.failed(u.err)
 	case u.n < 0:
 		go u.failed(fmt.Errorf("%s: %w (%d entries)", u.queue, errQueueFull, p.opts.QueueLimit))
-	case u.after != nil && !u.withAfter:
-		return &redisOp{write: u.after}
+	default:
+		if u.landed != nil {
+			u.landed()
+		}
+		if u.after != nil && !u.withAfter {
+			return &redisOp{write: u.after}
+		}
 	}
 	return nil
 }

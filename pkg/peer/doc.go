@@ -76,11 +76,17 @@
 // sender has to be looked up, so a slow registrar never stalls a
 // connection. Error answers are sent on goroutines of their own.
 //
-// Requests pass the Policy, then go to the built-in rmb.version, an
-// in-process Handler, or Redis: msgbus.<cmd> gets the IncomingRequest JSON
-// with ref = envelope uid and ret = msgbus.system.reply. Services push
-// their OutgoingResponse on msgbus.system.reply (again through a
-// processing list); the peer signs it to dst and caches it so a re-sent
+// Requests pass the command-name check (CheckCommand: charset, length,
+// no reserved prefix such as system. or reply., so a remote twin never
+// reaches the peer's own lists or a client's ret queue), the Policy, then
+// go to the built-in rmb.version, an in-process Handler, or Redis:
+// msgbus.<cmd> gets the IncomingRequest JSON with ref = envelope uid and
+// ret = msgbus.system.reply, within the bounds of Options.Serve,
+// MaxCommandQueues, MaxQueueBytes and MaxCommandBytes; a request left in
+// msgbus.<cmd> past its deadline is swept out, answered 408 and
+// dead-lettered (cmdqueue.go). Services push their OutgoingResponse on
+// msgbus.system.reply (again through a processing list); the peer signs
+// it to dst and caches it (up to MaxAnswerCacheBytes) so a re-sent
 // request is answered again without reaching the service twice.
 //
 // Answers are matched to the pending request by uid and source twin and

@@ -176,7 +176,10 @@ func (p *Peer) handleEnvelope(ctx context.Context, b []byte, inline bool) bool {
 		if errors.Is(err, registrar.ErrNotFound) {
 			fail(dropUnknownTwin, envelope.CodeUnknownTwin, fmt.Sprintf("unknown source twin %d", src.twin))
 		} else {
-			fail(dropUnknownTwin, envelope.CodeInternal, "cannot look up source twin: "+err.Error())
+			// The error names the registrar and its address: the log's,
+			// not the sender's.
+			p.log.Warn("cannot look up source twin", "twin", src.twin, "err", err)
+			fail(dropUnknownTwin, envelope.CodeInternal, "cannot look up source twin; try again later")
 		}
 		return true
 	}
@@ -259,6 +262,11 @@ func (p *Peer) handleRelayMessage(ctx context.Context, env *envelope.Envelope) {
 
 // checkSeen records key until expires and reports whether it was already
 // there, with the cached answer if any.
+//
+// The answers are bounded by Options.MaxAnswerCacheBytes: an answer that
+// does not fit is not kept and its request is forgotten (rememberAnswer),
+// so a re-sent request is then handled again (at-least-once) instead of
+// being answered from the cache; counted as answer_cache_full.
 func (p *Peer) checkSeen(key seenKey, expires time.Time) (dup bool, response []byte) {
 	p.seenMu.Lock()
 	defer p.seenMu.Unlock()
@@ -287,7 +295,19 @@ func (p *Peer) rememberAnswer(uid string, dst address, answer []byte) (deadline 
 		return time.Time{}, false
 	}
 	if answer != nil {
-		p.answers[key] = answer
+		old := int64(len(p.answers[key]))
+		if p.answerBytes-old+int64(len(answer)) > p.opts.MaxAnswerCacheBytes {
+			// Full: the answer is not kept, and the request is forgotten,
+			// so that a re-sent one is handled again rather than left
+			// unanswered.
+			p.metrics.dropped.WithLabelValues(dropAnswerCache).Inc()
+			delete(p.answers, key)
+			delete(p.seen, key)
+			p.answerBytes -= old
+		} else {
+			p.answers[key] = answer
+			p.answerBytes += int64(len(answer)) - old
+		}
 	}
 	return time.Unix(0, expires), true
 }
@@ -308,6 +328,7 @@ func (p *Peer) sweepSeen(now time.Time) {
 		}
 		for _, k := range keys {
 			delete(p.seen, k)
+			p.answerBytes -= int64(len(p.answers[k]))
 			delete(p.answers, k)
 		}
 		delete(p.seenSweep, sec)
@@ -321,6 +342,23 @@ func (p *Peer) sweepSeen(now time.Time) {
 func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src address, payload []byte, later func(func())) {
 	cmd := env.GetRequest().GetCommand()
 	deadline := env.Deadline()
+	// refuse answers the request with an error and counts why.
+	refuse := func(reason string, code uint32, msg string) {
+		p.metrics.dropped.WithLabelValues(reason).Inc()
+		later(func() { p.sendError(ctx, env.Uid, src, code, msg, deadline) })
+	}
+	if err := CheckCommand(cmd); err != nil {
+		if errors.Is(err, ErrReservedCommand) {
+			refuse(dropReserved, envelope.CodeDenied, err.Error())
+		} else {
+			refuse(dropBadCommand, envelope.CodeBadPayload, err.Error())
+		}
+		return
+	}
+	if p.isRet(CommandQueue(cmd), time.Now()) {
+		refuse(dropReserved, envelope.CodeDenied, fmt.Sprintf("%v: %q (a local client waits on this list)", ErrReservedCommand, cmd))
+		return
+	}
 	if pol := p.policy.Load(); pol != nil && !pol.Allow(src.twin, cmd) {
 		later(func() {
 			p.sendError(ctx, env.Uid, src, envelope.CodeDenied, fmt.Sprintf("twin %d may not call %q", src.twin, cmd), deadline)
@@ -353,6 +391,10 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		})
 		return
 	}
+	if len(p.serve) > 0 && !p.serve.match(cmd) {
+		refuse(dropNotServed, envelope.CodeNotFound, fmt.Sprintf("no service for command %q", cmd))
+		return
+	}
 	msg := IncomingRequest{
 		Version:    1,
 		Ref:        env.Uid,
@@ -367,13 +409,46 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 	}
 	b := msg.AppendJSON(nil)
 	queue := CommandQueue(cmd)
-	p.pushAsync(ctx, queue, b, deadline, nil, func(err error) {
-		code := uint32(envelope.CodeInternal)
+	full := func(reason string) {
+		refuse(reason, envelope.CodeRateLimited, fmt.Sprintf("cannot queue request for %q: the service's queues are full", cmd))
+	}
+	switch reason := p.admit(queue, len(b), deadline); reason {
+	case "":
+	case dropQueueBytes, dropCommandBytes:
+		// The estimate does not know what services popped: measure.
+		later(func() {
+			if !p.remeasure(ctx, queue) {
+				full(reason)
+			} else if reason = p.admit(queue, len(b), deadline); reason != "" {
+				full(reason)
+			} else {
+				p.pushRequest(ctx, env.Uid, src, cmd, queue, b, deadline)
+			}
+		})
+		return
+	default:
+		full(reason)
+		return
+	}
+	p.pushRequest(ctx, env.Uid, src, cmd, queue, b, deadline)
+}
+
+// pushRequest pushes the incoming request b onto queue, the list of cmd,
+// and answers it with an error when that fails.
+func (p *Peer) pushRequest(ctx context.Context, uid string, src address, cmd, queue string, b []byte, deadline time.Time) {
+	p.pushAsyncLanded(ctx, queue, b, deadline, nil, func(err error) {
+		p.settled(queue, len(b), false)
+		// The error names the service's Redis: the log's, not the
+		// sender's.
+		code, msg := uint32(envelope.CodeInternal), "the service's queue is unavailable"
 		if errors.Is(err, errQueueFull) {
-			code = envelope.CodeRateLimited
+			code, msg = envelope.CodeRateLimited, "the service's queue is full"
+			p.metrics.dropped.WithLabelValues(dropQueueFull).Inc()
+		} else {
+			p.log.Warn("cannot queue request", "queue", queue, "uid", uid, "src", src, "err", err)
 		}
-		p.sendError(ctx, env.Uid, src, code, fmt.Sprintf("cannot queue request for %q: %v", cmd, err), deadline)
-	})
+		p.sendError(ctx, uid, src, code, fmt.Sprintf("cannot queue request for %q: %s", cmd, msg), deadline)
+	}, func() { p.settled(queue, len(b), true) })
 }
 
 // sendError answers a request with a signed error envelope.

@@ -99,6 +99,30 @@ type Options struct {
 	// SweepInterval is how often expired requests are answered with a
 	// timeout error. Default 250ms.
 	SweepInterval time.Duration
+
+	// Bounds on what remote twins leave in Redis (cmdqueue.go).
+	//
+	// Serve lists, as globs (see Globs in command.go), the commands
+	// served through Redis. A request for any other command (without an
+	// in-process handler) is answered at once with 404 and never reaches
+	// Redis. Nil serves every command.
+	Serve []string
+	// MaxCommandQueues bounds how many msgbus.<cmd> lists are in use at a
+	// time. Default 1000.
+	MaxCommandQueues int
+	// MaxQueueBytes bounds the bytes of one msgbus.<cmd> list. Default
+	// 16 MiB.
+	MaxQueueBytes int64
+	// MaxCommandBytes bounds the bytes of all msgbus.<cmd> lists
+	// together. Default 256 MiB.
+	MaxCommandBytes int64
+	// CommandSweepInterval is how often msgbus.<cmd> lists are swept of
+	// requests past their deadline. Default 1s.
+	CommandSweepInterval time.Duration
+	// MaxAnswerCacheBytes bounds the signed answers kept for re-sent
+	// requests. When full, a new answer is not kept, and a re-sent
+	// request it answered is handled again. Default 64 MiB.
+	MaxAnswerCacheBytes int64
 }
 
 // minRedisPool is the smallest pool the peer works with: three
@@ -150,6 +174,24 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.SweepInterval <= 0 {
 		c.SweepInterval = 250 * time.Millisecond
+	}
+	if _, err := parseGlobs(c.Serve); err != nil {
+		return c, fmt.Errorf("peer: Options.Serve: %w", err)
+	}
+	if c.MaxCommandQueues <= 0 {
+		c.MaxCommandQueues = 1000
+	}
+	if c.MaxQueueBytes <= 0 {
+		c.MaxQueueBytes = 16 << 20
+	}
+	if c.MaxCommandBytes <= 0 {
+		c.MaxCommandBytes = 256 << 20
+	}
+	if c.CommandSweepInterval <= 0 {
+		c.CommandSweepInterval = time.Second
+	}
+	if c.MaxAnswerCacheBytes <= 0 {
+		c.MaxAnswerCacheBytes = 64 << 20
 	}
 	return c, nil
 }
@@ -205,6 +247,12 @@ type Peer struct {
 	seen      map[seenKey]int64   // envelopes seen: deadline, unix nanoseconds
 	answers   map[seenKey][]byte  // the signed answers to requests in seen
 	seenSweep map[int64][]seenKey // keys of seen by the unix second they may go
+	// answerBytes is the size of answers, at most MaxAnswerCacheBytes.
+	answerBytes int64
+
+	serve globList  // Options.Serve; nil serves all
+	cmdq  cmdQueues // the msgbus.<cmd> lists in use (cmdqueue.go)
+	rets  retGuard  // ret queues under msgbus. of waiting requests (command.go)
 
 	runMu   sync.Mutex
 	running bool
@@ -243,12 +291,15 @@ func New(opts *Options) (*Peer, error) {
 		seenSweep: make(map[int64][]seenKey),
 		done:      make(chan struct{}),
 		held:      map[string]*holds{LocalProcessing: newHolds(), ReplyProcessing: newHolds()},
+		serve:     globList(o.Serve),
+		cmdq:      cmdQueues{q: make(map[string]*cmdQueue)},
 	}
 	p.metrics = newMetrics(func() float64 {
 		p.pendMu.Lock()
 		defer p.pendMu.Unlock()
 		return float64(len(p.pending))
 	})
+	p.registerBoundGauges()
 	for _, u := range o.Relays {
 		d, err := RelayDomain(u)
 		if err != nil {
@@ -346,6 +397,7 @@ func (p *Peer) Run(ctx context.Context) error {
 	if p.rdb != nil {
 		goRun(p.localLoop)
 		goRun(p.replyLoop)
+		goRun(p.commandSweeper)
 	}
 	<-ctx.Done()
 	wg.Wait()

@@ -3,7 +3,6 @@ package peer
 import (
 	"fmt"
 	"os"
-	"path"
 	"strconv"
 
 	"go.yaml.in/yaml/v3"
@@ -14,7 +13,7 @@ import (
 //
 //	default: allow          # or deny; applies when no rule matches
 //	rules:
-//	  - commands: ["calc.*"] # glob patterns (path.Match syntax)
+//	  - commands: ["calc.*"] # globs: * is any run of characters, / and . included
 //	    allow: [41, 55]      # twin ids, or "*" for any
 //	  - commands: ["admin.*", "rmb.*"]
 //	    deny: ["*"]
@@ -23,6 +22,11 @@ import (
 // refused; otherwise a twin in allow is accepted; a rule with only deny
 // accepts everyone else and a rule with an allow list refuses everyone
 // else. A Policy is immutable once built; swap it with Peer.ReloadPolicy.
+//
+// In a glob, '*' matches any run of characters including '/' and '.',
+// '?' any one character; '[', ']' and '\' are refused (see Globs in
+// command.go). So "*" is every command and "calc.*" every command that
+// starts with "calc.".
 type Policy struct {
 	Default string       `yaml:"default"`
 	Rules   []PolicyRule `yaml:"rules"`
@@ -82,8 +86,8 @@ func ParsePolicy(b []byte) (*Policy, error) {
 			return nil, fmt.Errorf("peer: policy: rule %d has no commands", i+1)
 		}
 		for _, c := range r.Commands {
-			if _, err := path.Match(c, ""); err != nil {
-				return nil, fmt.Errorf("peer: policy: rule %d: bad pattern %q: %w", i+1, c, err)
+			if err := checkGlob(c); err != nil {
+				return nil, fmt.Errorf("peer: policy: rule %d: bad pattern: %w", i+1, err)
 			}
 		}
 		var err error
@@ -129,7 +133,7 @@ func (pol *Policy) Allow(twin uint32, cmd string) bool {
 
 func (r *PolicyRule) matches(cmd string) bool {
 	for _, c := range r.Commands {
-		if ok, _ := path.Match(c, cmd); ok {
+		if matchGlob(c, cmd) {
 			return true
 		}
 	}

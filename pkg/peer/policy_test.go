@@ -50,3 +50,39 @@ rules:
 		}
 	}
 }
+
+// TestPolicyGlobs: '*' matches every character a command name may hold,
+// '/' and '.' included, as a reader of the policy expects.
+func TestPolicyGlobs(t *testing.T) {
+	pol, err := ParsePolicy([]byte(`
+default: allow
+rules:
+  - commands: ["admin.*"]
+    deny: ["*"]
+  - commands: ["*"]
+    allow: [7]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		twin uint32
+		cmd  string
+		want bool
+	}{
+		{7, "admin.reset", false},
+		{7, "admin.v2/reset", false},
+		{7, "admin.users.delete", false},
+		{7, "calc/add", true},
+		{7, "a.b/c.d", true},
+		{8, "calc/add", false}, // "*" matches it, and 8 is not in its allow list
+		{8, "x", false},
+	} {
+		if got := pol.Allow(tt.twin, tt.cmd); got != tt.want {
+			t.Errorf("Allow(%d, %q) = %v, want %v", tt.twin, tt.cmd, got, tt.want)
+		}
+	}
+	if _, err := ParsePolicy([]byte("rules:\n  - commands: [\"a\\\\*\"]\n    deny: [1]")); err == nil {
+		t.Error("a pattern with a backslash escape was accepted")
+	}
+}

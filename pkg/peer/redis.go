@@ -290,6 +290,7 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 	}
 	deadline := spec.deadline()
 	deliver := p.deliverToQueue(req.ReplyTo, req.Ref, deadline)
+	p.guardRet(req.ReplyTo, deadline)
 	if !now.Before(deadline) {
 		// It expired while queued (the peer was down or overloaded).
 		for _, dst := range uniqueTwins(req.Destinations) {

@@ -39,7 +39,9 @@ type CallOptions struct {
 
 // Call sends cmd with data to every twin in dst and waits for one response
 // from each, or until the TTL (plus a little slack) or ctx runs out.
-// Error answers come back as responses whose Error is set.
+// Error answers come back as responses whose Error is set. A message on
+// the reply queue whose ref is not this call's, or whose src is not a
+// destination still waiting, is not a response and is skipped.
 func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte, opts *CallOptions) ([]IncomingResponse, error) {
 	if len(dst) == 0 {
 		return nil, errors.New("redisapi: call needs at least one destination")
@@ -97,15 +99,21 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 	case err != nil:
 		return nil, fmt.Errorf("redisapi: wait for response: %w", err)
 	}
+	waiting := make(map[uint32]bool, len(dst))
+	for _, d := range dst {
+		waiting[d] = true
+	}
 	for {
 		if res != nil {
 			r, err := ParseIncomingResponseString(res[1])
 			if err != nil {
 				return out, fmt.Errorf("redisapi: peer sent a response that is not JSON: %w", err)
 			}
-			out = append(out, *r)
+			if accept(r, id, waiting) {
+				out = append(out, *r)
+			}
 		}
-		if len(out) == len(dst) {
+		if len(waiting) == 0 || len(out) == len(dst) {
 			break
 		}
 		wait := time.Until(deadline)
@@ -134,6 +142,31 @@ func (c *Client) Call(ctx context.Context, dst []uint32, cmd string, data []byte
 	}
 	answered = true
 	return out, nil
+}
+
+// accept reports whether r answers the request ref: its ref is ref and
+// its src is a destination still waiting, which it then no longer is.
+// An error from a relay that names no destination (src "0") counts for
+// one of them. Anything else on the ret queue (a forgery, a duplicate)
+// is skipped: only the peer should push there, but the queue is a plain
+// Redis list.
+func accept(r *IncomingResponse, ref string, waiting map[uint32]bool) bool {
+	if r.Ref != ref {
+		return false
+	}
+	twin, _, err := ParseAddress(r.Source)
+	switch {
+	case err == nil && waiting[twin]:
+		delete(waiting, twin)
+		return true
+	case err == nil && twin == 0 && r.Error != nil && len(waiting) > 0:
+		for d := range waiting {
+			delete(waiting, d)
+			break
+		}
+		return true
+	}
+	return false
 }
 
 // Handler serves one request. Returning an *Error sends that error code;

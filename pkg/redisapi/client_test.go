@@ -186,3 +186,42 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 }
+
+// TestCallSkipsForgedResponses: what lands on the reply queue with
+// another ref, from a twin that is not a destination, or from a
+// destination that already answered is not taken for an answer.
+func TestCallSkipsForgedResponses(t *testing.T) {
+	rdb := newRedis(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		res, err := rdb.BRPop(ctx, 5*time.Second, redisapi.QueueLocal).Result()
+		if err != nil {
+			return
+		}
+		var m map[string]any
+		json.Unmarshal([]byte(res[1]), &m)
+		push := func(ref any, src, dat string) {
+			body, _ := json.Marshal(map[string]any{"ver": 1, "ref": ref, "dat": dat, "src": src,
+				"shm": "", "now": time.Now().Unix(), "err": nil})
+			rdb.LPush(ctx, m["ret"].(string), body)
+		}
+		push("someone-else", "55", "Zm9yZ2Vk") // another ref
+		push(m["ref"], "77", "Zm9yZ2Vk")       // not a destination
+		push(m["ref"], "55", "cmVhbA==")       // the answer of 55
+		push(m["ref"], "55", "Zm9yZ2Vk")       // 55 again
+		push(m["ref"], "66", "cmVhbA==")       // the answer of 66
+	}()
+	out, err := redisapi.NewClient(rdb).Call(ctx, []uint32{55, 66}, "calc.add", nil, &redisapi.CallOptions{TTL: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || out[0].Source != "55" || out[1].Source != "66" {
+		t.Fatalf("responses %+v", out)
+	}
+	for _, r := range out {
+		if p, _ := r.Payload(); string(p) != "real" {
+			t.Errorf("forged response taken: %+v", r)
+		}
+	}
+}

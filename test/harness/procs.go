@@ -377,6 +377,11 @@ type Peer struct {
 // (redis://host:port/db), connected to relays, and waits until it is
 // registered and connected to all of them.
 func (c *Cluster) StartPeer(ctx context.Context, name string, reg *Registrar, redisURL string, relays ...*Relay) (*Peer, error) {
+	return c.StartPeerArgs(ctx, name, reg, redisURL, nil, relays...)
+}
+
+// StartPeerArgs is StartPeer with extra command-line flags.
+func (c *Cluster) StartPeerArgs(ctx context.Context, name string, reg *Registrar, redisURL string, extra []string, relays ...*Relay) (*Peer, error) {
 	m, err := identity.NewMnemonic()
 	if err != nil {
 		return nil, err
@@ -393,6 +398,7 @@ func (c *Cluster) StartPeer(ctx context.Context, name string, reg *Registrar, re
 	for _, r := range relays {
 		args = append(args, "--relay", r.URL())
 	}
+	args = append(args, extra...)
 	p, err := c.add(&Proc{Name: name, Path: c.Bins.Peer, Args: args, Env: []string{"RMB_MNEMONIC=" + m}})
 	if err != nil {
 		return nil, err
