@@ -41,6 +41,9 @@ import (
 // User is the superuser of the test server; it needs no password.
 const User = "rmb"
 
+// libDir is where Debian installs the PostgreSQL versions.
+var libDir = "/usr/lib/postgresql"
+
 // ErrNoPostgres says the PostgreSQL server binaries are missing.
 var ErrNoPostgres = errors.New("PostgreSQL server binaries (initdb, postgres) not found in PATH or /usr/lib/postgresql/*/bin: run `make test` (scripts/deps.sh installs postgresql with apt-get) or `apt-get install postgresql`")
 
@@ -126,7 +129,11 @@ func Run() (*Server, error) {
 	initdb.Dir = s.Dir
 	if out, err := initdb.CombinedOutput(); err != nil {
 		os.RemoveAll(s.Dir)
-		return nil, fmt.Errorf("initdb: %v\n%s", err, out)
+		hint := ""
+		if s.cred != nil {
+			hint = fmt.Sprintf(" (it runs as uid %d: %s and its parents must be searchable by that user; set TMPDIR elsewhere if not)", s.cred.Uid, s.Dir)
+		}
+		return nil, fmt.Errorf("initdb%s: %v\n%s", hint, err, out)
 	}
 	if s.Port, err = freePort(); err != nil {
 		os.RemoveAll(s.Dir)
@@ -148,7 +155,7 @@ func findBin() (string, error) {
 			dirs = append(dirs, filepath.Dir(r))
 		}
 	}
-	found, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	found, _ := filepath.Glob(filepath.Join(libDir, "*", "bin"))
 	sort.Slice(found, func(i, j int) bool { return version(found[i]) > version(found[j]) })
 	dirs = append(dirs, found...)
 	for _, d := range dirs {
