@@ -225,6 +225,28 @@ func TestPostgresFeedAcrossInstances(t *testing.T) {
 			t.Fatalf("change %d never reached the watcher of instance 2", i)
 		}
 	}
+
+	// A Client watching instance 2, as relays and peers do, drops its
+	// cached copy when the twin changes through instance 1.
+	ctx := context.Background()
+	c := NewClient(url2, &ClientOptions{CacheTTL: time.Hour, NegativeCacheTTL: time.Hour})
+	startWatch(t, c)
+	eventually(t, 10*time.Second, "the cache to hold the twin", func() bool {
+		got, err := c.Twin(ctx, twin)
+		return err == nil && slices.Equal(got.Relays, []string{"r2.example"})
+	})
+	time.Sleep(200 * time.Millisecond) // let Watch's long poll reach instance 2
+	changed := time.Now()
+	if _, err := NewClient(url1, nil).Update(ctx, owner, twin, []string{"r3.example"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the change to reach the watching client", func() bool {
+		got, err := c.Twin(ctx, twin)
+		return err == nil && slices.Equal(got.Relays, []string{"r3.example"})
+	})
+	if d := time.Since(changed); d > time.Second {
+		t.Errorf("the watching client of instance 2 saw the change after %s", d)
+	}
 }
 
 // TestPostgresLostNotification makes a change without NOTIFY, as if the
