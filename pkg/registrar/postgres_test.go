@@ -426,3 +426,55 @@ func TestPostgresServerRestart(t *testing.T) {
 		t.Fatal("the watcher of instance 2 never heard of the change after the restart")
 	}
 }
+
+// BenchmarkPostgresStore measures the store calls a registrar makes, on
+// the local test server (fsync off): a registration, a lookup, a read of
+// the change feed.
+func BenchmarkPostgresStore(b *testing.B) {
+	ctx := context.Background()
+	s := openPostgres(b, nil)
+	twin := func(i int) Twin {
+		pub := make([]byte, 32)
+		copy(pub, fmt.Appendf(nil, "%d", i))
+		return Twin{PublicKey: pub, Relays: []string{"r1.example"}}
+	}
+	n := 0
+	b.Run("Create", func(b *testing.B) {
+		for b.Loop() {
+			n++
+			if _, err := s.Create(ctx, twin(n)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("CreateParallel", func(b *testing.B) {
+		var mu sync.Mutex
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				mu.Lock()
+				n++
+				t := twin(n)
+				mu.Unlock()
+				if _, err := s.Create(ctx, t); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+	b.Run("Get", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for i := 0; pb.Next(); i++ {
+				if _, err := s.Get(ctx, uint32(i%n+1)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+	b.Run("Changes", func(b *testing.B) {
+		for b.Loop() {
+			if _, _, err := s.Changes(ctx, uint64(n-10), 1000); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
