@@ -1,7 +1,9 @@
 // Command rmb-registrar serves the RMB twin registrar account API
-// (PROTOCOL.md §8) over HTTP, keeping accounts in a bbolt file.
+// (PROTOCOL.md §8) over HTTP, keeping accounts in a bbolt file or in a
+// PostgreSQL database that several registrars may share.
 //
 //	rmb-registrar --listen :8090 --db rmb-registrar.db
+//	rmb-registrar --listen :8090 --db 'postgres://rmb:PASSWORD@db.example:5432/rmb?sslmode=require'
 //
 // SIGINT or SIGTERM shuts it down gracefully: waiting change-feed polls are
 // answered, in-flight requests finish, and the database is closed.
@@ -18,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -94,7 +97,7 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.SetOutput(m.Stderr)
 	printVersion := buildinfo.Flag(fs, "rmb-registrar")
 	fs.StringVar(&m.Listen, "listen", m.Listen, "address to serve HTTP on")
-	fs.StringVar(&m.DBPath, "db", m.DBPath, `bbolt database file, or "`+MemoryDB+`" to keep accounts in memory`)
+	fs.StringVar(&m.DBPath, "db", m.DBPath, `bbolt database file, a postgres:// (or postgresql://) URL of a PostgreSQL database several registrars may share, or "`+MemoryDB+`" to keep accounts in memory`)
 	fs.BoolVar(&m.Debug, "debug", m.Debug, "log at debug level")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: rmb-registrar [flags]\n\nServes the RMB registrar account API.\n\n")
@@ -112,6 +115,8 @@ func (m *Main) ParseFlags(args []string) error {
 		err = fmt.Errorf("unexpected arguments: %q", fs.Args())
 	case m.DBPath == "":
 		err = errors.New("--db must not be empty")
+	case strings.Contains(m.DBPath, "://") && !registrar.IsPostgresURL(m.DBPath):
+		err = fmt.Errorf("--db %s: want a file path or a postgres:// URL", registrar.RedactURL(m.DBPath))
 	}
 	if err != nil {
 		fmt.Fprintln(fs.Output(), err)
@@ -131,9 +136,16 @@ func (m *Main) Run(ctx context.Context) error {
 	log := slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: level}))
 	m.log = log
 
-	if m.DBPath == MemoryDB {
+	switch {
+	case m.DBPath == MemoryDB:
 		m.store = registrar.NewMemStore()
-	} else {
+	case registrar.IsPostgresURL(m.DBPath):
+		s, err := registrar.OpenPostgres(ctx, m.DBPath, &registrar.PostgresOptions{Logger: log})
+		if err != nil {
+			return err
+		}
+		m.store = s
+	default:
 		s, err := registrar.OpenBolt(m.DBPath)
 		if err != nil {
 			return err
@@ -163,7 +175,7 @@ func (m *Main) Run(ctx context.Context) error {
 			log.Error("serve failed", "err", err)
 		}
 	}()
-	log.Info("listening", "addr", ln.Addr().String(), "db", m.DBPath)
+	log.Info("listening", "addr", ln.Addr().String(), "db", registrar.RedactURL(m.DBPath))
 	return nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rmb-go/rmb/internal/pgtest"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
@@ -30,7 +31,9 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	pgtest.StopShared()
+	os.Exit(code)
 }
 
 const testMnemonic = "bottom drive obey lake curtain smoke basket hold race lonely fit walk"
@@ -90,6 +93,8 @@ func TestParseFlags(t *testing.T) {
 		{"positional argument", []string{"serve"}, "", "", false, "unexpected arguments"},
 		{"empty db", []string{"--db", ""}, "", "", false, "--db"},
 		{"bad bool", []string{"--debug=maybe"}, "", "", false, "invalid boolean"},
+		{"postgres", []string{"--db", "postgresql://rmb@db.example/rmb"}, ":8090", "postgresql://rmb@db.example/rmb", false, ""},
+		{"other scheme", []string{"--db", "mysql://rmb:pw@db.example/rmb"}, "", "", false, "want a file path or a postgres:// URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -76,6 +76,9 @@
 // # Storage
 //
 // The server keeps accounts in a Store: BoltStore (one bbolt file; accounts,
-// twin ids and the sequence number survive restarts) or MemStore (for tests
-// and embedding).
+// twin ids and the sequence number survive restarts), PostgresStore (a
+// PostgreSQL database several servers may share; OpenPostgres applies the
+// embedded migrations, and changes made through one server wake the change
+// feed of all) or MemStore (for tests and embedding). A store that cannot
+// reach its database returns ErrUnavailable, which the server answers 503.
 package registrar

@@ -43,10 +43,23 @@ func newIdentity(t testing.TB, kt identity.KeyType) *identity.Identity {
 	return id
 }
 
+// serverStore, when set, opens the store of every server startServer
+// starts without one (TestServerStores runs the server tests over each
+// store); nil means the server's default MemStore.
+var serverStore func(t testing.TB) Store
+
 // startServer runs a registrar over real HTTP. wrap, if not nil, wraps the
 // handler (to count or break requests).
 func startServer(t testing.TB, opts *Options, wrap func(http.Handler) http.Handler) (*httptest.Server, *Server) {
 	t.Helper()
+	if serverStore != nil && (opts == nil || opts.Store == nil) {
+		o := Options{}
+		if opts != nil {
+			o = *opts
+		}
+		o.Store = serverStore(t)
+		opts = &o
+	}
 	s := NewServer(opts)
 	h := s.Handler()
 	if wrap != nil {

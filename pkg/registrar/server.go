@@ -62,9 +62,10 @@ type Server struct {
 	maxBody      int64
 	handler      http.Handler
 
-	changed   broadcaster   // fires after every create and update
-	done      chan struct{} // closed by Close
-	closeOnce sync.Once
+	changed     broadcaster   // fires after every create and update
+	unsubscribe func()        // ends the ChangeNotifier subscription, if any
+	done        chan struct{} // closed by Close
+	closeOnce   sync.Once
 }
 
 // NewServer returns a server for opts (nil means defaults).
@@ -97,6 +98,10 @@ func NewServer(opts *Options) *Server {
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
 	}
+	if n, ok := s.store.(ChangeNotifier); ok {
+		// Changes other registrars make wake this one's feed too.
+		s.unsubscribe = n.OnChange(s.changed.broadcast)
+	}
 	s.handler = s.routes()
 	return s
 }
@@ -109,7 +114,12 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // answer without waiting, so that an http.Server can shut down gracefully.
 // It does not close the Store.
 func (s *Server) Close() error {
-	s.closeOnce.Do(func() { close(s.done) })
+	s.closeOnce.Do(func() {
+		close(s.done)
+		if s.unsubscribe != nil {
+			s.unsubscribe()
+		}
+	})
 	return nil
 }
 
@@ -169,6 +179,12 @@ func (s *Server) wrap(h func(http.ResponseWriter, *http.Request) error) http.Han
 		switch {
 		case errors.As(err, &ae):
 			writeJSON(w, ae.status, errorResponse{Error: ae.msg})
+		case errors.Is(err, ErrUnavailable):
+			// The database is away (restarting, unreachable): the caller
+			// may retry; the log has the address, the answer does not.
+			s.log.Warn("request failed: store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusServiceUnavailable, errorResponse{Error: "account store unavailable; try again later"})
 		case r.Context().Err() != nil:
 			// The client is gone; nobody reads the answer.
 			s.log.Debug("request abandoned", "method", r.Method, "path", r.URL.Path, "err", err)

@@ -9,6 +9,11 @@ import (
 // ErrClosed is returned by a store used after Close.
 var ErrClosed = errors.New("registrar: store closed")
 
+// ErrUnavailable wraps the errors of a store that cannot reach its database
+// right now (a PostgreSQL server restarting, a network failure). The server
+// answers 503; the call may work when retried later.
+var ErrUnavailable = errors.New("registrar: account store unavailable")
+
 // Store keeps the accounts of a registrar. Implementations are safe for
 // concurrent use, hand out copies (callers may keep and modify what they
 // get), stamp CreatedAt and UpdatedAt themselves, and return errors wrapping

@@ -22,6 +22,7 @@ var stores = []struct {
 		}
 		return s
 	}},
+	{"postgres", func(t *testing.T) Store { return openPostgres(t, nil) }},
 }
 
 func testTwin(n byte) Twin {

@@ -50,6 +50,9 @@ type bus struct {
 type busOptions struct {
 	topology   topology
 	relayRedis bool // relays keep their store in their own Redis (AOF)
+
+	// registrarDB is the registrar's --db; default a bbolt file.
+	registrarDB string
 }
 
 func startBus(t *testing.T, ctx context.Context, o busOptions) *bus {
@@ -64,7 +67,11 @@ func startBus(t *testing.T, ctx context.Context, o busOptions) *bus {
 		}
 	}
 	var err error
-	e.reg, err = c.StartRegistrar(ctx)
+	if o.registrarDB != "" {
+		e.reg, err = c.StartRegistrarDB(ctx, o.registrarDB)
+	} else {
+		e.reg, err = c.StartRegistrar(ctx)
+	}
 	fail(err)
 	nRelays := 1
 	if o.topology != oneRelay {

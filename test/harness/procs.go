@@ -295,12 +295,18 @@ type Registrar struct {
 // StartRegistrar starts a registrar with a bbolt database in the cluster
 // directory and waits for /healthz.
 func (c *Cluster) StartRegistrar(ctx context.Context) (*Registrar, error) {
+	return c.StartRegistrarDB(ctx, filepath.Join(c.Dir, "registrar.db"))
+}
+
+// StartRegistrarDB starts a registrar on db (a bbolt file or a
+// postgres:// URL) and waits for /healthz.
+func (c *Cluster) StartRegistrarDB(ctx context.Context, db string) (*Registrar, error) {
 	addr, err := FreeAddr()
 	if err != nil {
 		return nil, err
 	}
 	p, err := c.add(&Proc{Name: "registrar", Path: c.Bins.Registrar,
-		Args: []string{"--listen", addr, "--db", filepath.Join(c.Dir, "registrar.db")}})
+		Args: []string{"--listen", addr, "--db", db}})
 	if err != nil {
 		return nil, err
 	}
