@@ -32,6 +32,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/buildinfo"
+	"github.com/rmb-go/rmb/internal/cliconf"
 	"github.com/rmb-go/rmb/internal/pprofserver"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/peer"
@@ -186,14 +187,21 @@ func (m *Main) ParseFlags(args []string) error {
 		fmt.Fprintf(fs.Output(), "Usage: rmb-peer [flags]\n\nConnects a twin to RMB and serves the local Redis API.\n\n")
 		fs.PrintDefaults()
 	}
+	conf := cliconf.New(fs, "RMB")
+	conf.SkipEnv("mnemonic") // $RMB_MNEMONIC comes after --mnemonic-file: see secret
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if printVersion(m.Stdout) {
 		return flag.ErrHelp
 	}
-	var err error
+	err := conf.Apply(m.Getenv)
+	if err == nil && conf.PrintRequested() {
+		conf.Print(m.Stdout)
+		return flag.ErrHelp
+	}
 	switch {
+	case err != nil:
 	case fs.NArg() > 0:
 		err = fmt.Errorf("unexpected arguments: %q", fs.Args())
 	case len(m.Relays) == 0:

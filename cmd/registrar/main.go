@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/rmb-go/rmb/internal/buildinfo"
+	"github.com/rmb-go/rmb/internal/cliconf"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
 
@@ -103,14 +104,20 @@ func (m *Main) ParseFlags(args []string) error {
 		fmt.Fprintf(fs.Output(), "Usage: rmb-registrar [flags]\n\nServes the RMB registrar account API.\n\n")
 		fs.PrintDefaults()
 	}
+	conf := cliconf.New(fs, "RMB")
 	if err := fs.Parse(args); err != nil {
 		return err // fs has printed it, with the usage
 	}
 	if printVersion(m.Stdout) {
 		return flag.ErrHelp
 	}
-	var err error
+	err := conf.Apply(os.Getenv)
+	if err == nil && conf.PrintRequested() {
+		conf.Print(m.Stdout)
+		return flag.ErrHelp
+	}
 	switch {
+	case err != nil:
 	case fs.NArg() > 0:
 		err = fmt.Errorf("unexpected arguments: %q", fs.Args())
 	case m.DBPath == "":

@@ -23,11 +23,13 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/buildinfo"
+	"github.com/rmb-go/rmb/internal/cliconf"
 )
 
 // command is one subcommand. run returns the process exit code.
@@ -130,6 +132,14 @@ func parse(fs *flag.FlagSet, args []string) (int, bool) {
 		args = rest[1:]
 	}
 	fs.Parse(append([]string{"--"}, positional...))
+	// $RMB_REDIS and $RMB_REGISTRAR, as rmb-peer reads them, where no flag
+	// was given; not for the demo and the load tool, which start their own.
+	if fs.Name() != "demo" && !strings.HasPrefix(fs.Name(), "bench") {
+		if err := cliconf.ApplyEnv(fs, "RMB", os.Getenv, "redis", "registrar"); err != nil {
+			fmt.Fprintf(fs.Output(), "rmb %s: %v\n", fs.Name(), err)
+			return 2, false
+		}
+	}
 	return 0, true
 }
 

@@ -89,6 +89,13 @@ func TestUsageAndHelp(t *testing.T) {
 			t.Errorf("rmb %s: %+v", v, r)
 		}
 	}
+	// $RMB_REDIS and $RMB_REGISTRAR stand in for --redis and --registrar.
+	if r := rmb(t, []string{"RMB_REDIS=redis://127.0.0.1:1"}, "deadletter", "list"); r.code != 1 || !strings.Contains(r.stderr, "redis://127.0.0.1:1") {
+		t.Errorf("RMB_REDIS: %+v", r)
+	}
+	if r := rmb(t, []string{"RMB_REGISTRAR=http://127.0.0.1:1"}, "whois", "5"); r.code != 1 || !strings.Contains(r.stderr, "http://127.0.0.1:1") {
+		t.Errorf("RMB_REGISTRAR: %+v", r)
+	}
 	if r := rmb(t, nil, "keygen", "--no-such-flag"); r.code != 2 {
 		t.Errorf("bad flag: %+v", r)
 	}
