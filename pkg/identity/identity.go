@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strconv"
 	"strings"
 
 	bip39 "github.com/cosmos/go-bip39"
@@ -63,24 +64,53 @@ func ParseKeyType(s string) (KeyType, error) {
 func SeedFromSecret(secret string) ([]byte, error) {
 	secret = strings.TrimSpace(secret)
 	if strings.HasPrefix(secret, "0x") || strings.HasPrefix(secret, "0X") {
-		seed, err := hex.DecodeString(secret[2:])
-		if err != nil || len(seed) != SeedSize {
-			return nil, ErrBadSecret
+		digits := secret[2:]
+		seed, err := hex.DecodeString(digits)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("%w: a 0x seed is hex digits only", ErrBadSecret)
+		case len(seed) != SeedSize:
+			return nil, fmt.Errorf("%w: a 0x seed has %d hex digits, this one %d", ErrBadSecret, 2*SeedSize, len(digits))
 		}
 		return seed, nil
 	}
 	return SeedFromMnemonic(secret)
 }
 
+// checkMnemonic says what is wrong with words as a BIP-39 English
+// mnemonic, without quoting any of them (they are a secret).
+func checkMnemonic(words []string) error {
+	switch n := len(words); {
+	case n == 0:
+		return fmt.Errorf("%w: it is empty", ErrBadSecret)
+	case n%3 != 0 || n < 12 || n > 24:
+		return fmt.Errorf("%w: a mnemonic has 12, 15, 18, 21 or 24 words, this one %d", ErrBadSecret, n)
+	}
+	var unknown []string
+	for i, w := range words {
+		if _, ok := bip39.ReverseWordMap[w]; !ok {
+			unknown = append(unknown, strconv.Itoa(i+1))
+		}
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("%w: word %s not in the BIP-39 English word list (lower case)", ErrBadSecret, strings.Join(unknown, ", "))
+	}
+	return nil
+}
+
 // SeedFromMnemonic derives the substrate seed of a BIP-39 English mnemonic
 // (no passphrase).
 func SeedFromMnemonic(mnemonic string) ([]byte, error) {
-	words := strings.Join(strings.Fields(mnemonic), " ")
+	fields := strings.Fields(mnemonic)
+	if err := checkMnemonic(fields); err != nil {
+		return nil, err
+	}
+	words := strings.Join(fields, " ")
 	// MnemonicToByteArray checks the words and the checksum and returns the
 	// entropy and checksum bits as one big-endian number.
 	withChecksum, err := bip39.MnemonicToByteArray(words)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadSecret, err)
+		return nil, fmt.Errorf("%w: the checksum does not match: a word is wrong or out of place", ErrBadSecret)
 	}
 	bits := len(strings.Fields(words)) * 11
 	checksumBits := bits % 32

@@ -121,16 +121,28 @@ func flip(b []byte, i int) []byte {
 	return c
 }
 
+// A bad secret is refused with what is wrong with it, never with a word of
+// it.
 func TestBadSecrets(t *testing.T) {
-	for _, s := range []string{
-		"",
-		"0x1234",
-		"0x" + strings.Repeat("zz", 32),
-		"bottom drive obey lake curtain smoke basket hold race lonely fit fit", // checksum
-		"not a mnemonic at all",
+	for _, c := range []struct{ secret, want string }{
+		{"", "it is empty"},
+		{"0x1234", "a 0x seed has 64 hex digits, this one 4"},
+		{"0x" + strings.Repeat("zz", 32), "a 0x seed is hex digits only"},
+		{"bottom drive obey lake curtain smoke basket hold race lonely fit fit", "the checksum does not match"},
+		{"not a mnemonic at all", "a mnemonic has 12, 15, 18, 21 or 24 words, this one 5"},
+		{"bottom drive obey lake curtain smoke basket hold race lonely fitt walk", "word 11 not in the BIP-39 English word list"},
+		{"Bottom drive obey lake curtain smoke basket hold race lonely fit walk", "word 1 not in"},
+		{"bottom drive obey lake curtain smoke basket hold race lonely fit walk fit", "this one 13"},
 	} {
-		if _, err := identity.FromSecret(s, identity.Ed25519); !errors.Is(err, identity.ErrBadSecret) {
-			t.Errorf("FromSecret(%q) err = %v, want ErrBadSecret", s, err)
+		_, err := identity.FromSecret(c.secret, identity.Ed25519)
+		if !errors.Is(err, identity.ErrBadSecret) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("FromSecret(%q) err = %v, want ErrBadSecret saying %q", c.secret, err, c.want)
+			continue
+		}
+		for _, w := range []string{"fitt", "Bottom", "zz"} {
+			if strings.Contains(c.secret, w) && strings.Contains(err.Error(), w) {
+				t.Errorf("the error quotes the secret: %v", err)
+			}
 		}
 	}
 	if _, err := identity.FromSecret("0x"+strings.Repeat("11", 32), "rsa"); !errors.Is(err, identity.ErrBadKeyType) {
