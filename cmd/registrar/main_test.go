@@ -239,7 +239,17 @@ func TestRunErrors(t *testing.T) {
 	if err != nil {
 		t.Fatalf("database still held after a failed Run: %v", err)
 	}
-	s.Close()
+	defer s.Close()
+	// A second registrar on a file in use says so.
+	m = NewMain()
+	m.Stderr = io.Discard
+	m.Listen, m.DBPath = "127.0.0.1:0", db
+	if err := m.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "is in use by another process") {
+		if err == nil {
+			m.Close()
+		}
+		t.Errorf("Run on a database in use: %v", err)
+	}
 }
 
 // TestSignal runs the program as a process and stops it with SIGTERM.

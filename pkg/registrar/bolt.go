@@ -49,6 +49,9 @@ type boltRecord struct {
 // second if another process holds the file.
 func OpenBolt(path string) (*BoltStore, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("registrar: %s is in use by another process (another rmb-registrar?): stop it, or give each registrar its own --db (several registrars share a postgres:// database): %w", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("registrar: open %s: %w", path, err)
 	}
