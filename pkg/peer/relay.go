@@ -72,18 +72,32 @@ func (r *relayConn) setConn(c *wsConn) {
 // jittered exponential backoff.
 func (r *relayConn) run(ctx context.Context) {
 	backoff := r.p.opts.MinBackoff
+	var lastRefusal string
 	for ctx.Err() == nil {
 		start := time.Now()
 		connected, err := r.session(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		if connected {
+		switch why := refusal(err); {
+		case why != "":
+			// Retrying soon will not help: say so loudly, once per
+			// change of reason, and retry at the slowest pace.
+			backoff = r.p.opts.MaxBackoff
+			if why != lastRefusal {
+				r.log.Error(why, "err", err, "retry_every", backoff)
+			} else {
+				r.log.Debug(why, "err", err, "retry_every", backoff)
+			}
+			lastRefusal = why
+		case connected:
+			lastRefusal = ""
 			r.log.Warn("relay connection lost", "err", err, "up_for", time.Since(start).Round(time.Millisecond))
 			if time.Since(start) > r.p.opts.MaxBackoff {
 				backoff = r.p.opts.MinBackoff
 			}
-		} else {
+		default:
+			lastRefusal = ""
 			r.log.Warn("relay connection failed", "err", err, "retry_in", backoff)
 		}
 		// Full jitter in [backoff/2, backoff].
@@ -130,7 +144,7 @@ func (r *relayConn) session(ctx context.Context) (connected bool, err error) {
 		// credential for its lifetime: keep it out of the logs.
 		err = redactToken(err, token)
 		if resp != nil {
-			return false, fmt.Errorf("dial %s: HTTP %d: %w", r.url, resp.StatusCode, err)
+			return false, &dialStatusError{url: r.url, status: resp.StatusCode, err: err}
 		}
 		return false, fmt.Errorf("dial %s: %w", r.url, err)
 	}
@@ -312,4 +326,40 @@ func redactToken(err error, token string) error {
 		return err
 	}
 	return errors.New(strings.ReplaceAll(err.Error(), token, "<token>"))
+}
+
+// dialStatusError is a handshake the relay answered with an HTTP status.
+type dialStatusError struct {
+	url    string
+	status int
+	err    error
+}
+
+func (e *dialStatusError) Error() string {
+	return fmt.Sprintf("dial %s: HTTP %d: %v", e.url, e.status, e.err)
+}
+func (e *dialStatusError) Unwrap() error { return e.err }
+
+// closeReplaced is the close code of a relay whose session of this twin
+// and session id was taken by a newer connection.
+const closeReplaced = wsframe.StatusCode(4000)
+
+// refusal explains an error after which reconnecting at once would not
+// help, or returns "".
+func refusal(err error) string {
+	var se *dialStatusError
+	if errors.As(err, &se) {
+		switch se.status {
+		case http.StatusForbidden:
+			return "the relay refuses this twin (HTTP 403: not on its allow list); ask its operator to allow the twin"
+		case http.StatusUnauthorized:
+			return "the relay refuses this twin's token (HTTP 401): the twin or its key is not what the relay's registrar knows, or this machine's clock is off"
+		case http.StatusTooManyRequests:
+			return "the relay refuses more sessions of this twin or from this address (HTTP 429)"
+		}
+	}
+	if wsframe.CloseStatus(err) == closeReplaced {
+		return "another connection of this twin and session took over at the relay: two peers run with the same key (give each its own key, or stop one)"
+	}
+	return ""
 }

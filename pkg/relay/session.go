@@ -678,7 +678,9 @@ func (r *Relay) register(s *session) bool {
 		s.prev = old
 		r.counters.replaced.Add(1)
 		old.log.Info("session replaced", "remote", s.remote)
-		old.close(statusReplaced, "replaced by a new connection")
+		// The same twin's key signed both connections: tell the old one
+		// where the new one comes from (two peers sharing a key?).
+		old.close(statusReplaced, "replaced by another connection of this twin and session from "+s.addr)
 	}
 	return true
 }
