@@ -83,8 +83,18 @@ func newMetrics(pendingCount func() float64) *metrics {
 	return m
 }
 
+// errorCode counts an error by its code. Codes come from remote twins and
+// local services, so the label is bounded: 100 to 599 (the protocol's
+// codes and HTTP-like ones) stand for themselves, anything else is "other".
 func (m *metrics) errorCode(code uint32) {
-	m.errors.WithLabelValues(strconv.FormatUint(uint64(code), 10)).Inc()
+	m.errors.WithLabelValues(errorLabel(code)).Inc()
+}
+
+func errorLabel(code uint32) string {
+	if code < 100 || code > 599 {
+		return "other"
+	}
+	return strconv.FormatUint(uint64(code), 10)
 }
 
 // Reasons for dropped messages.
