@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests and the demo need, only when they
 # are missing: redis-server, protoc, python3 with redis-py, chromium (the
-# relay status page's browser test). Uses apt-get
+# relay status page's browser test), nats-server (relay cluster tests). Uses apt-get
 # (Debian/Ubuntu); elsewhere it says what to install and fails.
 set -euo pipefail
 
@@ -13,6 +13,7 @@ if [[ "${1:-}" != demo ]]; then
   command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
   /usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need+=(python3-redis)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then
