@@ -113,7 +113,7 @@ func newFederator(r *Relay) *federator {
 		bySource: make(map[uint32]*fedShare),
 	}
 	if r.opts.FederationRedis != nil {
-		f.durable = newFedStore(r.opts.FederationRedis, r.opts.Domains[0])
+		f.durable = newFedStore(r.opts.FederationRedis, r.fedStoreName())
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	return f
@@ -722,9 +722,14 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 	m := Message{Data: body, Deadline: dl}
 	dst := SessionKey{Twin: rt.Destination.Twin, SID: string(rt.Destination.Session)}
 	var res routeResult
+	held := false
 	if s := r.lookup(dst); s != nil {
 		res, err = s.deliver(m)
-	} else {
+		held = true
+	} else if r.cl != nil {
+		res, held, err = r.cl.deliver(dst, m)
+	}
+	if !held {
 		t, lerr := r.opts.Directory.Twin(ctx, dst.Twin)
 		switch {
 		case errors.Is(lerr, registrar.ErrNotFound):

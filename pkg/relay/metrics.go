@@ -66,10 +66,11 @@ const (
 	routedLocal routeResult = iota
 	routedStored
 	routedFederated
+	routedCluster // handed to the instance holding the session
 	numRouteResults
 )
 
-var routeResultNames = [numRouteResults]string{"local", "stored", "federated"}
+var routeResultNames = [numRouteResults]string{"local", "stored", "federated", "cluster"}
 
 // counters are the relay's totals. They are plain atomics so that the hot
 // path does not allocate or look up label values; Prometheus reads them

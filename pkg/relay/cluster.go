@@ -1,0 +1,417 @@
+package relay
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// A relay cluster is several Relay instances with the same Domains, the
+// same NATS (Options.NATS) and the same shared Store (a RedisStore on one
+// Redis). There is no directory of our own: NATS subject interest says
+// where a session is.
+//
+// Each instance subscribes, for each (twin, sid) it holds, to the session
+// subject <prefix>.s.<twin>.<hex sid> ("_" for the default session). What
+// goes on it carries a header Rmb-Op:
+//
+//   - "d" (a request): deliver the envelope in the body to the session.
+//     The holder answers "local" or "stored" once the envelope is in the
+//     session's queue or the store, "gone" when the session left, or an
+//     error kind. NATS "no responders" means nobody holds the session:
+//     the sender answers fail-fast at once or stores the envelope.
+//   - "w" (a publish): the store has something for the session; the
+//     holder wakes its send loop. Every instance that stores an envelope
+//     for a session it does not hold publishes one.
+//   - "t" (a request): another instance takes the session over. The holder
+//     closes its connection (4000, replaced), puts its unsent envelopes
+//     back in the store, unsubscribes and only then answers.
+//
+// A connecting instance asks the holder to hand over ("t"), then
+// subscribes, then drains the store: an envelope stored before the
+// subscription is found by the drain, one stored after it brings a wake-up.
+// Because interest spreads over the NATS routes asynchronously, the
+// session drains the store once more clusterSettle after it subscribed (and
+// every session does after a NATS reconnect): a wake-up published on a
+// node the interest had not reached yet is not lost for longer than that.
+
+const (
+	// clusterWorkers handle the messages of the session subjects.
+	clusterWorkers = 8
+	// clusterInbox bounds the messages received and not handled yet;
+	// beyond it NATS drops them (a slow consumer, counted): the sender's
+	// request times out and it stores the envelope.
+	clusterInbox = 4096
+	// clusterRequestTimeout bounds a delivery request to another instance.
+	clusterRequestTimeout = storeTimeout
+	// clusterTakeoverTimeout bounds the wait for a holder to hand a
+	// session over.
+	clusterTakeoverTimeout = 10 * time.Second
+)
+
+// clusterSettle is when a new subscription drains the store again (a
+// variable for the tests that prove the wake-up path alone).
+var clusterSettle = 2 * time.Second
+
+const (
+	hdrOp       = "Rmb-Op"
+	hdrDeadline = "Rmb-Deadline"
+	opDeliver   = "d"
+	opWake      = "w"
+	opTakeover  = "t"
+	opWhere     = "h" // request: the holder answers its instance name
+)
+
+// Replies to opDeliver besides an error kind.
+const (
+	replyLocal  = "local"
+	replyStored = "stored"
+	replyGone   = "gone"
+)
+
+// clusterResult counts what cluster requests met.
+type clusterResult uint8
+
+const (
+	clusterDelivered  clusterResult = iota // another instance took the envelope
+	clusterNobody                          // no responders: nobody holds the session
+	clusterTimeout                         // no answer in time: stored here
+	clusterTakeovers                       // sessions taken over from another instance
+	clusterSlow                            // messages NATS dropped for a slow consumer
+	numClusterResults
+)
+
+var clusterResultNames = [numClusterResults]string{"delivered", "no_responders", "timeout", "takeover", "slow_consumer"}
+
+type cluster struct {
+	r        *Relay
+	nc       *nats.Conn
+	prefix   string // "rmb.<hex of the first domain>.s."
+	instance string
+	in       chan *nats.Msg
+	counts   [numClusterResults]atomic.Uint64
+
+	mu   sync.Mutex // guards subs
+	subs map[SessionKey]*nats.Subscription
+}
+
+// DefaultInstance is the instance name used when Options.Instance is
+// empty: the host name.
+func DefaultInstance() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "relay"
+	}
+	return h
+}
+
+func newCluster(r *Relay) (*cluster, error) {
+	if _, mem := r.store.(*MemStore); mem {
+		return nil, errors.New("relay: cluster mode (NATS) needs a store shared by all instances: set Store to a RedisStore on one Redis (rmb-relay --redis)")
+	}
+	c := &cluster{
+		r:        r,
+		prefix:   "rmb." + hex.EncodeToString([]byte(strings.ToLower(r.opts.Domains[0]))) + ".s.",
+		instance: r.opts.Instance,
+		in:       make(chan *nats.Msg, clusterInbox),
+		subs:     make(map[SessionKey]*nats.Subscription),
+	}
+	for _, u := range r.opts.NATS {
+		if strings.TrimSpace(u) == "" {
+			return nil, errors.New("relay: empty NATS URL")
+		}
+	}
+	nc, err := nats.Connect(strings.Join(r.opts.NATS, ","),
+		nats.Name("rmb-relay "+c.instance),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.Timeout(5*time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			r.log.Warn("NATS disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			r.log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
+			c.wakeAll()
+			time.AfterFunc(clusterSettle, c.wakeAll)
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				c.counts[clusterSlow].Add(1)
+				return
+			}
+			r.log.Warn("NATS error", "err", err)
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("relay: connect to NATS: %w", err)
+	}
+	c.nc = nc
+	for range clusterWorkers {
+		go c.work()
+	}
+	return c, nil
+}
+
+// state is the NATS connection state: "connected", "reconnecting", ...
+func (c *cluster) state() string { return strings.ToLower(c.nc.Status().String()) }
+
+func (c *cluster) connected() bool { return c.nc.IsConnected() }
+
+func (c *cluster) close() { c.nc.Close() }
+
+// subject is the session subject of k.
+func (c *cluster) subject(k SessionKey) string {
+	sid := "_"
+	if k.SID != "" {
+		sid = hex.EncodeToString([]byte(k.SID))
+	}
+	return c.prefix + strconv.FormatUint(uint64(k.Twin), 10) + "." + sid
+}
+
+// parseSubject is the inverse of subject.
+func (c *cluster) parseSubject(subj string) (SessionKey, bool) {
+	rest, ok := strings.CutPrefix(subj, c.prefix)
+	if !ok {
+		return SessionKey{}, false
+	}
+	tw, sid, ok := strings.Cut(rest, ".")
+	if !ok {
+		return SessionKey{}, false
+	}
+	n, err := strconv.ParseUint(tw, 10, 32)
+	if err != nil {
+		return SessionKey{}, false
+	}
+	k := SessionKey{Twin: uint32(n)}
+	if sid != "_" {
+		b, err := hex.DecodeString(sid)
+		if err != nil {
+			return SessionKey{}, false
+		}
+		k.SID = string(b)
+	}
+	return k, true
+}
+
+// subscribe makes this instance a holder of k; r.mu is held (so that a
+// subscribe and the unsubscribe of the same key keep their order). The
+// caller flushes, outside the lock.
+func (c *cluster) subscribe(k SessionKey) {
+	sub, err := c.nc.ChanSubscribe(c.subject(k), c.in)
+	if err != nil {
+		c.r.log.Warn("NATS subscribe failed", "twin", k.Twin, "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.subs[k] = sub
+	c.mu.Unlock()
+}
+
+// unsubscribe ends holding k; r.mu is held.
+func (c *cluster) unsubscribe(k SessionKey) {
+	c.mu.Lock()
+	sub := c.subs[k]
+	delete(c.subs, k)
+	c.mu.Unlock()
+	if sub != nil {
+		sub.Unsubscribe()
+	}
+}
+
+// flush waits until the NATS server has seen our subscriptions.
+func (c *cluster) flush() {
+	if err := c.nc.FlushTimeout(clusterRequestTimeout); err != nil {
+		c.r.log.Warn("NATS flush failed", "err", err)
+	}
+}
+
+// takeover asks the instance holding k, if any, to hand it over, and
+// returns once it did (or clusterTakeoverTimeout passed).
+func (c *cluster) takeover(k SessionKey) {
+	msg := nats.NewMsg(c.subject(k))
+	msg.Header.Set(hdrOp, opTakeover)
+	_, err := c.nc.RequestMsg(msg, clusterTakeoverTimeout)
+	switch {
+	case err == nil:
+		c.counts[clusterTakeovers].Add(1)
+	case errors.Is(err, nats.ErrNoResponders):
+	default:
+		c.r.log.Warn("session takeover not confirmed", "twin", k.Twin, "err", err)
+	}
+}
+
+// deliver offers m to the instance holding k. ok is false when nobody
+// holds it. A holder that does not answer in time may have taken m or
+// not: m is stored (the session may see it twice; see the package doc).
+func (c *cluster) deliver(k SessionKey, m Message) (res routeResult, ok bool, err error) {
+	msg := nats.NewMsg(c.subject(k))
+	msg.Header.Set(hdrOp, opDeliver)
+	msg.Header.Set(hdrDeadline, strconv.FormatInt(m.Deadline.UnixNano(), 10))
+	msg.Data = m.Data
+	reply, err := c.nc.RequestMsg(msg, clusterRequestTimeout)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		c.counts[clusterNobody].Add(1)
+		return 0, false, nil
+	case err != nil:
+		c.counts[clusterTimeout].Add(1)
+		c.r.log.Warn("cluster delivery not confirmed, storing", "twin", k.Twin, "err", err)
+		res, err := c.r.storeFor(k, m)
+		return res, true, err
+	}
+	switch string(reply.Data) {
+	case replyLocal, replyStored:
+		c.counts[clusterDelivered].Add(1)
+		return routedCluster, true, nil
+	case replyGone:
+		c.counts[clusterNobody].Add(1)
+		return 0, false, nil
+	}
+	return 0, true, replyError(string(reply.Data))
+}
+
+// holder returns the name of the instance holding k, as NATS routes it
+// from here, or "" when nobody does.
+func (c *cluster) holder(k SessionKey) (string, error) {
+	msg := nats.NewMsg(c.subject(k))
+	msg.Header.Set(hdrOp, opWhere)
+	reply, err := c.nc.RequestMsg(msg, clusterRequestTimeout)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return "", nil
+	case err != nil:
+		return "", err
+	}
+	return string(reply.Data), nil
+}
+
+// wake tells the holder of k, if any, that the store has something for it.
+func (c *cluster) wake(k SessionKey) {
+	msg := nats.NewMsg(c.subject(k))
+	msg.Header.Set(hdrOp, opWake)
+	if err := c.nc.PublishMsg(msg); err != nil {
+		c.r.log.Debug("NATS wake-up not published", "err", err)
+	}
+}
+
+// wakeAll makes every local session look at the store.
+func (c *cluster) wakeAll() {
+	for _, s := range c.r.liveSessions(nil) {
+		s.wake()
+	}
+}
+
+func (c *cluster) work() {
+	for {
+		select {
+		case <-c.r.ctx.Done():
+			return
+		case m := <-c.in:
+			c.handle(m)
+		}
+	}
+}
+
+func (c *cluster) handle(msg *nats.Msg) {
+	k, ok := c.parseSubject(msg.Subject)
+	if !ok {
+		return
+	}
+	switch msg.Header.Get(hdrOp) {
+	case opWake:
+		if s := c.r.lookup(k); s != nil {
+			s.wake()
+		}
+	case opTakeover:
+		go c.handOver(k, msg)
+	case opWhere:
+		if c.r.lookup(k) != nil {
+			msg.Respond([]byte(c.instance))
+		}
+	case opDeliver:
+		s := c.r.lookup(k)
+		if s == nil {
+			msg.Respond([]byte(replyGone))
+			return
+		}
+		ns, err := strconv.ParseInt(msg.Header.Get(hdrDeadline), 10, 64)
+		if err != nil {
+			msg.Respond([]byte("malformed"))
+			return
+		}
+		res, err := s.deliver(Message{Data: msg.Data, Deadline: time.Unix(0, ns)})
+		switch {
+		case err != nil:
+			msg.Respond([]byte(errorKind(err)))
+		case res == routedLocal:
+			msg.Respond([]byte(replyLocal))
+		default:
+			msg.Respond([]byte(replyStored))
+		}
+	}
+}
+
+// handOver closes the local session of k for a takeover and answers once
+// it is gone: its unsent envelopes are back in the store and the
+// subscription is ended.
+func (c *cluster) handOver(k SessionKey, msg *nats.Msg) {
+	if s := c.r.lookup(k); s != nil {
+		c.r.counters.replaced.Add(1)
+		s.log.Info("session replaced by a connection to another instance")
+		s.close(statusReplaced, "replaced by a new connection")
+		t := time.NewTimer(clusterTakeoverTimeout)
+		defer t.Stop()
+		select {
+		case <-s.done:
+		case <-t.C:
+			s.kill()
+		}
+	}
+	// The NATS server must have seen the unsubscribe before the new
+	// holder subscribes.
+	c.flush()
+	msg.Respond(nil)
+}
+
+func errorKind(err error) string {
+	switch {
+	case errors.Is(err, ErrStoreFull):
+		return "store_full"
+	case errors.Is(err, ErrTwinQueueFull):
+		return "twin_queue_full"
+	case errors.Is(err, ErrQueueFull):
+		return "queue_full"
+	}
+	return "store_error"
+}
+
+func replyError(kind string) error {
+	switch kind {
+	case "store_full":
+		return ErrStoreFull
+	case "twin_queue_full":
+		return ErrTwinQueueFull
+	case "queue_full":
+		return ErrQueueFull
+	}
+	return fmt.Errorf("relay: another instance failed to deliver: %s", kind)
+}
+
+// fedStoreName names the durable federation queue: the first domain, and
+// in a cluster the instance too, so that instances sharing one Redis do
+// not post each other's jobs (a job is posted by the instance that
+// accepted it, or by the instance of the same name that restarts).
+func (r *Relay) fedStoreName() string {
+	if r.cl == nil {
+		return r.opts.Domains[0]
+	}
+	return r.opts.Domains[0] + "/" + r.opts.Instance
+}

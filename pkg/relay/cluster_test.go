@@ -1,0 +1,304 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/internal/natstest"
+	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/pkg/envelope"
+)
+
+const clusterDomain = "cluster.test"
+
+// testCluster is three relay instances of one domain, each on its own node
+// of a real three-node NATS cluster, sharing one real redis-server.
+type testCluster struct {
+	reg    *testRegistrar
+	relays []*testRelay
+	stores []*hookStore
+}
+
+// hookStore is the shared RedisStore with hooks to stage races.
+type hookStore struct {
+	Store
+	mu     sync.Mutex
+	onPush func(SessionKey)
+	onPop  func(SessionKey, int)
+}
+
+func (h *hookStore) Push(ctx context.Context, k SessionKey, m Message) error {
+	h.mu.Lock()
+	f := h.onPush
+	h.mu.Unlock()
+	if f != nil {
+		f(k)
+	}
+	return h.Store.Push(ctx, k, m)
+}
+
+func (h *hookStore) Pop(ctx context.Context, k SessionKey, n int, now time.Time) ([]Message, int, error) {
+	msgs, exp, err := h.Store.Pop(ctx, k, n, now)
+	h.mu.Lock()
+	f := h.onPop
+	h.mu.Unlock()
+	if f != nil && err == nil {
+		f(k, len(msgs))
+	}
+	return msgs, exp, err
+}
+
+func startCluster(t *testing.T) *testCluster {
+	t.Helper()
+	nc := natstest.StartCluster(t, 3)
+	rs := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	c := &testCluster{reg: startRegistrar(t)}
+	for i, n := range nc.Nodes {
+		hs := &hookStore{Store: NewRedisStore(rdb, nil)}
+		tr := startRelay(t, c.reg, &Options{
+			Domains:  []string{clusterDomain},
+			NATS:     []string{n.URL},
+			Instance: fmt.Sprintf("i%d", i),
+			Store:    hs,
+		}, nil, nil)
+		c.relays = append(c.relays, tr)
+		c.stores = append(c.stores, hs)
+	}
+	return c
+}
+
+// waitHeld waits until every instance sees, through NATS, that k is held
+// by instance (the interest has spread over the routes).
+func (c *testCluster) waitHeld(t *testing.T, k SessionKey, instance string) {
+	t.Helper()
+	for _, r := range c.relays {
+		waitFor(t, 30*time.Second, func() error {
+			got, err := r.cl.holder(k)
+			if err != nil || got != instance {
+				return fmt.Errorf("%s sees %s held by %q (%v), want %q", r.opts.Instance, k, got, err, instance)
+			}
+			return nil
+		})
+	}
+}
+
+// recvPayload waits (generously: a loaded machine) for one envelope.
+func recvPayload(t *testing.T, c *client, want string) {
+	t.Helper()
+	e, err := c.recvWithin(30 * time.Second)
+	if err != nil {
+		t.Fatalf("twin %d: waiting for %q: %v", c.tw.num, want, err)
+	}
+	if got := string(e.GetPlain()); got != want {
+		t.Fatalf("twin %d: got %q (%v), want %q", c.tw.num, got, e, want)
+	}
+}
+
+// Peers spread over three instances call each other in every direction,
+// each envelope crossing the NATS cluster once.
+func TestClusterCallsEveryDirection(t *testing.T) {
+	c := startCluster(t)
+	var clients []*client
+	for i := range c.relays {
+		tw := c.reg.newTwin(t, clusterDomain)
+		clients = append(clients, dial(t, c.relays[i], tw, ""))
+	}
+	for i := range clients {
+		c.waitHeld(t, SessionKey{Twin: clients[i].tw.num}, c.relays[i].opts.Instance)
+	}
+	for i, from := range clients {
+		for j, to := range clients {
+			if i == j {
+				continue
+			}
+			p := fmt.Sprintf("%d->%d", i, j)
+			from.send(to.tw.num, "", p)
+			recvPayload(t, to, p)
+		}
+	}
+	for _, r := range c.relays {
+		if r.cl.state() != "connected" {
+			t.Fatalf("instance %s: NATS %s", r.opts.Instance, r.cl.state())
+		}
+	}
+	// Counted after the hand-over: the last one may lag its delivery.
+	waitFor(t, 30*time.Second, func() error {
+		var cross, stored uint64
+		for _, r := range c.relays {
+			cross += r.counters.routed[routedCluster].Load()
+			stored += r.counters.routed[routedStored].Load()
+		}
+		if cross != 6 || stored != 0 {
+			return fmt.Errorf("routed via the cluster: %d, stored %d; want 6, 0", cross, stored)
+		}
+		return nil
+	})
+}
+
+// An envelope for a session nobody holds goes to the shared store at once
+// (NATS no-responders) and is delivered when the session connects to
+// another instance; fail-fast gets "destination offline" at once.
+func TestClusterStoredAndFailFast(t *testing.T) {
+	c := startCluster(t)
+	a := dial(t, c.relays[0], c.reg.newTwin(t, clusterDomain), "")
+	btw := c.reg.newTwin(t, clusterDomain)
+	b := dial(t, c.relays[1], btw, "s1")
+	waitSession(t, c.relays[1].Relay, SessionKey{Twin: btw.num, SID: "s1"}, true)
+	b.c.Close(websocket.StatusNormalClosure, "")
+	waitSession(t, c.relays[1].Relay, SessionKey{Twin: btw.num, SID: "s1"}, false)
+
+	a.send(btw.num, "s1", "kept")
+	e := request(t, a.tw, "", btw.num, "s1", "fast", 60)
+	tags := envelope.TagFailFast
+	e.Tags = &tags
+	e.Stamp(time.Now())
+	e.Sign(a.tw.id)
+	a.sendRaw(marshal(t, e))
+	got, err := a.recvWithin(30 * time.Second)
+	if err != nil || !got.IsError() || got.GetError().GetMessage() != msgOffline || got.Uid != e.Uid {
+		t.Fatalf("fail-fast: got %v, %v; want error %q", got, err, msgOffline)
+	}
+	b2 := dial(t, c.relays[2], btw, "s1")
+	recvPayload(t, b2, "kept")
+	b2.expectNothing(200 * time.Millisecond)
+}
+
+// No lost wake-up: instance 0 finds nobody holding the session and stores
+// the envelope only after the session, connecting to instance 2, has
+// subscribed and drained the (then empty) store. The wake-up instance 0
+// publishes after storing brings it; the settle re-drain is off, so
+// nothing else could.
+func TestClusterNoLostWakeup(t *testing.T) {
+	defer func(d time.Duration) { clusterSettle = d }(clusterSettle)
+	clusterSettle = time.Hour
+	c := startCluster(t)
+	a := dial(t, c.relays[0], c.reg.newTwin(t, clusterDomain), "")
+	btw := c.reg.newTwin(t, clusterDomain)
+	key := SessionKey{Twin: btw.num, SID: "w"}
+
+	pushing := make(chan struct{})
+	release := make(chan struct{})
+	c.stores[0].mu.Lock()
+	c.stores[0].onPush = func(k SessionKey) {
+		if k == key {
+			close(pushing)
+			<-release
+		}
+	}
+	c.stores[0].mu.Unlock()
+	drained := make(chan struct{})
+	var once sync.Once
+	c.stores[2].mu.Lock()
+	c.stores[2].onPop = func(k SessionKey, n int) {
+		if k == key && n == 0 {
+			once.Do(func() { close(drained) })
+		}
+	}
+	c.stores[2].mu.Unlock()
+
+	a.send(btw.num, "w", "late")
+	waitChan(t, pushing, "instance 0 storing")
+	b := dial(t, c.relays[2], btw, "w")
+	waitChan(t, drained, "instance 2 draining the empty store")
+	close(release)
+	recvPayload(t, b, "late")
+}
+
+func waitChan(t *testing.T, ch chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// A session that connects to instance 2 while instance 1 holds it takes
+// it over: the old connection is closed (4000), and of the envelopes sent
+// to the session meanwhile none is lost and none delivered twice.
+func TestClusterSessionReplacedAcrossInstances(t *testing.T) {
+	c := startCluster(t)
+	a := dial(t, c.relays[0], c.reg.newTwin(t, clusterDomain), "")
+	btw := c.reg.newTwin(t, clusterDomain)
+	key := SessionKey{Twin: btw.num, SID: "r"}
+	old := dial(t, c.relays[1], btw, "r")
+	c.waitHeld(t, key, "i1")
+
+	const n = 200
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := range n {
+			a.send(btw.num, "r", fmt.Sprint("m", i))
+		}
+	}()
+	// Take over in the middle of the stream.
+	waitFor(t, 30*time.Second, func() error {
+		if got := c.relays[0].counters.routed[routedCluster].Load(); got < n/4 {
+			return fmt.Errorf("%d routed", got)
+		}
+		return nil
+	})
+	nw := dial(t, c.relays[2], btw, "r")
+	<-sent
+
+	seen := map[string]int{}
+	var closeCode websocket.StatusCode = -1
+	for {
+		var r received
+		select {
+		case r = <-old.in:
+		case <-time.After(30 * time.Second):
+			t.Fatal("old connection not closed")
+		}
+		if r.err != nil {
+			closeCode = websocket.CloseStatus(r.err)
+			break
+		}
+		e, err := envelope.Unmarshal(r.b, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[string(e.GetPlain())]++
+	}
+	if closeCode != statusReplaced {
+		t.Fatalf("old connection closed with %d, want %d", closeCode, statusReplaced)
+	}
+	for len(seen) < n {
+		e, err := nw.recvWithin(30 * time.Second)
+		if err != nil {
+			t.Fatalf("%d of %d envelopes delivered: %v", len(seen), n, err)
+		}
+		seen[string(e.GetPlain())]++
+	}
+	nw.expectNothing(300 * time.Millisecond)
+	var dup []string
+	for p, k := range seen {
+		if k > 1 || !strings.HasPrefix(p, "m") {
+			dup = append(dup, p)
+		}
+	}
+	if len(dup) > 0 {
+		t.Fatalf("delivered twice (or unexpected): %v", dup)
+	}
+	if c.relays[2].cl.counts[clusterTakeovers].Load() != 1 {
+		t.Fatal("no takeover counted")
+	}
+}
+
+// Cluster mode refuses a store that is not shared.
+func TestClusterNeedsSharedStore(t *testing.T) {
+	_, err := New(&Options{Domains: []string{clusterDomain}, Directory: startRegistrar(t).client, NATS: []string{"nats://127.0.0.1:1"}})
+	if err == nil || !strings.Contains(err.Error(), "RedisStore") {
+		t.Fatalf("got %v, want an error asking for a shared store", err)
+	}
+}
