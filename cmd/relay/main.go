@@ -94,6 +94,9 @@ type Main struct {
 	SessionsPerTwin    int
 	SessionsPerAddress int
 	TrustedProxies     []netip.Prefix
+	// Relay cluster (issue 14): NATS URLs and this instance's name.
+	NATS     []string
+	Instance string
 
 	// Stderr receives the logs. Default os.Stderr.
 	Stderr io.Writer
@@ -246,6 +249,8 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.Int64Var(&m.Store.MaxTotalBytes, "store-max-bytes", m.Store.MaxTotalBytes, "bytes stored in total (memory: plus 128 per envelope; Redis: all twins)")
 	fs.IntVar(&m.SessionsPerTwin, "max-sessions-per-twin", m.SessionsPerTwin, "concurrent sessions of one twin")
 	fs.IntVar(&m.SessionsPerAddress, "max-sessions-per-address", m.SessionsPerAddress, "concurrent sessions from one client address")
+	fs.Var((*stringList)(&m.NATS), "nats", "NATS URLs (comma-separated or repeated): join the relay cluster of the instances with the same domains on this NATS; needs --redis (default: single process)")
+	fs.StringVar(&m.Instance, "instance", m.Instance, "name of this instance in logs, metrics and the status page (default: host name and --listen port)")
 	fs.Var((*prefixList)(&m.TrustedProxies), "trusted-proxy", "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeatable; default: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -276,6 +281,10 @@ func (m *Main) ParseFlags(args []string) error {
 		return errors.New("--queue-*, --queue-twin-* and --store-max-bytes must be positive")
 	case m.SessionsPerTwin <= 0 || m.SessionsPerAddress <= 0:
 		return errors.New("--max-sessions-per-twin and --max-sessions-per-address must be positive")
+	case len(m.NATS) > 0 && m.Redis == "":
+		return errors.New("--nats needs --redis: the instances of a cluster share one Redis store")
+	case m.Instance != "" && len(m.NATS) == 0:
+		return errors.New("--instance needs --nats")
 	}
 	return nil
 }
@@ -329,6 +338,12 @@ func (m *Main) Run(ctx context.Context) error {
 		MaxSessionsPerTwin:    m.SessionsPerTwin,
 		MaxSessionsPerAddress: m.SessionsPerAddress,
 		TrustedProxies:        m.TrustedProxies,
+		NATS:                  m.NATS,
+		Instance:              m.Instance,
+	}
+	if len(m.NATS) > 0 && opts.Instance == "" {
+		_, port, _ := net.SplitHostPort(m.Listen)
+		opts.Instance = relay.DefaultInstance() + ":" + port
 	}
 	if m.Limit > 0 || m.LimitBytes > 0 {
 		opts.RateLimit = &relay.RateLimit{Messages: m.Limit, Bytes: m.LimitBytes, Window: m.LimitWindow}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A relay cluster is several Relay instances with the same Domains, the
@@ -81,11 +82,11 @@ const (
 type clusterResult uint8
 
 const (
-	clusterDelivered  clusterResult = iota // another instance took the envelope
-	clusterNobody                          // no responders: nobody holds the session
-	clusterTimeout                         // no answer in time: stored here
-	clusterTakeovers                       // sessions taken over from another instance
-	clusterSlow                            // messages NATS dropped for a slow consumer
+	clusterDelivered clusterResult = iota // another instance took the envelope
+	clusterNobody                         // no responders: nobody holds the session
+	clusterTimeout                        // no answer in time: stored here
+	clusterTakeovers                      // sessions taken over from another instance
+	clusterSlow                           // messages NATS dropped for a slow consumer
 	numClusterResults
 )
 
@@ -414,4 +415,27 @@ func (r *Relay) fedStoreName() string {
 		return r.opts.Domains[0]
 	}
 	return r.opts.Domains[0] + "/" + r.opts.Instance
+}
+
+// register adds the cluster's metrics: the instance, the NATS connection
+// and what the cluster requests met.
+func (c *cluster) register(reg *prometheus.Registry) {
+	labels := prometheus.Labels{"instance": c.instance}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "rmb", Subsystem: "relay", Name: "cluster_nats_connected", ConstLabels: labels,
+		Help: "1 while this relay instance is connected to NATS, 0 otherwise.",
+	}, func() float64 {
+		if c.connected() {
+			return 1
+		}
+		return 0
+	}))
+	for i := range numClusterResults {
+		v := &c.counts[i]
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "rmb", Subsystem: "relay", Name: "cluster_events_total",
+			Help:        "Cluster events of this instance, by result: delivered (to another instance), no_responders, timeout (stored here), takeover, slow_consumer (dropped by NATS).",
+			ConstLabels: prometheus.Labels{"instance": c.instance, "result": clusterResultNames[i]},
+		}, func() float64 { return float64(v.Load()) }))
+	}
 }

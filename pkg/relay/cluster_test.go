@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -125,9 +127,15 @@ func TestClusterCallsEveryDirection(t *testing.T) {
 			recvPayload(t, to, p)
 		}
 	}
-	for _, r := range c.relays {
-		if r.cl.state() != "connected" {
-			t.Fatalf("instance %s: NATS %s", r.opts.Instance, r.cl.state())
+	// The status page and the metrics name the instance and its NATS state.
+	for i, r := range c.relays {
+		inst := fmt.Sprintf("i%d", i)
+		st := httpGet(t, "http://"+r.domain+"/status.json")
+		if !strings.Contains(st, `"instance":"`+inst+`"`) || !strings.Contains(st, `"nats":"connected"`) {
+			t.Fatalf("status.json of %s: %s", inst, st)
+		}
+		if m := httpGet(t, "http://"+r.domain+"/metrics"); !strings.Contains(m, `rmb_relay_cluster_nats_connected{instance="`+inst+`"} 1`) {
+			t.Fatalf("metrics of %s lack the NATS state", inst)
 		}
 	}
 	// Counted after the hand-over: the last one may lag its delivery.
@@ -301,4 +309,18 @@ func TestClusterNeedsSharedStore(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "RedisStore") {
 		t.Fatalf("got %v, want an error asking for a shared store", err)
 	}
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -179,6 +179,9 @@ func newMetrics(r *Relay) *metrics {
 		gauge("federation_held_bytes", "Bytes of the envelopes counted by federation_held_jobs.", func() float64 { _, b := r.fed.held(); return float64(b) }),
 		m.latency, m.fedResults,
 	)
+	if r.cl != nil {
+		r.cl.register(m.reg)
+	}
 	return m
 }
 

@@ -93,6 +93,10 @@ type statusSnapshot struct {
 	// are Sessions listed (at most maxStatusSessions, by twin and sid).
 	Admin    bool          `json:"admin"`
 	Sessions []SessionInfo `json:"sessions,omitempty"`
+	// Instance and NATS (the NATS connection state: connected,
+	// reconnecting, closed, ...) are set in a relay cluster.
+	Instance string `json:"instance,omitempty"`
+	NATS     string `json:"nats,omitempty"`
 }
 
 // peerStatus is the health of one relay this relay federates with.
@@ -277,6 +281,9 @@ func (p *statusPage) snapshot(admin bool) statusSnapshot {
 		FederatedBytesOut: r.counters.fedBytesOut.Load(),
 		Streams:           len(p.streams),
 		Admin:             admin,
+	}
+	if r.cl != nil {
+		s.Instance, s.NATS = r.opts.Instance, r.cl.state()
 	}
 	s.Peers = r.fed.peers()
 	s.PeersTotal = len(s.Peers)
