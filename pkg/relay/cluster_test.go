@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -71,6 +72,8 @@ func startCluster(t *testing.T) *testCluster {
 			NATS:     []string{n.URL},
 			Instance: fmt.Sprintf("i%d", i),
 			Store:    hs,
+
+			FederationRedis: rdb,
 		}, nil, nil)
 		c.relays = append(c.relays, tr)
 		c.stores = append(c.stores, hs)
@@ -323,4 +326,94 @@ func httpGet(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A federation POST may arrive at any instance: each delivers through the
+// cluster to the instance holding the session, and the replay guard is
+// shared, so a request posted six times round the instances is delivered
+// 1 + maxRedeliveries times, as by a single relay, and the sixth copy is a
+// replay.
+func TestClusterFederationReplayGuardShared(t *testing.T) {
+	c := startCluster(t)
+	src := c.reg.newTwin(t, "other.example")
+	btw := c.reg.newTwin(t, clusterDomain)
+	b := dial(t, c.relays[1], btw, "")
+	c.waitHeld(t, SessionKey{Twin: btw.num}, "i1")
+	body := marshal(t, request(t, src, "", btw.num, "", "fed", 60))
+	for i := range maxRedeliveries + 2 {
+		r := c.relays[i%3]
+		resp, err := http.Post("http://"+r.domain+"/", "application/x-protobuf", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST %d to %s: %d", i, r.opts.Instance, resp.StatusCode)
+		}
+	}
+	for i := range maxRedeliveries + 1 {
+		if _, err := b.recvWithin(30 * time.Second); err != nil {
+			t.Fatalf("delivery %d: %v", i+1, err)
+		}
+	}
+	b.expectNothing(300 * time.Millisecond)
+	var replays uint64
+	for _, r := range c.relays {
+		replays += dropped(r.Relay, dropReplay)
+	}
+	if replays != 1 {
+		t.Fatalf("%d replays counted, want 1", replays)
+	}
+}
+
+// The shared replay guard in Redis forgets an entry at its deadline,
+// holds at most its bound (the entries closest to their deadline go
+// first) and allows maxRedeliveries of a request.
+func TestSharedReplayGuardBounded(t *testing.T) {
+	rs := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	defer rdb.Close()
+	g := newSharedReplay(rdb, clusterDomain, 3)
+	now := time.Now()
+	key := func(uid string) replayKey {
+		rt := envelope.Routing{UID: []byte(uid), Kind: envelope.KindResponse}
+		return replayKeyOf(&rt)
+	}
+	seen := func(k replayKey, at time.Time) bool {
+		t.Helper()
+		rep, err := g.replayed(k, false, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	for i, uid := range []string{"a", "b", "c", "d"} {
+		if err := g.add(key(uid), now.Add(time.Duration(10*(i+1))*time.Second), now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if seen(key("a"), now) || !seen(key("b"), now) || !seen(key("d"), now) {
+		t.Fatal("over the bound, the earliest deadline should go first")
+	}
+	if n, _ := rdb.ZCard(context.Background(), g.keys[0]).Result(); n != 3 {
+		t.Fatalf("%d entries, bound 3", n)
+	}
+	if seen(key("b"), now.Add(25*time.Second)) {
+		t.Fatal("seen after its deadline")
+	}
+	rq := key("req")
+	if err := g.add(rq, now.Add(time.Minute), now); err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxRedeliveries {
+		if rep, err := g.replayed(rq, true, now); err != nil || rep {
+			t.Fatalf("redelivery %d refused (%v)", i+1, err)
+		}
+	}
+	if rep, _ := g.replayed(rq, true, now); !rep {
+		t.Fatal("redelivery beyond the bound allowed")
+	}
+	if ttl, _ := rdb.PTTL(context.Background(), g.keys[0]).Result(); ttl <= 0 || ttl > replayKeyTTL {
+		t.Fatalf("key TTL %v", ttl)
+	}
 }

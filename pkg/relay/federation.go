@@ -88,6 +88,7 @@ type federator struct {
 	ranker  *ranker
 	replay  *replayGuard    // receiving side: accepted envelopes
 	durable *fedStore       // nil without Options.FederationRedis
+	shared  *sharedReplay   // a cluster's replay guard; nil outside a cluster or without FederationRedis
 	ctx     context.Context // cancelled by stop
 	cancel  context.CancelFunc
 
@@ -114,6 +115,9 @@ func newFederator(r *Relay) *federator {
 	}
 	if r.opts.FederationRedis != nil {
 		f.durable = newFedStore(r.opts.FederationRedis, r.fedStoreName())
+		if r.cl != nil {
+			f.shared = newSharedReplay(r.opts.FederationRedis, r.opts.Domains[0], replayGuardSize)
+		}
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	return f
@@ -713,7 +717,7 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	key := replayKeyOf(&rt)
-	if r.fed.replay.seen(key, now) && (rt.Kind != envelope.KindRequest || !r.fed.replay.again(key)) {
+	if r.fed.isReplay(key, &rt, now) {
 		// Accepted before: say so again, deliver nothing.
 		r.counters.drop(dropReplay)
 		w.WriteHeader(http.StatusAccepted)
@@ -759,7 +763,7 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 	// Remembered only once accepted: a sender whose POST failed may try
 	// again. (Two identical POSTs racing may both be delivered; the
 	// destination peer suppresses the second.)
-	r.fed.replay.add(key, dl, now)
+	r.fed.accepted(key, dl, now)
 	r.counters.routed[res].Add(1)
 	w.WriteHeader(http.StatusAccepted)
 }
