@@ -417,3 +417,36 @@ func TestSharedReplayGuardBounded(t *testing.T) {
 		t.Fatalf("key TTL %v", ttl)
 	}
 }
+
+// A session id made of NATS subject syntax ('.', '*', '>') names one
+// session only: it is hex in the subject, so it neither matches nor
+// reaches the subjects of other sessions.
+func TestClusterSubjectSafe(t *testing.T) {
+	c := startCluster(t)
+	a := dial(t, c.relays[0], c.reg.newTwin(t, clusterDomain), "")
+	btw := c.reg.newTwin(t, clusterDomain)
+	wild := dial(t, c.relays[1], btw, "*.>")
+	plain := dial(t, c.relays[2], btw, "x")
+	c.waitHeld(t, SessionKey{Twin: btw.num, SID: "*.>"}, "i1")
+	c.waitHeld(t, SessionKey{Twin: btw.num, SID: "x"}, "i2")
+	a.send(btw.num, "x", "to x")
+	recvPayload(t, plain, "to x")
+	a.send(btw.num, "*.>", "to wild")
+	recvPayload(t, wild, "to wild")
+	wild.expectNothing(200 * time.Millisecond)
+	plain.expectNothing(0)
+	cl := c.relays[0].cl
+	for _, sid := range []string{"", "x", "*.>", "a b\x00", strings.Repeat("é", 40)} {
+		k := SessionKey{Twin: 7, SID: sid}
+		subj := cl.subject(k)
+		if strings.ContainsAny(subj[len(cl.prefix):], "*> ") {
+			t.Errorf("subject %q of sid %q has wildcards", subj, sid)
+		}
+		if got, ok := cl.parseSubject(subj); !ok || got != k {
+			t.Errorf("parse(%q) = %v %v, want %v", subj, got, ok, k)
+		}
+	}
+	if _, ok := cl.parseSubject(cl.prefix + "7.zz"); ok {
+		t.Error("a subject with a non-hex sid parsed")
+	}
+}
