@@ -60,7 +60,13 @@ func (h *hookStore) Pop(ctx context.Context, k SessionKey, n int, now time.Time)
 
 func startCluster(t *testing.T) *testCluster {
 	t.Helper()
-	nc := natstest.StartCluster(t, 3)
+	return startClusterOn(t, natstest.StartCluster(t, 3), false)
+}
+
+// startClusterOn starts the relays on nc: instance i on node i, or, with
+// all, on every node (NATS picks one and fails over to the others).
+func startClusterOn(t *testing.T, nc *natstest.Cluster, all bool) *testCluster {
+	t.Helper()
 	rs := redistest.Start(t, nil)
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
 	t.Cleanup(func() { rdb.Close() })
@@ -69,7 +75,7 @@ func startCluster(t *testing.T) *testCluster {
 		hs := &hookStore{Store: NewRedisStore(rdb, nil)}
 		tr := startRelay(t, c.reg, &Options{
 			Domains:  []string{clusterDomain},
-			NATS:     []string{n.URL},
+			NATS:     natsURLs(nc, n, all),
 			Instance: fmt.Sprintf("i%d", i),
 			Store:    hs,
 
@@ -449,4 +455,64 @@ func TestClusterSubjectSafe(t *testing.T) {
 	if _, ok := cl.parseSubject(cl.prefix + "7.zz"); ok {
 		t.Error("a subject with a non-hex sid parsed")
 	}
+}
+
+func natsURLs(nc *natstest.Cluster, n *natstest.Node, all bool) []string {
+	if all {
+		return nc.URLs()
+	}
+	return []string{n.URL}
+}
+
+// Kill -9 the NATS node the sender's instance is connected to, under a
+// steady stream of envelopes with unique payloads: the instance fails over
+// to another node, and every envelope is delivered (at least once: a
+// request whose answer died with the node is stored as well).
+func TestClusterNATSNodeKilled(t *testing.T) {
+	nc := natstest.StartCluster(t, 3)
+	c := startClusterOn(t, nc, true)
+	a := dial(t, c.relays[0], c.reg.newTwin(t, clusterDomain), "")
+	btw := c.reg.newTwin(t, clusterDomain)
+	b := dial(t, c.relays[1], btw, "")
+	c.waitHeld(t, SessionKey{Twin: btw.num}, "i1")
+	var victim *natstest.Node
+	url := c.relays[0].cl.nc.ConnectedUrl()
+	for _, n := range nc.Nodes {
+		if n.URL == url {
+			victim = n
+		}
+	}
+	if victim == nil {
+		t.Fatalf("instance 0 connected to %q, not a node", url)
+	}
+	const n = 300
+	go func() {
+		for i := range n {
+			if i == n/3 {
+				victim.Kill()
+			}
+			a.send(btw.num, "", fmt.Sprint("m", i))
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	seen := map[string]int{}
+	dups := 0
+	for len(seen) < n {
+		e, err := b.recvWithin(60 * time.Second)
+		if err != nil {
+			t.Fatalf("%d of %d delivered: %v", len(seen), n, err)
+		}
+		p := string(e.GetPlain())
+		if seen[p]++; seen[p] > 1 {
+			dups++
+		}
+	}
+	waitFor(t, 30*time.Second, func() error {
+		if s := c.relays[0].cl.state(); s != "connected" {
+			return fmt.Errorf("instance 0: NATS %s", s)
+		}
+		return nil
+	})
+	t.Logf("%d delivered, %d twice; cluster events of instance 0: timeout=%d no_responders=%d",
+		len(seen), dups, c.relays[0].cl.counts[clusterTimeout].Load(), c.relays[0].cl.counts[clusterNobody].Load())
 }
