@@ -2,6 +2,7 @@ package relay
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -155,6 +156,10 @@ func newCluster(r *Relay) (*cluster, error) {
 		return nil, fmt.Errorf("relay: connect to NATS: %w", err)
 	}
 	c.nc = nc
+	if _, err := nc.Subscribe(c.adminSubject(), c.handleAdmin); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("relay: NATS subscribe: %w", err)
+	}
 	for range clusterWorkers {
 		go c.work()
 	}
@@ -438,4 +443,103 @@ func (c *cluster) register(reg *prometheus.Registry) {
 			ConstLabels: prometheus.Labels{"instance": c.instance, "result": clusterResultNames[i]},
 		}, func() float64 { return float64(v.Load()) }))
 	}
+}
+
+// The admin API of a cluster asks every instance on the admin subject and
+// gathers the answers for clusterGather (at most clusterMaxInstances).
+const (
+	clusterGather       = time.Second
+	clusterMaxInstances = 256
+	hdrTwin             = "Rmb-Twin"
+	opList              = "list"
+	opDisconnect        = "disconnect"
+)
+
+func (c *cluster) adminSubject() string { return strings.TrimSuffix(c.prefix, "s.") + "admin" }
+
+// handleAdmin answers the admin requests of any instance: the local
+// sessions (at most maxStatusSessions), or how many sessions of a twin it
+// closed.
+func (c *cluster) handleAdmin(msg *nats.Msg) {
+	var v any
+	switch msg.Header.Get(hdrOp) {
+	case opList:
+		list := c.r.Sessions()
+		if len(list) > maxStatusSessions {
+			list = list[:maxStatusSessions]
+		}
+		v = list
+	case opDisconnect:
+		twin, err := strconv.ParseUint(msg.Header.Get(hdrTwin), 10, 32)
+		if err != nil {
+			return
+		}
+		v = map[string]int{"closed": c.r.Disconnect(uint32(twin))}
+	default:
+		return
+	}
+	b, err := json.Marshal(v)
+	if err == nil {
+		msg.Respond(b)
+	}
+}
+
+// gather sends an admin request to every instance and returns the answers
+// that came within clusterGather.
+func (c *cluster) gather(op string, twin uint32) [][]byte {
+	inbox := nats.NewInbox()
+	ch := make(chan *nats.Msg, clusterMaxInstances)
+	sub, err := c.nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		c.r.log.Warn("NATS subscribe failed", "err", err)
+		return nil
+	}
+	defer sub.Unsubscribe()
+	msg := nats.NewMsg(c.adminSubject())
+	msg.Reply = inbox
+	msg.Header.Set(hdrOp, op)
+	msg.Header.Set(hdrTwin, strconv.FormatUint(uint64(twin), 10))
+	if err := c.nc.PublishMsg(msg); err != nil {
+		c.r.log.Warn("NATS publish failed", "err", err)
+		return nil
+	}
+	t := time.NewTimer(clusterGather)
+	defer t.Stop()
+	var out [][]byte
+	for len(out) < clusterMaxInstances {
+		select {
+		case m := <-ch:
+			out = append(out, m.Data)
+		case <-t.C:
+			return out
+		}
+	}
+	return out
+}
+
+// sessions lists the sessions of every instance.
+func (c *cluster) sessions() []SessionInfo {
+	var out []SessionInfo
+	for _, b := range c.gather(opList, 0) {
+		var list []SessionInfo
+		if json.Unmarshal(b, &list) == nil {
+			out = append(out, list...)
+		}
+	}
+	return out
+}
+
+// disconnect closes twin's sessions on every instance and returns how
+// many there were.
+func (c *cluster) disconnect(twin uint32) int {
+	n := 0
+	for _, b := range c.gather(opDisconnect, twin) {
+		var v struct {
+			Closed int `json:"closed"`
+		}
+		if json.Unmarshal(b, &v) == nil {
+			n += v.Closed
+		}
+	}
+	return n
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -80,6 +81,7 @@ func startClusterOn(t *testing.T, nc *natstest.Cluster, all bool) *testCluster {
 			Store:    hs,
 
 			FederationRedis: rdb,
+			AdminToken:      "tok",
 		}, nil, nil)
 		c.relays = append(c.relays, tr)
 		c.stores = append(c.stores, hs)
@@ -515,4 +517,59 @@ func TestClusterNATSNodeKilled(t *testing.T) {
 	})
 	t.Logf("%d delivered, %d twice; cluster events of instance 0: timeout=%d no_responders=%d",
 		len(seen), dups, c.relays[0].cl.counts[clusterTimeout].Load(), c.relays[0].cl.counts[clusterNobody].Load())
+}
+
+// The admin API of any instance lists the sessions of every instance and
+// disconnects a twin wherever its sessions are.
+func TestClusterAdmin(t *testing.T) {
+	c := startCluster(t)
+	btw := c.reg.newTwin(t, clusterDomain)
+	b1 := dial(t, c.relays[1], btw, "one")
+	b2 := dial(t, c.relays[2], btw, "two")
+	c.waitHeld(t, SessionKey{Twin: btw.num, SID: "one"}, "i1")
+	c.waitHeld(t, SessionKey{Twin: btw.num, SID: "two"}, "i2")
+	admin := func(method string, path string, v any) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "http://"+c.relays[0].domain+path, nil)
+		req.Header.Set("Authorization", "Bearer tok")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %s: %d", method, path, resp.StatusCode)
+		}
+		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var list []SessionInfo
+	admin("GET", "/api/sessions", &list)
+	got := map[string]string{}
+	for _, s := range list {
+		got[s.SID] = s.Instance
+	}
+	if len(list) != 2 || got["one"] != "i1" || got["two"] != "i2" {
+		t.Fatalf("sessions listed by instance 0: %+v", list)
+	}
+	var closed struct {
+		Closed int `json:"closed"`
+	}
+	admin("DELETE", fmt.Sprintf("/api/sessions/%d", btw.num), &closed)
+	if closed.Closed != 2 {
+		t.Fatalf("closed %d, want 2", closed.Closed)
+	}
+	for _, cl := range []*client{b1, b2} {
+		for {
+			e, err := cl.recvWithin(30 * time.Second)
+			if err != nil {
+				if websocket.CloseStatus(err) != statusRevoked {
+					t.Fatalf("session not closed as revoked: %v", err)
+				}
+				break
+			}
+			t.Logf("got %v before the close", e)
+		}
+	}
 }
