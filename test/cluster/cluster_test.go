@@ -57,34 +57,8 @@ type node struct {
 func TestClusterBinaries(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := harness.NewCluster(t.TempDir(), bins)
-	t.Cleanup(c.Close)
-	fail := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%v\n%s", err, c.Logs(30))
-		}
-	}
-	nc := natstest.StartCluster(t, 3)
-	store, err := c.Redis(false)
-	fail(err)
-	reg, err := c.StartRegistrar(ctx)
-	fail(err)
-	var addrs []string
-	for range 3 {
-		a, err := harness.FreeAddr()
-		fail(err)
-		addrs = append(addrs, a)
-	}
-	var relays []*harness.Relay
-	for i, a := range addrs {
-		r, err := c.StartRelay(ctx, reg, harness.RelayOptions{
-			Name: fmt.Sprintf("relay%d", i), Addr: a, Domains: addrs, Redis: store.URL(),
-			Extra: []string{"--nats", nc.Nodes[i].URL, "--instance", fmt.Sprintf("i%d", i)},
-		})
-		fail(err)
-		relays = append(relays, r)
-	}
+	e := startInstances(t, ctx, nil)
+	c, reg, relays, fail := e.c, e.reg, e.relays, e.fail
 	peerDB, err := c.Redis(false)
 	fail(err)
 	var nodes []*node
@@ -183,4 +157,52 @@ func TestClusterBinaries(t *testing.T) {
 	if !strings.Contains(c.Logs(1000), "instance=i0") {
 		t.Fatal("the logs do not name the instance")
 	}
+}
+
+// env is a relay cluster of real binaries: three instances, each on its
+// own NATS node, sharing one redis-server (AOF on).
+type env struct {
+	c      *harness.Cluster
+	reg    *harness.Registrar
+	relays []*harness.Relay
+	fail   func(error)
+}
+
+// startInstances starts the registrar and three relay instances on free
+// addresses; their domains are front (when set) and the addresses, the
+// same list for all.
+func startInstances(t *testing.T, ctx context.Context, front func(addrs []string) string) *env {
+	t.Helper()
+	e := &env{c: harness.NewCluster(t.TempDir(), bins)}
+	t.Cleanup(e.c.Close)
+	e.fail = func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%v\n%s", err, e.c.Logs(30))
+		}
+	}
+	nc := natstest.StartCluster(t, 3)
+	store, err := e.c.Redis(true)
+	e.fail(err)
+	e.reg, err = e.c.StartRegistrar(ctx)
+	e.fail(err)
+	var addrs []string
+	for range 3 {
+		a, err := harness.FreeAddr()
+		e.fail(err)
+		addrs = append(addrs, a)
+	}
+	domains := addrs
+	if front != nil {
+		domains = append([]string{front(addrs)}, addrs...)
+	}
+	for i, a := range addrs {
+		r, err := e.c.StartRelay(ctx, e.reg, harness.RelayOptions{
+			Name: fmt.Sprintf("relay%d", i), Addr: a, Domains: domains, Redis: store.URL(),
+			Extra: []string{"--nats", nc.Nodes[i].URL, "--instance", fmt.Sprintf("i%d", i)},
+		})
+		e.fail(err)
+		e.relays = append(e.relays, r)
+	}
+	return e
 }

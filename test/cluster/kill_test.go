@@ -12,7 +12,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/rmb-go/rmb/internal/natstest"
 	"github.com/rmb-go/rmb/test/harness"
 )
 
@@ -74,36 +73,12 @@ func (b *balancer) handle(c net.Conn) {
 func TestClusterInstanceKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := harness.NewCluster(t.TempDir(), bins)
-	t.Cleanup(c.Close)
-	fail := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%v\n%s", err, c.Logs(30))
-		}
-	}
-	nc := natstest.StartCluster(t, 3)
-	store, err := c.Redis(true)
-	fail(err)
-	reg, err := c.StartRegistrar(ctx)
-	fail(err)
-	var addrs []string
-	for range 3 {
-		a, err := harness.FreeAddr()
-		fail(err)
-		addrs = append(addrs, a)
-	}
-	lb := startBalancer(t, addrs)
-	domains := append([]string{lb.ln.Addr().String()}, addrs...)
-	var relays []*harness.Relay
-	for i, a := range addrs {
-		r, err := c.StartRelay(ctx, reg, harness.RelayOptions{
-			Name: fmt.Sprintf("relay%d", i), Addr: a, Domains: domains, Redis: store.URL(),
-			Extra: []string{"--nats", nc.URLs()[i], "--instance", fmt.Sprintf("i%d", i)},
-		})
-		fail(err)
-		relays = append(relays, r)
-	}
+	var lb *balancer
+	e := startInstances(t, ctx, func(addrs []string) string {
+		lb = startBalancer(t, addrs)
+		return lb.ln.Addr().String()
+	})
+	c, reg, relays, fail := e.c, e.reg, e.relays, e.fail
 	front := &harness.Relay{Addr: lb.ln.Addr().String()}
 	peerDB, err := c.Redis(true)
 	fail(err)
