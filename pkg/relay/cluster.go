@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -101,9 +102,22 @@ type cluster struct {
 	in       chan *nats.Msg
 	counts   [numClusterResults]atomic.Uint64
 
-	mu   sync.Mutex // guards subs
-	subs map[SessionKey]*nats.Subscription
+	mu       sync.Mutex // guards the following
+	subs     map[SessionKey]*nats.Subscription
+	overview []InstanceStatus // the instances that answered the latest survey
 }
+
+// InstanceStatus is one instance of a cluster as the status page shows
+// it.
+type InstanceStatus struct {
+	Instance string `json:"instance"`
+	Sessions int    `json:"sessions"`
+	NATS     string `json:"nats"`
+}
+
+// clusterSurvey is the period at which each instance asks the others for
+// their InstanceStatus.
+const clusterSurvey = 5 * time.Second
 
 // DefaultInstance is the instance name used when Options.Instance is
 // empty: the host name.
@@ -163,6 +177,7 @@ func newCluster(r *Relay) (*cluster, error) {
 	for range clusterWorkers {
 		go c.work()
 	}
+	go c.survey()
 	return c, nil
 }
 
@@ -435,6 +450,10 @@ func (c *cluster) register(reg *prometheus.Registry) {
 		}
 		return 0
 	}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "rmb", Subsystem: "relay", Name: "cluster_instances", ConstLabels: labels,
+		Help: "Instances of the cluster that answered the latest survey (every 5 s), this one included.",
+	}, func() float64 { return float64(len(c.instances())) }))
 	for i := range numClusterResults {
 		v := &c.counts[i]
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -453,6 +472,7 @@ const (
 	hdrTwin             = "Rmb-Twin"
 	opList              = "list"
 	opDisconnect        = "disconnect"
+	opStatus            = "status"
 )
 
 func (c *cluster) adminSubject() string { return strings.TrimSuffix(c.prefix, "s.") + "admin" }
@@ -469,6 +489,8 @@ func (c *cluster) handleAdmin(msg *nats.Msg) {
 			list = list[:maxStatusSessions]
 		}
 		v = list
+	case opStatus:
+		v = InstanceStatus{Instance: c.instance, Sessions: c.r.sessionCount(), NATS: c.state()}
 	case opDisconnect:
 		twin, err := strconv.ParseUint(msg.Header.Get(hdrTwin), 10, 32)
 		if err != nil {
@@ -512,6 +534,8 @@ func (c *cluster) gather(op string, twin uint32) [][]byte {
 			out = append(out, m.Data)
 		case <-t.C:
 			return out
+		case <-c.r.ctx.Done():
+			return out
 		}
 	}
 	return out
@@ -542,4 +566,36 @@ func (c *cluster) disconnect(twin uint32) int {
 		}
 	}
 	return n
+}
+
+// survey asks every instance for its status every clusterSurvey, until
+// the relay shuts down, for the status page and the instances gauge.
+func (c *cluster) survey() {
+	t := time.NewTicker(clusterSurvey)
+	defer t.Stop()
+	for {
+		var list []InstanceStatus
+		for _, b := range c.gather(opStatus, 0) {
+			var st InstanceStatus
+			if json.Unmarshal(b, &st) == nil {
+				list = append(list, st)
+			}
+		}
+		slices.SortFunc(list, func(a, b InstanceStatus) int { return strings.Compare(a.Instance, b.Instance) })
+		c.mu.Lock()
+		c.overview = list
+		c.mu.Unlock()
+		select {
+		case <-c.r.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// instances returns the latest survey.
+func (c *cluster) instances() []InstanceStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.overview
 }

@@ -149,6 +149,18 @@ func TestClusterCallsEveryDirection(t *testing.T) {
 			t.Fatalf("metrics of %s lack the NATS state", inst)
 		}
 	}
+	// Instance 0's status page lists every instance with its sessions.
+	waitFor(t, 30*time.Second, func() error {
+		var st statusSnapshot
+		if err := json.Unmarshal([]byte(httpGet(t, "http://"+c.relays[0].domain+"/status.json")), &st); err != nil {
+			return err
+		}
+		want := []InstanceStatus{{"i0", 1, "connected"}, {"i1", 1, "connected"}, {"i2", 1, "connected"}}
+		if fmt.Sprint(st.Cluster) != fmt.Sprint(want) {
+			return fmt.Errorf("cluster on the status page: %v, want %v", st.Cluster, want)
+		}
+		return nil
+	})
 	// Counted after the hand-over: the last one may lag its delivery.
 	waitFor(t, 30*time.Second, func() error {
 		var cross, stored uint64

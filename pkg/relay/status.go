@@ -97,6 +97,9 @@ type statusSnapshot struct {
 	// reconnecting, closed, ...) are set in a relay cluster.
 	Instance string `json:"instance,omitempty"`
 	NATS     string `json:"nats,omitempty"`
+	// Cluster lists the instances that answered the latest survey (every
+	// 5 s) with their sessions and NATS state.
+	Cluster []InstanceStatus `json:"cluster,omitempty"`
 }
 
 // peerStatus is the health of one relay this relay federates with.
@@ -283,7 +286,7 @@ func (p *statusPage) snapshot(admin bool) statusSnapshot {
 		Admin:             admin,
 	}
 	if r.cl != nil {
-		s.Instance, s.NATS = r.opts.Instance, r.cl.state()
+		s.Instance, s.NATS, s.Cluster = r.opts.Instance, r.cl.state(), r.cl.instances()
 	}
 	s.Peers = r.fed.peers()
 	s.PeersTotal = len(s.Peers)
