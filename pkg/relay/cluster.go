@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -173,6 +174,15 @@ func newCluster(r *Relay) (*cluster, error) {
 	if _, err := nc.Subscribe(c.adminSubject(), c.handleAdmin); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("relay: NATS subscribe: %w", err)
+	}
+	// "This instance is alive": its federation jobs are its own.
+	if _, err := nc.Subscribe(c.ownerSubject(c.instance), func(m *nats.Msg) { m.Respond(nil) }); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("relay: NATS subscribe: %w", err)
+	}
+	if err := nc.FlushTimeout(clusterRequestTimeout); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("relay: NATS: %w", err)
 	}
 	for range clusterWorkers {
 		go c.work()
@@ -598,4 +608,87 @@ func (c *cluster) instances() []InstanceStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.overview
+}
+
+// clusterAdoptPeriod is how often an instance looks for the federation
+// jobs of instances that are gone.
+const clusterAdoptPeriod = time.Minute
+
+func (c *cluster) ownerSubject(instance string) string {
+	return strings.TrimSuffix(c.prefix, "s.") + "i." + hex.EncodeToString([]byte(instance))
+}
+
+// gone reports whether no instance of that name is connected to NATS.
+func (c *cluster) gone(instance string) bool {
+	_, err := c.nc.Request(c.ownerSubject(instance), nil, clusterRequestTimeout)
+	return errors.Is(err, nats.ErrNoResponders)
+}
+
+// adoptLoop adopts the federation jobs of gone instances at start and
+// every clusterAdoptPeriod, until Shutdown.
+func (r *Relay) adoptLoop() {
+	t := time.NewTicker(clusterAdoptPeriod)
+	defer t.Stop()
+	for {
+		r.adoptOrphans()
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// adoptOrphans moves the durable federation jobs of every instance of
+// this cluster that is not connected to NATS into this instance's queue,
+// and posts them. An instance that dies thus does not take the envelopes
+// it accepted with it. (Should it come back between the check and the
+// move, a job may be posted twice: the receiver's replay guard and the
+// peer suppress the copy.)
+func (r *Relay) adoptOrphans() {
+	f := r.fed
+	if r.cl == nil || f.durable == nil {
+		return
+	}
+	prefix := "rmb:relay:fed:{" + strings.ToLower(r.opts.Domains[0]) + "/"
+	ctx, cancel := context.WithTimeout(r.ctx, 10*fedStoreTimeout)
+	defer cancel()
+	iter := r.opts.FederationRedis.Scan(ctx, 0, globEscape(prefix)+"*}:jobs", 100).Iterator()
+	for iter.Next(ctx) {
+		key := iter.Val()
+		inst := strings.TrimSuffix(strings.TrimPrefix(key, prefix), "}:jobs")
+		if inst == r.opts.Instance || !r.cl.gone(inst) {
+			continue
+		}
+		from := newFedStore(r.opts.FederationRedis, r.opts.Domains[0]+"/"+inst)
+		jobs, err := f.durable.adopt(ctx, from, r.opts.MaxEnvelopeSize)
+		if err != nil {
+			r.log.Warn("federation jobs of a gone instance not adopted", "from", inst, "err", err)
+			continue
+		}
+		n := 0
+		for _, j := range jobs {
+			if f.queueStored(j) {
+				n++
+			}
+		}
+		if len(jobs) > 0 {
+			r.log.Info("federation jobs of a gone instance adopted", "from", inst, "jobs", n)
+		}
+	}
+	if err := iter.Err(); err != nil && r.ctx.Err() == nil {
+		r.log.Warn("looking for federation jobs of gone instances failed", "err", err)
+	}
+}
+
+// globEscape escapes the Redis glob characters of s.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, ch := range s {
+		if strings.ContainsRune(`*?[]\`, ch) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(ch)
+	}
+	return b.String()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,7 @@ const clusterDomain = "cluster.test"
 // of a real three-node NATS cluster, sharing one real redis-server.
 type testCluster struct {
 	reg    *testRegistrar
+	rdb    *redis.Client // the shared Redis
 	relays []*testRelay
 	stores []*hookStore
 }
@@ -71,7 +73,7 @@ func startClusterOn(t *testing.T, nc *natstest.Cluster, all bool) *testCluster {
 	rs := redistest.Start(t, nil)
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
 	t.Cleanup(func() { rdb.Close() })
-	c := &testCluster{reg: startRegistrar(t)}
+	c := &testCluster{reg: startRegistrar(t), rdb: rdb}
 	for i, n := range nc.Nodes {
 		hs := &hookStore{Store: NewRedisStore(rdb, nil)}
 		tr := startRelay(t, c.reg, &Options{
@@ -583,5 +585,67 @@ func TestClusterAdmin(t *testing.T) {
 			}
 			t.Logf("got %v before the close", e)
 		}
+	}
+}
+
+// The durable federation jobs of an instance that is gone (not on NATS)
+// are adopted by another instance and posted; those of a live instance
+// are left alone.
+func TestClusterAdoptsFederationJobs(t *testing.T) {
+	c := startCluster(t)
+	posted := make(chan string, 4)
+	recorder := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		b, _ := io.ReadAll(req.Body)
+		if e, err := envelope.Unmarshal(b, 0); err == nil {
+			posted <- string(e.GetPlain())
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer recorder.Close()
+	foreign := strings.TrimPrefix(recorder.URL, "http://")
+	src := c.reg.newTwin(t, clusterDomain)
+	dst := c.reg.newTwin(t, foreign)
+	job := func(payload string) *fedJob {
+		b := marshal(t, request(t, src, "", dst.num, "", payload, 60))
+		var rt envelope.Routing
+		if err := envelope.ReadRouting(b, &rt); err != nil {
+			t.Fatal(err)
+		}
+		return newFedJob(&rt, Message{Data: b, Deadline: deadline(&rt)}, []string{foreign})
+	}
+	ctx := context.Background()
+	ghost := newFedStore(c.rdb, clusterDomain+"/ghost")
+	live := newFedStore(c.rdb, clusterDomain+"/i2")
+	if err := ghost.push(ctx, job("orphan"), 100, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.push(ctx, job("not yours"), 100, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	c.relays[0].adoptOrphans()
+	select {
+	case p := <-posted:
+		if p != "orphan" {
+			t.Fatalf("posted %q", p)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the gone instance's job was not posted")
+	}
+	if n, _ := c.rdb.Exists(ctx, ghost.keys...).Result(); n != 0 {
+		t.Errorf("%d keys of the gone instance left", n)
+	}
+	if n, _ := c.rdb.HLen(ctx, live.keys[0]).Result(); n != 1 {
+		t.Errorf("the live instance's hash holds %d jobs, want its 1", n)
+	}
+	waitFor(t, 30*time.Second, func() error {
+		if n, _ := c.rdb.HLen(ctx, c.relays[0].fed.durable.keys[0]).Result(); n != 0 {
+			return fmt.Errorf("%d jobs left in the adopter's hash", n)
+		}
+		return nil
+	})
+	select {
+	case p := <-posted:
+		t.Fatalf("posted %q as well", p)
+	case <-time.After(200 * time.Millisecond):
 	}
 }

@@ -151,31 +151,43 @@ func (f *federator) recover(ctx context.Context) error {
 			return // HSCAN may return a field twice
 		}
 		seen[j.id] = true
-		if !j.msg.Deadline.After(r.opts.Now()) {
-			f.giveUp(j, "ttl ran out", dropFederation)
-			f.forget(j)
-			return
+		if f.queueStored(j) {
+			n++
 		}
-		name := f.domainOf(j)
-		f.mu.Lock()
-		d := f.domain(name)
-		ok := f.fits(d, j)
-		if ok {
-			f.hold(d, j)
-			f.ready(d, j)
-		}
-		f.mu.Unlock()
-		if !ok {
-			f.giveUp(j, "federation queue full", dropFederationFull)
-			f.forget(j)
-			return
-		}
-		n++
 	})
 	if n > 0 {
 		r.log.Info("federation jobs recovered", "jobs", n)
 	}
 	return err
+}
+
+// queueStored queues a job read from the federation store (recovered or
+// adopted), or gives it up when its TTL ran out or the queue is full.
+func (f *federator) queueStored(j *fedJob) bool {
+	if !j.msg.Deadline.After(f.r.opts.Now()) {
+		f.giveUp(j, "ttl ran out", dropFederation)
+		f.forget(j)
+		return false
+	}
+	name := f.domainOf(j)
+	f.mu.Lock()
+	if f.stopped {
+		f.mu.Unlock()
+		return false // stays in the store for the next start
+	}
+	d := f.domain(name)
+	ok := f.fits(d, j)
+	if ok {
+		f.hold(d, j)
+		f.ready(d, j)
+	}
+	f.mu.Unlock()
+	if !ok {
+		f.giveUp(j, "federation queue full", dropFederationFull)
+		f.forget(j)
+		return false
+	}
+	return true
 }
 
 // domainOf is the lower-cased best-ranked relay of j's twin.

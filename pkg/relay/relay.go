@@ -314,6 +314,9 @@ func New(opts *Options) (*Relay, error) {
 		r.closeCluster()
 		return nil, err
 	}
+	if r.cl != nil {
+		go r.adoptLoop()
+	}
 	go r.janitor()
 	return r, nil
 }
