@@ -2,7 +2,8 @@
 # Installs the system packages the tests and the demo need, only when they
 # are missing: redis-server, protoc, python3 with redis-py, chromium (the
 # relay status page's browser test), postgresql (the registrar's
-# PostgreSQL tests run initdb and postgres from it). Uses apt-get
+# PostgreSQL tests run initdb and postgres from it), nats-server (relay
+# cluster tests). Uses apt-get
 # (Debian/Ubuntu); elsewhere it says what to install and fails.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ if [[ "${1:-}" != demo ]]; then
   /usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need+=(python3-redis)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || command -v postgres >/dev/null 2>&1 || need+=(postgresql)
+  command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then

@@ -98,6 +98,9 @@ type Main struct {
 	SendQueue          int
 	SendQueueBytes     int64
 	TrustedProxies     []netip.Prefix
+	// Relay cluster (issue 14): NATS URLs and this instance's name.
+	NATS     []string
+	Instance string
 
 	// Stderr receives the logs. Default os.Stderr.
 	Stderr io.Writer
@@ -255,6 +258,8 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.IntVar(&m.SessionsPerAddress, "max-sessions-per-address", m.SessionsPerAddress, "concurrent sessions from one client address")
 	fs.IntVar(&m.SendQueue, "send-queue", m.SendQueue, "envelopes waiting in memory for one live session's connection (more go to the store)")
 	fs.Int64Var(&m.SendQueueBytes, "send-queue-bytes", m.SendQueueBytes, "bytes waiting in memory for one live session's connection (more go to the store)")
+	fs.Var((*stringList)(&m.NATS), "nats", "NATS URLs (comma-separated or repeated): join the relay cluster of the instances with the same domains on this NATS; needs --redis (default: single process)")
+	fs.StringVar(&m.Instance, "instance", m.Instance, "name of this instance in logs, metrics and the status page (default: host name and --listen port)")
 	fs.Var((*prefixList)(&m.TrustedProxies), "trusted-proxy", "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeatable; default: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -289,6 +294,10 @@ func (m *Main) ParseFlags(args []string) error {
 		return errors.New("--send-queue and --send-queue-bytes must be positive")
 	case m.AdminToken != "" && m.AdminTokenFile != "":
 		return errors.New("give --admin-token or --admin-token-file, not both")
+	case len(m.NATS) > 0 && m.Redis == "":
+		return errors.New("--nats needs --redis: the instances of a cluster share one Redis store")
+	case m.Instance != "" && len(m.NATS) == 0:
+		return errors.New("--instance needs --nats")
 	}
 	return nil
 }
@@ -372,6 +381,12 @@ func (m *Main) Run(ctx context.Context) error {
 		SendQueueSize:         m.SendQueue,
 		SendQueueBytes:        m.SendQueueBytes,
 		TrustedProxies:        m.TrustedProxies,
+		NATS:                  m.NATS,
+		Instance:              m.Instance,
+	}
+	if len(m.NATS) > 0 && opts.Instance == "" {
+		_, port, _ := net.SplitHostPort(m.Listen)
+		opts.Instance = relay.DefaultInstance() + ":" + port
 	}
 	if m.Limit > 0 || m.LimitBytes > 0 {
 		opts.RateLimit = &relay.RateLimit{Messages: m.Limit, Bytes: m.LimitBytes, Window: m.LimitWindow}

@@ -112,6 +112,13 @@ func TestParseFlags(t *testing.T) {
 		"--queue-twin-max-bytes", "1000", "--max-sessions-per-address", "5"}); err != nil {
 		t.Fatal(err)
 	}
+	m3 := NewMain()
+	if err := m3.ParseFlags([]string{"-m", "a", "--registrar", "http://r", "--redis", "redis://x", "--nats", "nats://n1:4222,nats://n2:4222", "--instance", "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(m3.NATS) != "[nats://n1:4222 nats://n2:4222]" || m3.Instance != "r1" {
+		t.Fatalf("parsed %+v", m3)
+	}
 	if fmt.Sprint(m2.TrustedProxies) != "[10.0.0.0/8 192.0.2.1/32]" || m2.Store.MaxTwinBytes != 1000 || m2.SessionsPerAddress != 5 {
 		t.Fatalf("parsed %+v", m2)
 	}
@@ -132,6 +139,8 @@ func TestParseFlags(t *testing.T) {
 		{"--registrar", "http://r", "-m", "a", "--max-sessions-per-twin", "-1"},
 		{"--registrar", "http://r", "-m", "a", "--read-timeout", "0s"},
 		{"--registrar", "http://r", "-m", "a", "--send-queue-bytes", "0"},
+		{"--registrar", "http://r", "-m", "a", "--nats", "nats://127.0.0.1:4222"}, // cluster without --redis
+		{"--registrar", "http://r", "-m", "a", "--instance", "x"},                 // instance without cluster
 	} {
 		m := NewMain()
 		m.Stderr = &bytes.Buffer{}

@@ -15,15 +15,22 @@ type SessionInfo struct {
 	Remote      string    `json:"remote"`
 	ConnectedAt time.Time `json:"connected_at"`
 	SendQueue   int       `json:"send_queue"`
+	// Instance is the relay instance serving the session (cluster only).
+	Instance string `json:"instance,omitempty"`
 }
 
-// Sessions lists the live sessions.
+// Sessions lists the live sessions of this relay (in a cluster: of this
+// instance).
 func (r *Relay) Sessions() []SessionInfo {
 	var out []SessionInfo
+	inst := ""
+	if r.cl != nil {
+		inst = r.opts.Instance
+	}
 	for _, s := range r.liveSessions(nil) {
 		out = append(out, SessionInfo{
 			Twin: s.key.Twin, SID: s.key.SID, Remote: s.remote,
-			ConnectedAt: s.connectedAt.UTC(), SendQueue: s.queued(),
+			ConnectedAt: s.connectedAt.UTC(), SendQueue: s.queued(), Instance: inst,
 		})
 	}
 	return out
@@ -46,6 +53,10 @@ func (r *Relay) Disconnect(twin uint32) int {
 //	GET    /api/sessions        live sessions ([]SessionInfo)
 //	DELETE /api/sessions/{twin} close every session of twin: {"closed": n}
 //
+// In a cluster the sessions are those of every instance that answers
+// within a second over NATS (each lists at most 1000), and DELETE closes
+// the twin's sessions on every instance.
+//
 // Without Options.AdminToken the API answers 404.
 func (r *Relay) adminHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -53,7 +64,12 @@ func (r *Relay) adminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, r.stats())
 	})
 	mux.HandleFunc("GET /api/sessions", func(w http.ResponseWriter, req *http.Request) {
-		list := r.Sessions()
+		var list []SessionInfo
+		if r.cl != nil {
+			list = r.cl.sessions()
+		} else {
+			list = r.Sessions()
+		}
 		if list == nil {
 			list = []SessionInfo{}
 		}
@@ -65,7 +81,13 @@ func (r *Relay) adminHandler() http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad twin id"})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]int{"closed": r.Disconnect(uint32(twin))})
+		var n int
+		if r.cl != nil {
+			n = r.cl.disconnect(uint32(twin))
+		} else {
+			n = r.Disconnect(uint32(twin))
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"closed": n})
 	})
 	token := []byte("Bearer " + r.opts.AdminToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {

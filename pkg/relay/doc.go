@@ -155,6 +155,21 @@
 // uid as well. An envelope whose deadline lies more than MaxTTL plus a
 // minute ahead is refused with 400 (reason "future").
 //
+// # Relay cluster
+//
+// With Options.NATS (rmb-relay --nats) the relay is one instance of a
+// cluster: the instances with the same Domains, the same NATS and one
+// shared Store (a RedisStore; New refuses a MemStore) are one logical
+// relay, and Options.Instance names this one in logs, metrics and the
+// status page. An instance holding (twin, sid) subscribes to the session's
+// NATS subject; delivery to a session held elsewhere is a NATS request the
+// holder acknowledges, and NATS no-responders means nobody holds it
+// (fail-fast answers at once; anything else goes to the store, followed by
+// a wake-up on the subject). A connecting instance asks the holder to hand
+// the session over (it closes with 4000 and requeues its unsent
+// envelopes), then subscribes, then drains the store. The subjects and
+// the races are described in cluster.go and docs/scaling.md.
+//
 // # Operations
 //
 // /metrics serves the relay's own Prometheus registry, /healthz answers 200

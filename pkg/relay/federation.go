@@ -88,6 +88,7 @@ type federator struct {
 	ranker  *ranker
 	replay  *replayGuard    // receiving side: accepted envelopes
 	durable *fedStore       // nil without Options.FederationRedis
+	shared  *sharedReplay   // a cluster's replay guard; nil outside a cluster or without FederationRedis
 	ctx     context.Context // cancelled by stop
 	cancel  context.CancelFunc
 
@@ -113,7 +114,10 @@ func newFederator(r *Relay) *federator {
 		bySource: make(map[uint32]*fedShare),
 	}
 	if r.opts.FederationRedis != nil {
-		f.durable = newFedStore(r.opts.FederationRedis, r.opts.Domains[0])
+		f.durable = newFedStore(r.opts.FederationRedis, r.fedStoreName())
+		if r.cl != nil {
+			f.shared = newSharedReplay(r.opts.FederationRedis, r.opts.Domains[0], replayGuardSize)
+		}
 	}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	return f
@@ -147,31 +151,43 @@ func (f *federator) recover(ctx context.Context) error {
 			return // HSCAN may return a field twice
 		}
 		seen[j.id] = true
-		if !j.msg.Deadline.After(r.opts.Now()) {
-			f.giveUp(j, "ttl ran out", dropFederation)
-			f.forget(j)
-			return
+		if f.queueStored(j) {
+			n++
 		}
-		name := f.domainOf(j)
-		f.mu.Lock()
-		d := f.domain(name)
-		ok := f.fits(d, j)
-		if ok {
-			f.hold(d, j)
-			f.ready(d, j)
-		}
-		f.mu.Unlock()
-		if !ok {
-			f.giveUp(j, "federation queue full", dropFederationFull)
-			f.forget(j)
-			return
-		}
-		n++
 	})
 	if n > 0 {
 		r.log.Info("federation jobs recovered", "jobs", n)
 	}
 	return err
+}
+
+// queueStored queues a job read from the federation store (recovered or
+// adopted), or gives it up when its TTL ran out or the queue is full.
+func (f *federator) queueStored(j *fedJob) bool {
+	if !j.msg.Deadline.After(f.r.opts.Now()) {
+		f.giveUp(j, "ttl ran out", dropFederation)
+		f.forget(j)
+		return false
+	}
+	name := f.domainOf(j)
+	f.mu.Lock()
+	if f.stopped {
+		f.mu.Unlock()
+		return false // stays in the store for the next start
+	}
+	d := f.domain(name)
+	ok := f.fits(d, j)
+	if ok {
+		f.hold(d, j)
+		f.ready(d, j)
+	}
+	f.mu.Unlock()
+	if !ok {
+		f.giveUp(j, "federation queue full", dropFederationFull)
+		f.forget(j)
+		return false
+	}
+	return true
 }
 
 // domainOf is the lower-cased best-ranked relay of j's twin.
@@ -713,7 +729,7 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	key := replayKeyOf(&rt)
-	if r.fed.replay.seen(key, now) && (rt.Kind != envelope.KindRequest || !r.fed.replay.again(key)) {
+	if r.fed.isReplay(key, &rt, now) {
 		// Accepted before: say so again, deliver nothing.
 		r.counters.drop(dropReplay)
 		w.WriteHeader(http.StatusAccepted)
@@ -722,9 +738,14 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 	m := Message{Data: body, Deadline: dl}
 	dst := SessionKey{Twin: rt.Destination.Twin, SID: string(rt.Destination.Session)}
 	var res routeResult
+	held := false
 	if s := r.lookup(dst); s != nil {
 		res, err = s.deliver(m)
-	} else {
+		held = true
+	} else if r.cl != nil {
+		res, held, err = r.cl.deliver(dst, m)
+	}
+	if !held {
 		t, lerr := r.opts.Directory.Twin(ctx, dst.Twin)
 		switch {
 		case errors.Is(lerr, registrar.ErrNotFound):
@@ -754,7 +775,7 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 	// Remembered only once accepted: a sender whose POST failed may try
 	// again. (Two identical POSTs racing may both be delivered; the
 	// destination peer suppresses the second.)
-	r.fed.replay.add(key, dl, now)
+	r.fed.accepted(key, dl, now)
 	r.counters.routed[res].Add(1)
 	w.WriteHeader(http.StatusAccepted)
 }

@@ -185,3 +185,46 @@ func (s *fedStore) load(ctx context.Context, maxSize int, fn func(j *fedJob, err
 func keyTTL(deadline time.Time) int64 {
 	return max(time.Until(deadline)+keyGrace, keyGrace).Milliseconds()
 }
+
+// fedAdoptScript moves every job of another instance's hash into this
+// one's and returns them (id, job, id, job, ...). KEYS: from hash, from
+// bytes, to hash, to bytes. ARGV: the least key ttl ms.
+var fedAdoptScript = redis.NewScript(`
+local kv = redis.call('HGETALL', KEYS[1])
+if #kv == 0 then return kv end
+local sz = 0
+for i = 1, #kv, 2 do
+  redis.call('HSET', KEYS[3], kv[i], kv[i+1])
+  sz = sz + string.len(kv[i+1])
+end
+redis.call('INCRBY', KEYS[4], sz)
+local ttl = math.max(redis.call('PTTL', KEYS[1]), tonumber(ARGV[1]))
+if redis.call('PTTL', KEYS[3]) < ttl then
+  redis.call('PEXPIRE', KEYS[3], ttl)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return kv`)
+
+// adopt moves the jobs of from into s, atomically (one Lua script: the
+// two hashes must be on one Redis, not on different Redis Cluster
+// slots), and returns them.
+func (s *fedStore) adopt(ctx context.Context, from *fedStore, maxSize int) ([]*fedJob, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*fedStoreTimeout)
+	defer cancel()
+	kv, err := fedAdoptScript.Run(ctx, s.client, append(append([]string{}, from.keys...), s.keys...), keyGrace.Milliseconds()).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("relay: redis federation adopt: %w", err)
+	}
+	var out []*fedJob
+	for i := 0; i+1 < len(kv); i += 2 {
+		j, err := decodeFedJob(kv[i+1], maxSize)
+		if err != nil {
+			s.remove(kv[i])
+			continue
+		}
+		j.id = kv[i]
+		out = append(out, j)
+	}
+	return out, nil
+}

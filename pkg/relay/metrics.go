@@ -66,10 +66,11 @@ const (
 	routedLocal routeResult = iota
 	routedStored
 	routedFederated
+	routedCluster // handed to the instance holding the session
 	numRouteResults
 )
 
-var routeResultNames = [numRouteResults]string{"local", "stored", "federated"}
+var routeResultNames = [numRouteResults]string{"local", "stored", "federated", "cluster"}
 
 // counters are the relay's totals. They are plain atomics so that the hot
 // path does not allocate or look up label values; Prometheus reads them
@@ -178,6 +179,9 @@ func newMetrics(r *Relay) *metrics {
 		gauge("federation_held_bytes", "Bytes of the envelopes counted by federation_held_jobs.", func() float64 { _, b := r.fed.held(); return float64(b) }),
 		m.latency, m.fedResults,
 	)
+	if r.cl != nil {
+		r.cl.register(m.reg)
+	}
 	return m
 }
 

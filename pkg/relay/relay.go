@@ -145,6 +145,15 @@ type Options struct {
 	AdminToken string
 	// Version is shown on the status page (GET /). Default "dev".
 	Version string
+	// NATS, when set, makes this relay one instance of a cluster: the
+	// instances with the same Domains, the same NATS servers and the same
+	// shared Store (a RedisStore: required) are one logical relay (see
+	// the package doc, "Relay cluster"). Each entry is a NATS URL
+	// (nats://host:port). Default: none, a single-process relay.
+	NATS []string
+	// Instance names this instance in logs, metrics and the status page.
+	// Default DefaultInstance() (the host name).
+	Instance string
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -161,6 +170,7 @@ type Relay struct {
 	metrics *metrics
 	fed     *federator
 	limiter *limiter // nil without a rate limit
+	cl      *cluster // nil without Options.NATS
 	handler http.Handler
 	ctx     context.Context // cancelled by Shutdown
 	cancel  context.CancelFunc
@@ -263,6 +273,9 @@ func New(opts *Options) (*Relay, error) {
 	if o.RankerPeriod <= 0 {
 		o.RankerPeriod = time.Hour
 	}
+	if o.Instance == "" {
+		o.Instance = DefaultInstance()
+	}
 	realClock := o.Now == nil
 	if o.Now == nil {
 		o.Now = time.Now
@@ -290,13 +303,26 @@ func New(opts *Options) (*Relay, error) {
 		r.limiter = l
 	}
 	r.policy.Store(o.Policy)
+	if len(o.NATS) > 0 {
+		cl, err := newCluster(r)
+		if err != nil {
+			r.cancel()
+			return nil, err
+		}
+		r.cl = cl
+		r.log = r.log.With("instance", o.Instance)
+	}
 	r.fed = newFederator(r)
 	r.metrics = newMetrics(r)
 	r.handler = r.routes()
 	if err := r.fed.start(r.ctx); err != nil {
 		r.fed.stop()
 		r.cancel()
+		r.closeCluster()
 		return nil, err
+	}
+	if r.cl != nil {
+		go r.adoptLoop()
 	}
 	go r.janitor()
 	return r, nil
@@ -436,6 +462,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 		// Answers a session passed on just before are in the queues:
 		// dropped, their callers would wait for their whole TTL.
 		r.fed.drain(ctx)
+		r.closeCluster()
 		r.cancel()
 		r.fed.stop()
 		<-r.janitorDone
@@ -447,7 +474,15 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		r.closeCluster()
 		r.cancel()
 		return ctx.Err()
+	}
+}
+
+// closeCluster leaves the NATS cluster, if this relay is in one.
+func (r *Relay) closeCluster() {
+	if r.cl != nil {
+		r.cl.close()
 	}
 }

@@ -117,6 +117,15 @@ func (r *Relay) route(ctx context.Context, rt *envelope.Routing, m Message) (rou
 		}
 		return res, 0, ""
 	}
+	if r.cl != nil {
+		res, ok, err := r.cl.deliver(SessionKey{Twin: dst.Twin, SID: string(dst.Session)}, m)
+		if err != nil {
+			return r.storeError(err)
+		}
+		if ok {
+			return res, 0, ""
+		}
+	}
 	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	twin, err := r.opts.Directory.Twin(lctx, dst.Twin)
 	cancel()

@@ -58,6 +58,7 @@ type session struct {
 
 	wakeup   chan struct{} // cap 1: "the store (or a new send queue) may have something for you"
 	sendDone chan struct{} // closed when sendLoop has returned
+	done     chan struct{} // closed when serve has returned (a cluster takeover waits for it)
 
 	// frames counts the messages and pongs read: a sign of life for
 	// pingCheck that costs no clock read per frame. The reader writes it.
@@ -102,6 +103,7 @@ func (r *Relay) newSession(key SessionKey, conn *wsframe.Conn, remote string) *s
 		connectedAt: time.Now(),
 		wakeup:      make(chan struct{}, 1),
 		sendDone:    make(chan struct{}),
+		done:        make(chan struct{}),
 		spilled:     true, // drain the store before anything else
 	}
 	s.ctx, s.cancel = context.WithCancel(r.ctx)
@@ -218,6 +220,7 @@ func (s *session) kill() {
 
 // serve runs the session until its connection ends and cleans up.
 func (s *session) serve() {
+	defer close(s.done)
 	s.log.Info("session connected", "remote", s.remote)
 	// Shutdown gives up on sessions by cancelling the relay context: that
 	// must unblock the read.
@@ -540,6 +543,11 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 		r.conns.Done()
 		return
 	}
+	if r.cl != nil && r.lookup(key) == nil {
+		// Another instance may hold the session: it hands over (its
+		// unsent envelopes back in the store) before we subscribe.
+		r.cl.takeover(key)
+	}
 	s = r.newSession(key, conn, req.RemoteAddr)
 	s.addr = addr
 	if !r.register(s) {
@@ -672,8 +680,18 @@ func (r *Relay) register(s *session) bool {
 	m[s.key.SID] = s
 	if old == nil {
 		r.nsess++
+		if r.cl != nil {
+			r.cl.subscribe(s.key)
+		}
 	}
 	r.mu.Unlock()
+	if old == nil && r.cl != nil {
+		// Subscribed before the store is drained (newSession woke the
+		// send loop, which starts after this); drained once more when
+		// the interest has spread over the NATS routes.
+		r.cl.flush()
+		time.AfterFunc(clusterSettle, s.wake)
+	}
 	if old != nil {
 		s.prev = old
 		r.counters.replaced.Add(1)
@@ -699,6 +717,9 @@ func (r *Relay) unregister(s *session) {
 		delete(r.sessions, s.key.Twin)
 	}
 	r.nsess--
+	if r.cl != nil {
+		r.cl.unsubscribe(s.key)
+	}
 }
 
 // lookup returns the live session of k, or nil.
@@ -783,6 +804,8 @@ func (r *Relay) storeFor(k SessionKey, m Message) (routeResult, error) {
 	}
 	if s := r.lookup(k); s != nil {
 		s.wake()
+	} else if r.cl != nil {
+		r.cl.wake(k)
 	}
 	return routedStored, nil
 }

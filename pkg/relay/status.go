@@ -93,6 +93,13 @@ type statusSnapshot struct {
 	// are Sessions listed (at most maxStatusSessions, by twin and sid).
 	Admin    bool          `json:"admin"`
 	Sessions []SessionInfo `json:"sessions,omitempty"`
+	// Instance and NATS (the NATS connection state: connected,
+	// reconnecting, closed, ...) are set in a relay cluster.
+	Instance string `json:"instance,omitempty"`
+	NATS     string `json:"nats,omitempty"`
+	// Cluster lists the instances that answered the latest survey (every
+	// 5 s) with their sessions and NATS state.
+	Cluster []InstanceStatus `json:"cluster,omitempty"`
 }
 
 // peerStatus is the health of one relay this relay federates with.
@@ -277,6 +284,9 @@ func (p *statusPage) snapshot(admin bool) statusSnapshot {
 		FederatedBytesOut: r.counters.fedBytesOut.Load(),
 		Streams:           len(p.streams),
 		Admin:             admin,
+	}
+	if r.cl != nil {
+		s.Instance, s.NATS, s.Cluster = r.opts.Instance, r.cl.state(), r.cl.instances()
 	}
 	s.Peers = r.fed.peers()
 	s.PeersTotal = len(s.Peers)

@@ -334,20 +334,32 @@ type RelayOptions struct {
 	// PublicOnly leaves out --federation-allow-private: the relay then
 	// refuses to federate to 127.0.0.1 (and other private addresses).
 	PublicOnly bool
+	// Addr is the address to listen on; "" for a free one.
+	Addr string
+	// Domains are the --domain values; default: the address. The
+	// instances of a relay cluster share one list.
+	Domains []string
 }
 
 // StartRelay starts a relay on a free port that federates over plain HTTP
 // to 127.0.0.1 relays (--federation-allow-private unless o.PublicOnly) and
 // waits for /healthz.
 func (c *Cluster) StartRelay(ctx context.Context, reg *Registrar, o RelayOptions) (*Relay, error) {
-	addr, err := FreeAddr()
-	if err != nil {
-		return nil, err
+	addr := o.Addr
+	if addr == "" {
+		var err error
+		if addr, err = FreeAddr(); err != nil {
+			return nil, err
+		}
 	}
 	if o.Name == "" {
 		o.Name = "relay"
 	}
-	args := []string{"--listen", addr, "--domain", addr, "--registrar", reg.URL, "--federation-scheme", "http"}
+	domains := strings.Join(o.Domains, ",")
+	if domains == "" {
+		domains = addr
+	}
+	args := []string{"--listen", addr, "--domain", domains, "--registrar", reg.URL, "--federation-scheme", "http"}
 	if o.Redis != "" {
 		args = append(args, "--redis", o.Redis)
 	}
