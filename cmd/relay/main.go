@@ -30,6 +30,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/buildinfo"
+	"github.com/rmb-go/rmb/internal/cliconf"
 	"github.com/rmb-go/rmb/internal/pprofserver"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/redisapi"
@@ -261,10 +262,19 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.Var((*stringList)(&m.NATS), "nats", "NATS URLs (comma-separated or repeated): join the relay cluster of the instances with the same domains on this NATS; needs --redis (default: single process)")
 	fs.StringVar(&m.Instance, "instance", m.Instance, "name of this instance in logs, metrics and the status page (default: host name and --listen port)")
 	fs.Var((*prefixList)(&m.TrustedProxies), "trusted-proxy", "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeatable; default: none)")
+	conf := cliconf.New(fs, "RMB")
+	conf.SkipEnv("admin-token") // $RMB_ADMIN_TOKEN comes after --admin-token-file: see adminToken
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if printVersion(m.Stdout) {
+		return flag.ErrHelp
+	}
+	if err := conf.Apply(os.Getenv); err != nil {
+		return err
+	}
+	if conf.PrintRequested() {
+		conf.Print(m.Stdout)
 		return flag.ErrHelp
 	}
 	if fs.NArg() > 0 {
