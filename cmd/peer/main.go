@@ -301,6 +301,7 @@ func (m *Main) Run(ctx context.Context) error {
 		level = slog.LevelDebug
 	}
 	m.log = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: level}))
+	redis.SetLogger(redisLogger{m.log})
 
 	secret, err := m.secret()
 	if err != nil {
@@ -404,6 +405,8 @@ func (m *Main) serveMetrics(ctx context.Context) error {
 	rt := prometheus.NewRegistry()
 	rt.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector())
 	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{m.peer.Registry(), rt}, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", m.readyz)
 	m.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 	go m.metrics.Serve(ln)
 	m.log.Info("metrics listening", "addr", ln.Addr().String())
@@ -468,4 +471,35 @@ func (m *Main) closeRedis() {
 		m.rdb.Close()
 		m.rdb = nil
 	}
+}
+
+// readyz answers 200 when the peer can do its work: started, Redis
+// answering, at least one relay connected; 503 with the reason otherwise.
+func (m *Main) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var why string
+	select {
+	case <-m.peer.Ready():
+		if err := m.rdb.Ping(ctx).Err(); err != nil {
+			why = "redis is not answering"
+		} else if m.peer.Connected() == 0 {
+			why = "no relay connected"
+		}
+	default:
+		why = "starting"
+	}
+	if why != "" {
+		http.Error(w, why, http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ready\n")
+}
+
+// redisLogger sends go-redis's own messages (connection pool trouble)
+// through the peer's log instead of the standard logger.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Warn("redis client: " + fmt.Sprintf(format, v...))
 }

@@ -135,6 +135,28 @@ func TestRunAnswersVersionAndServesMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, body)
 		}
 	}
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + m.MetricsListenAddr() + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/healthz"); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, body := get("/readyz"); code != 200 || body != "ready\n" {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+	e.redis.Pause()
+	code, frozen := get("/readyz")
+	e.redis.Resume()
+	if code != 503 || !strings.Contains(frozen, "redis is not answering") {
+		t.Errorf("/readyz with Redis frozen: %d %q", code, frozen)
+	}
 	pprofURL := "http://" + m.PprofListenAddr() + "/debug/pprof/goroutine?debug=1"
 	resp, err = http.Get(pprofURL)
 	if err != nil {
