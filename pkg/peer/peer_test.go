@@ -55,7 +55,7 @@ func TestCallAndResponse(t *testing.T) {
 		t.Fatalf("bad response %v", m)
 	}
 	// The processing list is empty once the request went out.
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n := a.rdb.LLen(context.Background(), peer.LocalProcessing).Val(); n != 0 {
 			return fmt.Errorf("%d left in processing", n)
 		}
@@ -321,7 +321,7 @@ func TestGarbageDeadLettered(t *testing.T) {
 	// Valid JSON, bad content but with a ret: dead-lettered and answered.
 	a.rdb.LPush(ctx, peer.LocalQueue, `{"ver":1,"cmd":"x","dat":"!!!","dst":[5],"ret":"badret"}`)
 	var letters []peer.DeadLetter
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		letters = letters[:0]
 		for _, s := range a.rdb.LRange(ctx, peer.DeadLetterQueue, 0, -1).Val() {
 			var d peer.DeadLetter
@@ -373,7 +373,7 @@ func TestUndeliverableBeforeTTL(t *testing.T) {
 	s := newStack(t, 1)
 	a, b := s.newPeer(), s.newPeer()
 	s.relays[0].kill()
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if a.Connected() != 0 {
 			return errors.New("still connected")
 		}
@@ -385,7 +385,7 @@ func TestUndeliverableBeforeTTL(t *testing.T) {
 		t.Fatalf("want 504, got %v", m)
 	}
 	var d peer.DeadLetter
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		s, err := a.rdb.LIndex(context.Background(), peer.DeadLetterQueue, 0).Result()
 		if err != nil {
 			return err
@@ -395,7 +395,7 @@ func TestUndeliverableBeforeTTL(t *testing.T) {
 	if d.Dst != b.Twin() || d.Queue != peer.LocalQueue || !strings.Contains(d.Message, `"cmd":"x"`) {
 		t.Fatalf("bad dead letter %+v", d)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n := a.rdb.LLen(context.Background(), peer.LocalProcessing).Val(); n != 0 {
 			return fmt.Errorf("%d left in processing", n)
 		}
@@ -443,7 +443,7 @@ func TestAnswerToFullRetQueue(t *testing.T) {
 	if got := a.rdb.LRange(ctx, "full", 0, -1).Val(); len(got) != 1 || got[0] != "already here" {
 		t.Fatalf("ret queue holds %q, want only what was there", got)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n := a.rdb.HLen(ctx, peer.PendingHash).Val(); n != 0 {
 			return fmt.Errorf("%d pending entries left", n)
 		}

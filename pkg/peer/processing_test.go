@@ -58,7 +58,7 @@ func TestLostMoveReplyIsHandled(t *testing.T) {
 		t.Fatalf("bad answer %v", m)
 	}
 	t.Logf("answered %v after the entry appeared", time.Since(start).Round(time.Millisecond))
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n := a.rdb.LLen(ctx, peer.LocalProcessing).Val(); n != 0 {
 			return fmt.Errorf("%d left in processing", n)
 		}
@@ -83,7 +83,7 @@ func TestLostMoveReplyIsHandled(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("dead letters %v, want %v", got, want)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		for _, list := range []string{peer.LocalProcessing, peer.ReplyProcessing} {
 			if n := a.rdb.LLen(ctx, list).Val(); n != 0 {
 				return fmt.Errorf("%d left in %s", n, list)

@@ -136,7 +136,7 @@ func TestResendOnRestart(t *testing.T) {
 	pushRequest(t, rdb, request("held", "question", "ret", 300, b.Twin()))
 	in := popJSON(t, b.rdb, "msgbus.held", 10*time.Second)
 	var fields map[string]string
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		fields = rdb.HGetAll(ctx, peer.PendingHash).Val()
 		if len(fields) != 1 {
 			return fmt.Errorf("%d pending", len(fields))
@@ -162,7 +162,7 @@ func TestResendOnRestart(t *testing.T) {
 	if n := metricValue(t, a2.Registry(), "rmb_peer_resent_total", map[string]string{"reason": "restart"}); n != 1 {
 		t.Fatalf("rmb_peer_resent_total{reason=restart} = %v, want 1", n)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if h := rdb.HLen(ctx, peer.PendingHash).Val(); h != 0 {
 			return fmt.Errorf("%d pending after the answer", h)
 		}

@@ -32,7 +32,7 @@ func TestInFlightBatchSurvivesStop(t *testing.T) {
 	// a relay.
 	a := s.startPeer(id, db, func(o *peer.Options) { o.Relays = s.relayURLs(1); o.Workers = 8 })
 	s.relays[1].kill()
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if a.Connected() != 0 {
 			return fmt.Errorf("still connected")
 		}
@@ -41,7 +41,7 @@ func TestInFlightBatchSurvivesStop(t *testing.T) {
 	for i := range n {
 		pushRequest(t, rdb, request("echo", strconv.Itoa(i), "ret", 60, b.Twin()))
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if l := rdb.LLen(ctx, peer.LocalProcessing).Val(); l < 8 {
 			return fmt.Errorf("%d in processing", l)
 		}
@@ -70,7 +70,7 @@ func TestInFlightBatchSurvivesStop(t *testing.T) {
 	if len(got) != n {
 		t.Fatalf("%d distinct answers, want %d", len(got), n)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		l, p, h := rdb.LLen(ctx, peer.LocalQueue).Val(), rdb.LLen(ctx, peer.LocalProcessing).Val(), rdb.HLen(ctx, peer.PendingHash).Val()
 		if l+p+h != 0 {
 			return fmt.Errorf("%d queued, %d in processing, %d pending", l, p, h)
@@ -96,7 +96,7 @@ func TestAnswerAcrossRestart(t *testing.T) {
 	pushRequest(t, rdb, req)
 	// The slow service has the request; the requesting peer persisted it.
 	in := popJSON(t, b.rdb, "msgbus.slow", 10*time.Second)
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if h := rdb.HLen(ctx, peer.PendingHash).Val(); h != 1 {
 			return fmt.Errorf("%d pending", h)
 		}
@@ -108,7 +108,7 @@ func TestAnswerAcrossRestart(t *testing.T) {
 		"shm": "text/plain", "now": time.Now().Unix()})
 	b.rdb.LPush(ctx, peer.ReplyQueue, reply)
 	// The answer leaves the service's peer while the requester is down.
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if l := b.rdb.LLen(ctx, peer.ReplyQueue).Val() + b.rdb.LLen(ctx, peer.ReplyProcessing).Val(); l != 0 {
 			return fmt.Errorf("%d replies not sent", l)
 		}
@@ -120,7 +120,7 @@ func TestAnswerAcrossRestart(t *testing.T) {
 	if errCode(t, m) != 0 || unb64(t, m["dat"]) != "answer" || m["ref"] != req["ref"] || m["src"] != twinString(b.Twin()) {
 		t.Fatalf("bad answer after restart: %v", m)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if h := rdb.HLen(ctx, peer.PendingHash).Val(); h != 0 {
 			return fmt.Errorf("%d pending after the answer", h)
 		}
@@ -146,7 +146,7 @@ func TestTimeoutAcrossRestart(t *testing.T) {
 			start := time.Now()
 			req := request("nobody.home", "", "ret", 3, b.Twin())
 			pushRequest(t, rdb, req)
-			waitFor(t, 5*time.Second, func() error {
+			waitFor(t, 20*time.Second, func() error {
 				if h := rdb.HLen(ctx, peer.PendingHash).Val(); h != 1 {
 					return fmt.Errorf("%d pending", h)
 				}
@@ -171,7 +171,7 @@ func TestTimeoutAcrossRestart(t *testing.T) {
 			if l := rdb.LLen(ctx, "ret").Val(); l != 0 {
 				t.Fatalf("%d more answers", l)
 			}
-			waitFor(t, 5*time.Second, func() error {
+			waitFor(t, 20*time.Second, func() error {
 				if h := rdb.HLen(ctx, peer.PendingHash).Val(); h != 0 {
 					return fmt.Errorf("%d pending after the timeout", h)
 				}
@@ -197,7 +197,7 @@ func TestPendingHashEmptiesUnderLoad(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if h := a.rdb.HLen(ctx, peer.PendingHash).Val(); h != 0 {
 			return fmt.Errorf("%d pending after all answers", h)
 		}

@@ -238,7 +238,7 @@ func TestSessionBounds(t *testing.T) {
 	}
 	dial(t, tr, a, "one") // replaces: let in
 	// The replaced session counts against the address until it ended.
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		tr.mu.Lock()
 		defer tr.mu.Unlock()
 		if n := tr.perAddr["127.0.0.1"]; n != 2 {
@@ -252,7 +252,7 @@ func TestSessionBounds(t *testing.T) {
 	}
 	two.c.CloseNow()
 	waitSession(t, tr.Relay, SessionKey{a.num, "two"}, false)
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if st := refusedWith(a, "three"); st != 0 {
 			return fmt.Errorf("after a session ended, a new one: status %d", st)
 		}

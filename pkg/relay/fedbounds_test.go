@@ -45,7 +45,7 @@ func TestFederationBackoffCountsAgainstBound(t *testing.T) {
 		if i < 3 {
 			// Wait until the job left the ready queue: then it is being
 			// posted or waiting out its backoff, and must still count.
-			waitFor(t, 5*time.Second, func() error {
+			waitFor(t, 20*time.Second, func() error {
 				if d := ra.fed.depth(); d != 0 {
 					return fmt.Errorf("%d ready", d)
 				}
@@ -414,7 +414,7 @@ func TestFederationBoundPerSourceTwin(t *testing.T) {
 	ca.expectError(ca.send(dead[2].num, "", "three").Uid, msgFedQueueFull)
 	co := dial(t, ra, other, "")
 	co.send(dead[3].num, "", "other twin")
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n, _ := ra.fed.held(); n != 3 {
 			return fmt.Errorf("%d held, want 3", n)
 		}

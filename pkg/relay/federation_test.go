@@ -62,7 +62,7 @@ func TestFederation(t *testing.T) {
 	// B down, then up before the TTL: delivered.
 	sw.down.Store(true)
 	ca.send(b.num, "", "after the outage")
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n := fedCount(ra.Relay, dB, "failure"); n < 2 {
 			return fmt.Errorf("%v failures so far", n)
 		}
@@ -192,7 +192,7 @@ func TestShutdownPostsFederationQueue(t *testing.T) {
 	for i := range n {
 		ca.send(b.num, "", fmt.Sprint("queued ", i))
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if d := ra.fed.depth(); d < n/2 {
 			return fmt.Errorf("federation queue holds %d", d)
 		}

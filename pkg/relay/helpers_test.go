@@ -329,7 +329,7 @@ func waitFor(t testing.TB, d time.Duration, cond func() error) {
 // waitSession waits until k is (or is not) connected.
 func waitSession(t testing.TB, r *Relay, k SessionKey, live bool) {
 	t.Helper()
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if (r.lookup(k) != nil) != live {
 			return fmt.Errorf("session %s live=%v", k, !live)
 		}

@@ -189,7 +189,7 @@ func TestSessionReplace(t *testing.T) {
 	first := tr.lookup(SessionKey{a.num, "s"})
 
 	nu := dial(t, tr, a, "s")
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if s := tr.lookup(SessionKey{a.num, "s"}); s == nil || s == first {
 			return fmt.Errorf("not replaced yet")
 		}
@@ -206,7 +206,7 @@ func TestSessionReplace(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("old session did not end")
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n := tr.sessionCount(); n != 2 {
 			return fmt.Errorf("%d sessions, want 2", n)
 		}
@@ -233,7 +233,7 @@ func TestOfflineQueueAndTTL(t *testing.T) {
 	for i := range 20 {
 		ca.send(b.num, "", fmt.Sprint("m", i))
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n, _ := tr.store.Len(context.Background(), SessionKey{b.num, ""}); n != 20 {
 			return fmt.Errorf("%d stored", n)
 		}
@@ -254,7 +254,7 @@ func TestOfflineQueueAndTTL(t *testing.T) {
 	ca.sendRaw(marshal(t, short))
 	long := request(t, a, "", b.num, "", "long", 600)
 	ca.sendRaw(marshal(t, long))
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n, _ := tr.store.Len(context.Background(), SessionKey{b.num, ""}); n != 2 {
 			return fmt.Errorf("%d stored", n)
 		}
@@ -317,7 +317,7 @@ func TestOversizedFrame(t *testing.T) {
 	if st := websocket.CloseStatus(err); st != websocket.StatusMessageTooBig {
 		t.Fatalf("got %v (status %d), want close 1009", err, st)
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if dropped(tr.Relay, dropTooBig) != 1 {
 			return fmt.Errorf("too_big not counted")
 		}
@@ -526,7 +526,7 @@ func TestOperations(t *testing.T) {
 	ca := dial(t, tr, a, "")
 	cb := dial(t, tr, b, "x")
 	waitSession(t, tr.Relay, SessionKey{b.num, "x"}, true)
-	waitFor(t, 5*time.Second, func() error { // its first drain of the store is done
+	waitFor(t, 20*time.Second, func() error { // its first drain of the store is done
 		s := tr.lookup(SessionKey{b.num, "x"})
 		s.mu.Lock()
 		defer s.mu.Unlock()

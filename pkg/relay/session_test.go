@@ -56,7 +56,7 @@ func TestDeliverDuringStoreCheck(t *testing.T) {
 	waitSession(t, tr.Relay, kb, true)
 	s := tr.lookup(kb)
 	// Let the drain that follows the connection finish first.
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.spilled {
@@ -73,7 +73,7 @@ func TestDeliverDuringStoreCheck(t *testing.T) {
 		t.Fatal("the wake-up did not make sendLoop look at the store")
 	}
 	ca.send(b.num, "", "first")
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if s.queued() != 1 {
 			return errNotQueued
 		}

@@ -191,7 +191,7 @@ func TestStatusJSON(t *testing.T) {
 		ca.send(b.num, "secret-sid", fmt.Sprint("m", i))
 		cb.expectPayload(fmt.Sprint("m", i))
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		s, _ := mustStatus(t, tr, "")
 		st, was := s.Stats, before.Stats
 		if st.MessagesIn != was.MessagesIn+n || st.MessagesOut != was.MessagesOut+n ||
@@ -209,7 +209,7 @@ func TestStatusJSON(t *testing.T) {
 	e := request(t, a, "", far.num, "", "far away", 2)
 	ca.sendRaw(marshal(t, e))
 	ca.send(999999, "", "nobody")
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		s, raw := mustStatus(t, tr, "")
 		checkPublic(t, raw, append(remotes(tr.Relay), "secret-sid")...)
 		if s.Stats.Dropped["unknown_twin"] != 1 || s.Stats.Routed["federated"] != 1 {
@@ -336,7 +336,7 @@ func (s *eventStream) next(t *testing.T, d time.Duration) (statusSnapshot, strin
 
 func waitStreams(t *testing.T, tr *testRelay, n int) {
 	t.Helper()
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if s, _ := mustStatus(t, tr, ""); s.Streams != n {
 			return fmt.Errorf("%d streams, want %d", s.Streams, n)
 		}

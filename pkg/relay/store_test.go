@@ -118,7 +118,7 @@ func TestRedisRestart(t *testing.T) {
 	for i := range 30 {
 		ca.send(b.num, "", fmt.Sprint("q", i))
 	}
-	waitFor(t, 5*time.Second, func() error {
+	waitFor(t, 20*time.Second, func() error {
 		if n := r1.counters.routed[routedStored].Load(); n != 30 {
 			return fmt.Errorf("%d stored", n)
 		}
