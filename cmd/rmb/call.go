@@ -48,7 +48,8 @@ func call(ctx context.Context, e *env, args []string) int {
 	dst := fs.String("dst", "", "destination twin ids, comma separated (required)")
 	cmd := fs.String("cmd", "", "command to call, e.g. calc.add (required)")
 	data := fs.String("data", "", "payload, sent as is")
-	ttl := fs.Duration("ttl", 60*time.Second, "time to live of the request; the call waits this long")
+	ttl := &ttlFlag{d: 60 * time.Second}
+	fs.Var(ttl, "ttl", "time to live of the request, seconds (30) or a duration (90s), 1s to 30m; the call waits this long (plus 5s for the peer's timeout answer)")
 	sid := fs.String("session", "", "destination session id")
 	tags := fs.String("tags", "", "envelope tags, e.g. fail-fast")
 	redisURL := fs.String("redis", defaultRedis, "Redis of the local rmb-peer")
@@ -65,6 +66,14 @@ func call(ctx context.Context, e *env, args []string) int {
 		fs.Usage()
 		return 2
 	}
+	ttlSecs, note, err := ttl.check("ttl")
+	if err != nil {
+		fmt.Fprintf(e.stderr, "rmb call: %v\n", err)
+		return 2
+	}
+	if note != "" {
+		fmt.Fprintf(e.stderr, "rmb call: %s\n", note)
+	}
 	rdb, err := redisClient(*redisURL)
 	if err != nil {
 		return e.errorf("%v", err)
@@ -74,7 +83,7 @@ func call(ctx context.Context, e *env, args []string) int {
 		return e.errorf("cannot reach the peer's Redis at %s: %v", redisapi.RedactURL(*redisURL), err)
 	}
 	c := redisapi.NewClient(rdb)
-	out, err := c.Call(ctx, twins, *cmd, []byte(*data), &redisapi.CallOptions{TTL: *ttl, Session: *sid, Tags: *tags})
+	out, err := c.Call(ctx, twins, *cmd, []byte(*data), &redisapi.CallOptions{TTL: time.Duration(ttlSecs) * time.Second, Session: *sid, Tags: *tags})
 	failed := false
 	if *asJSON {
 		printJSON(e, out)

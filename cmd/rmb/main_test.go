@@ -351,3 +351,77 @@ func TestBench(t *testing.T) {
 		t.Errorf("bench with a bad flag: %+v", r)
 	}
 }
+
+// popRequest plays the peer: it pops the next request rmb call pushed.
+func popRequest(t *testing.T, ctx context.Context, rdb *redis.Client) redisapi.OutgoingRequest {
+	t.Helper()
+	res, err := rdb.BRPop(ctx, 30*time.Second, redisapi.QueueLocal).Result()
+	if err != nil {
+		t.Fatalf("no request on %s: %v", redisapi.QueueLocal, err)
+	}
+	var r redisapi.OutgoingRequest
+	if err := json.Unmarshal([]byte(res[1]), &r); err != nil {
+		t.Fatalf("request %s: %v", res[1], err)
+	}
+	return r
+}
+
+func TestCallTTL(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ ttl, want string }{
+		{"500ms", "--ttl 500ms is below one second: allowed 1 to 1800 seconds"},
+		{"0", "--ttl 0s is below one second: allowed 1 to 1800 seconds"},
+		{"-1", "-ttl: -1 is out of range: allowed 1 to 1800 seconds"},
+		{"-2s", "-ttl: -2s is negative: allowed 1 to 1800 seconds"},
+		{"1801", "--ttl 30m1s is above the protocol's maximum: allowed 1 to 1800 seconds"},
+		{"1h", "--ttl 1h0m0s is above the protocol's maximum"},
+		{"soon", `want seconds (30) or a duration (90s), got "soon"`},
+	} {
+		r := rmb(t, nil, "call", "--redis", s.URL(), "--dst", "5", "--cmd", "x", "--ttl", tc.ttl)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("--ttl %s: want exit 2 and %q, got %+v", tc.ttl, tc.want, r)
+		}
+	}
+	if n, _ := rdb.LLen(ctx, redisapi.QueueLocal).Result(); n != 0 {
+		t.Errorf("a refused --ttl still sent %d requests", n)
+	}
+	// Plain seconds, and a fraction rounded up with a note: the envelope
+	// carries the TTL the caller waits for.
+	for _, tc := range []struct {
+		ttl  string
+		exp  int64
+		note bool
+	}{{"2", 2, false}, {"1500ms", 2, true}} {
+		got := make(chan redisapi.OutgoingRequest, 1)
+		go func() {
+			res, err := rdb.BRPop(ctx, 30*time.Second, redisapi.QueueLocal).Result()
+			if err != nil {
+				close(got)
+				return
+			}
+			var req redisapi.OutgoingRequest
+			json.Unmarshal([]byte(res[1]), &req)
+			got <- req // and no answer
+		}()
+		start := time.Now()
+		r := rmb(t, nil, "call", "--redis", s.URL(), "--dst", "5", "--cmd", "x", "--ttl", tc.ttl)
+		took := time.Since(start)
+		req := <-got
+		if r.code != 1 || !strings.Contains(r.stderr, "timed out") || req.Expiration != tc.exp {
+			t.Errorf("--ttl %s: sent exp %d (want %d): %+v", tc.ttl, req.Expiration, tc.exp, r)
+		}
+		if took < time.Duration(tc.exp)*time.Second {
+			t.Errorf("--ttl %s: gave up after %s, before the %ds it sent", tc.ttl, took, tc.exp)
+		}
+		if hasNote := strings.Contains(r.stderr, "rounded up to 2s"); hasNote != tc.note {
+			t.Errorf("--ttl %s: note about rounding %v, want %v: %q", tc.ttl, hasNote, tc.note, r.stderr)
+		}
+		if age := time.Now().Unix() - req.Now; age < -1 || age > 30 {
+			t.Errorf("--ttl %s: now %d is not the time of sending", tc.ttl, req.Now)
+		}
+	}
+}
