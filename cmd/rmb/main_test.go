@@ -425,3 +425,72 @@ func TestCallTTL(t *testing.T) {
 		}
 	}
 }
+
+// A 504'd request requeued as it was would time out again at once: its
+// now is old. Requeue gives it a fresh now, and --ttl a new exp.
+func TestDeadletterRequeueRefreshes(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	old := time.Now().Add(-time.Hour).Unix()
+	req := `{"ver":1,"ref":"r1","cmd":"calc.add","exp":30,"dat":"WzEsMl0=","tag":null,"dst":[5],"ret":"msgbus.reply.r1","shm":"application/json","now":` + strconv.FormatInt(old, 10) + `}`
+	entry := func() string {
+		b, _ := json.Marshal(redisapi.DeadLetter{Queue: redisapi.QueueLocal, Message: req, Reason: "timed out", Code: 504, Time: time.Now()})
+		return string(b)
+	}()
+	id := letterID(entry)
+	popped := func() map[string]any {
+		t.Helper()
+		got, err := rdb.LPop(ctx, redisapi.QueueLocal).Result()
+		if err != nil {
+			t.Fatalf("nothing requeued on %s: %v", redisapi.QueueLocal, err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(got), &m); err != nil {
+			t.Fatalf("requeued %q: %v", got, err)
+		}
+		return m
+	}
+	fresh := func(m map[string]any) bool {
+		age := float64(time.Now().Unix()) - m["now"].(float64)
+		return age >= -1 && age < 60
+	}
+	for _, tc := range []struct {
+		args []string
+		exp  float64
+	}{{nil, 30}, {[]string{"--ttl", "120"}, 120}, {[]string{"--ttl", "2m30s"}, 150}} {
+		rdb.LPush(ctx, redisapi.QueueDeadLetter, entry)
+		args := append([]string{"deadletter", "--redis", s.URL(), "requeue", id}, tc.args...)
+		if r := rmb(t, nil, args...); r.code != 0 || !strings.Contains(r.stdout, "requeued 1 of 1") {
+			t.Fatalf("requeue %v: %+v", tc.args, r)
+		}
+		m := popped()
+		if !fresh(m) || m["exp"] != tc.exp || m["ref"] != "r1" || m["ret"] != "msgbus.reply.r1" || m["dat"] != "WzEsMl0=" {
+			t.Errorf("requeue %v pushed %v: want now ≈ %d, exp %v, the rest as it was", tc.args, m, time.Now().Unix(), tc.exp)
+		}
+	}
+	// Bad --ttl values, --ttl outside requeue, --ttl on a message that
+	// is not a request: refused, and the entry stays.
+	rdb.LPush(ctx, redisapi.QueueDeadLetter, entry)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"requeue", id, "--ttl", "0"}, "--ttl 0s is below one second"},
+		{[]string{"requeue", id, "--ttl", "3h"}, "above the protocol's maximum"},
+		{[]string{"drop", id, "--ttl", "5"}, "--ttl applies to requeue only"},
+	} {
+		if r := rmb(t, nil, append([]string{"deadletter", "--redis", s.URL()}, tc.args...)...); r.code == 0 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("deadletter %v: want %q, got %+v", tc.args, tc.want, r)
+		}
+	}
+	if n, _ := rdb.LLen(ctx, redisapi.QueueDeadLetter).Result(); n != 1 {
+		t.Errorf("refused commands changed the dead letters: %d left", n)
+	}
+	resp, _ := json.Marshal(redisapi.DeadLetter{Queue: redisapi.QueueReply, Message: `"just a string"`, Reason: "x", Time: time.Now()})
+	rdb.LPush(ctx, redisapi.QueueDeadLetter, resp)
+	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "requeue", letterID(string(resp)), "--ttl", "5"); r.code != 1 || !strings.Contains(r.stderr, "--ttl cannot apply") {
+		t.Errorf("requeue --ttl of a non-request: %+v", r)
+	}
+}
