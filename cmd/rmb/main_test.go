@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -12,8 +13,10 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 
@@ -352,20 +355,6 @@ func TestBench(t *testing.T) {
 	}
 }
 
-// popRequest plays the peer: it pops the next request rmb call pushed.
-func popRequest(t *testing.T, ctx context.Context, rdb *redis.Client) redisapi.OutgoingRequest {
-	t.Helper()
-	res, err := rdb.BRPop(ctx, 30*time.Second, redisapi.QueueLocal).Result()
-	if err != nil {
-		t.Fatalf("no request on %s: %v", redisapi.QueueLocal, err)
-	}
-	var r redisapi.OutgoingRequest
-	if err := json.Unmarshal([]byte(res[1]), &r); err != nil {
-		t.Fatalf("request %s: %v", res[1], err)
-	}
-	return r
-}
-
 func TestCallTTL(t *testing.T) {
 	s := redistest.Start(t, nil)
 	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
@@ -492,5 +481,133 @@ func TestDeadletterRequeueRefreshes(t *testing.T) {
 	rdb.LPush(ctx, redisapi.QueueDeadLetter, resp)
 	if r := rmb(t, nil, "deadletter", "--redis", s.URL(), "requeue", letterID(string(resp)), "--ttl", "5"); r.code != 1 || !strings.Contains(r.stderr, "--ttl cannot apply") {
 		t.Errorf("requeue --ttl of a non-request: %+v", r)
+	}
+}
+
+// answerCalls plays the peer for n requests: answer(i, req) gives the
+// response to the i-th (from 1), nil for none.
+func answerCalls(ctx context.Context, rdb *redis.Client, n int, answer func(i int, req redisapi.OutgoingRequest) *redisapi.IncomingResponse) {
+	go func() {
+		for i := 1; i <= n; i++ {
+			res, err := rdb.BRPop(ctx, 30*time.Second, redisapi.QueueLocal).Result()
+			if err != nil {
+				return
+			}
+			var req redisapi.OutgoingRequest
+			json.Unmarshal([]byte(res[1]), &req)
+			if r := answer(i, req); r != nil {
+				b, _ := json.Marshal(r)
+				rdb.LPush(ctx, req.ReplyTo, b)
+			}
+		}
+	}()
+}
+
+func TestCallCount(t *testing.T) {
+	s := redistest.Start(t, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// Three calls: two answered, one error answer.
+	answerCalls(ctx, rdb, 3, func(i int, req redisapi.OutgoingRequest) *redisapi.IncomingResponse {
+		if i == 2 {
+			return &redisapi.IncomingResponse{Version: 1, Ref: req.Ref, Source: "55", Error: &redisapi.Error{Code: 500, Message: "boom"}}
+		}
+		return &redisapi.IncomingResponse{Version: 1, Ref: req.Ref, Source: "55", Data: "Mw=="}
+	})
+	start := time.Now()
+	r := rmb(t, nil, "call", "--redis", s.URL(), "--dst", "55", "--cmd", "calc.add", "--count", "3", "--interval", "300ms")
+	if took := time.Since(start); took < 600*time.Millisecond {
+		t.Errorf("3 calls 300ms apart took %s", took)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 1 || len(lines) != 4 || !strings.HasPrefix(lines[0], "1: 3  (") || !strings.HasPrefix(lines[1], "2: 55: error 500: boom  (") ||
+		!strings.HasPrefix(lines[2], "3: 3  (") || !strings.HasSuffix(lines[2], ")") ||
+		!strings.Contains(lines[3], "3 calls, 2 answered, 1 errors; round trip p50 ") || !strings.Contains(lines[3], " p99 ") {
+		t.Errorf("--count 3 with one error: %+v", r)
+	}
+	// Not a terminal: no spinner, no escape codes.
+	if strings.ContainsAny(r.stderr+r.stdout, "\r\x1b") {
+		t.Errorf("escape codes without a terminal: %q", r.stderr)
+	}
+	// As JSON: a line per call, then the summary; exit 0 when all answered.
+	answerCalls(ctx, rdb, 2, func(i int, req redisapi.OutgoingRequest) *redisapi.IncomingResponse {
+		return &redisapi.IncomingResponse{Version: 1, Ref: req.Ref, Source: "55", Data: "Mw=="}
+	})
+	r = rmb(t, nil, "call", "--redis", s.URL(), "--dst", "55", "--cmd", "calc.add", "--count", "2", "--interval", "0", "--json")
+	lines = strings.Split(strings.TrimSpace(r.stdout), "\n")
+	var first struct {
+		Seq       int   `json:"seq"`
+		RTT       int64 `json:"rtt_us"`
+		Responses []redisapi.IncomingResponse
+	}
+	var sum callSummary
+	if r.code != 0 || len(lines) != 3 || json.Unmarshal([]byte(lines[0]), &first) != nil || json.Unmarshal([]byte(lines[2]), &sum) != nil ||
+		first.Seq != 1 || first.RTT <= 0 || len(first.Responses) != 1 || sum.Calls != 2 || sum.Answered != 2 || sum.P50 <= 0 || sum.P99 < sum.P50 {
+		t.Errorf("--count 2 --json: %+v", r)
+	}
+	// A call nobody answers counts as an error.
+	r = rmb(t, nil, "call", "--redis", s.URL(), "--dst", "55", "--cmd", "x", "--ttl", "1", "--count", "2", "--interval", "0")
+	if r.code != 1 || !strings.Contains(r.stdout, "2 calls, 0 answered, 2 errors") || !strings.Contains(r.stderr, "1: redisapi: timed out") {
+		t.Errorf("--count 2 unanswered: %+v", r)
+	}
+	for _, bad := range [][]string{{"--count", "0"}, {"--interval", "-1s"}} {
+		if r := rmb(t, nil, append([]string{"call", "--redis", s.URL(), "--dst", "55", "--cmd", "x"}, bad...)...); r.code != 2 || !strings.Contains(r.stderr, bad[0]) {
+			t.Errorf("call %v: %+v", bad, r)
+		}
+	}
+}
+
+// openPTY opens a pseudo-terminal: the master to read, the slave to give
+// a process as its stderr.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("no pseudo-terminal: %v", err)
+	}
+	var unlock int32
+	var n uint32
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, master.Fd(), syscall.TIOCSPTLCK, uintptr(unsafe.Pointer(&unlock))); e != 0 {
+		t.Fatalf("unlock pty: %v", e)
+	}
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, master.Fd(), syscall.TIOCGPTN, uintptr(unsafe.Pointer(&n))); e != 0 {
+		t.Fatalf("pty number: %v", e)
+	}
+	slave, err = os.OpenFile("/dev/pts/"+strconv.FormatUint(uint64(n), 10), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Close(); slave.Close() })
+	return master, slave
+}
+
+// On a terminal, rmb call shows a spinner on stderr while it waits, and
+// erases it.
+func TestCallSpinnerOnTerminal(t *testing.T) {
+	s := redistest.Start(t, nil)
+	master, slave := openPTY(t)
+	var tty bytes.Buffer
+	copied := make(chan struct{})
+	go func() { io.Copy(&tty, master); close(copied) }()
+	cmd := exec.Command(rmbBin, "call", "--redis", s.URL(), "--dst", "55", "--cmd", "x", "--ttl", "1")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, slave
+	if err := cmd.Run(); err == nil {
+		t.Fatal("an unanswered call succeeded")
+	}
+	slave.Close()
+	select {
+	case <-copied:
+	case <-time.After(10 * time.Second):
+		master.Close()
+		<-copied
+	}
+	if got := tty.String(); !strings.Contains(got, "waiting for x from 55") || !strings.Contains(got, "\r\x1b[K") || !strings.Contains(got, "timed out") {
+		t.Errorf("terminal showed %q", got)
+	}
+	if strings.Contains(out.String(), "\x1b") {
+		t.Errorf("escape codes on stdout: %q", out.String())
 	}
 }
