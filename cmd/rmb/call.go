@@ -264,13 +264,50 @@ func serve(ctx context.Context, e *env, args []string) int {
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return e.errorf("cannot reach the peer's Redis at %s: %v", redisapi.RedactURL(*redisURL), err)
 	}
-	fmt.Fprintf(e.stderr, "serving %s on %s (Ctrl-C to stop)\n", *cmd, redisapi.RedactURL(*redisURL))
-	err = redisapi.NewClient(rdb).Serve(ctx, *cmd, func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
+	where := redisapi.RedactURL(*redisURL)
+	fmt.Fprintf(e.stderr, "serving %s on %s (Ctrl-C to stop)\n", *cmd, where)
+	client := redisapi.NewClient(rdb)
+	handler := func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
 		fmt.Fprintf(e.stdout, "%s from %s: %s\n", req.Command, req.Source, p)
 		return p, nil
-	}, nil)
-	if err != nil {
-		return e.errorf("%v", err)
 	}
-	return 0
+	// Serve returns when Redis fails (a restart, a dropped connection):
+	// say so once, wait until Redis answers again and serve on.
+	for {
+		err := client.Serve(ctx, *cmd, handler, nil)
+		if ctx.Err() != nil {
+			return 0
+		}
+		if err == nil {
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "rmb serve: lost Redis at %s (%v); reconnecting\n", where, err)
+		lost := time.Now()
+		if !waitForRedis(ctx, rdb) {
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "rmb serve: Redis at %s is back after %s; serving %s again\n", where, time.Since(lost).Round(time.Millisecond), *cmd)
+	}
+}
+
+// waitForRedis pings rdb, backing off from 100ms to 2s between tries,
+// until it answers (true) or ctx ends (false).
+func waitForRedis(ctx context.Context, rdb *redis.Client) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := rdb.Ping(pctx).Err()
+		cancel()
+		if err == nil {
+			return true
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
 }

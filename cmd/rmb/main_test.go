@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http/httptest"
 	"os"
@@ -13,6 +15,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/internal/wait"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/redisapi"
 	"github.com/rmb-go/rmb/pkg/registrar"
@@ -609,5 +613,82 @@ func TestCallSpinnerOnTerminal(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "\x1b") {
 		t.Errorf("escape codes on stdout: %q", out.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer a process writes while the test reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// rmb serve outlives a restart of its Redis: it says once that it lost
+// Redis and once that it is back, and answers again.
+func TestServeSurvivesRedisRestart(t *testing.T) {
+	s := redistest.Start(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	serve := exec.CommandContext(ctx, rmbBin, "serve", "--cmd", "echo", "--redis", s.URL())
+	var stderr lockedBuffer
+	serve.Stderr = &stderr
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { serve.Process.Kill(); serve.Wait() }()
+	// echo sends a request and waits for its answer; pushes are repeated
+	// while Redis comes back, as the first may be lost with it.
+	echo := func(ref string) error {
+		rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+		defer rdb.Close()
+		req, _ := json.Marshal(redisapi.IncomingRequest{Version: 1, Ref: ref, Source: "41", Command: "echo", Data: "aGk=", ReplyTo: "replies." + ref})
+		return wait.For(ctx, 60*time.Second, func() error {
+			if n, _ := rdb.LLen(ctx, "msgbus.echo").Result(); n == 0 {
+				if err := rdb.LPush(ctx, "msgbus.echo", req).Err(); err != nil {
+					return err
+				}
+			}
+			res, err := rdb.BRPop(ctx, time.Second, "replies."+ref).Result()
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(res[1], `"ref":"`+ref+`"`) {
+				return fmt.Errorf("answer %s", res[1])
+			}
+			return nil
+		})
+	}
+	if err := echo("before"); err != nil {
+		t.Fatalf("rmb serve did not answer: %v", err)
+	}
+	// Down long enough to be noticed (go-redis retries hide a short
+	// blip), then back on the same address.
+	s.Kill()
+	if err := wait.For(ctx, 60*time.Second, func() error {
+		if !strings.Contains(stderr.String(), "lost Redis") {
+			return errors.New("rmb serve has not noticed")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v:\n%s", err, stderr.String())
+	}
+	s.Restart(t)
+	if err := echo("after"); err != nil {
+		t.Fatalf("rmb serve did not answer after Redis restarted: %v\n%s", err, stderr.String())
+	}
+	log := stderr.String()
+	if strings.Count(log, "lost Redis at "+s.URL()) != 1 || strings.Count(log, "is back after") != 1 {
+		t.Errorf("want one line for the loss and one for the return, got:\n%s", log)
 	}
 }
