@@ -321,13 +321,32 @@ func TestBench(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("bench relay: %+v", r)
 	}
-	var rel struct{ Sent, Delivered, Lost int64 }
-	if err := json.Unmarshal([]byte(r.stdout), &rel); err != nil || rel.Sent != 1000 || rel.Delivered != 1000 || rel.Lost != 0 {
+	// snake_case keys, durations in microseconds under keys ending in _us.
+	var rel struct {
+		Sent, Delivered, Lost int64
+		PayloadSize           int     `json:"payload_size"`
+		PerSecond             float64 `json:"per_second"`
+		Elapsed               float64 `json:"elapsed_us"`
+		Latency               struct {
+			P50 float64 `json:"p50_us"`
+			P99 float64 `json:"p99_us"`
+		}
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rel); err != nil || rel.Sent != 1000 || rel.Delivered != 1000 || rel.Lost != 0 ||
+		rel.PayloadSize != 256 || rel.PerSecond <= 0 || rel.Elapsed < 1 || rel.Latency.P50 <= 0 || rel.Latency.P99 < rel.Latency.P50 {
 		t.Errorf("bench relay --json printed %q (%v)", r.stdout, err)
 	}
-	r = rmb(t, nil, "bench", "e2e", "--callers", "2", "--duration", "1s")
+	if strings.ContainsAny(r.stdout, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") {
+		t.Errorf("bench relay --json has keys that are not snake_case: %s", r.stdout)
+	}
+	// Text, on a pipe: the tables, and no progress line drawn with
+	// escape codes (the phases last long enough for one).
+	r = rmb(t, nil, "bench", "e2e", "--callers", "2", "--duration", "2s")
 	if r.code != 0 || !strings.Contains(r.stdout, "round trips/s") || !strings.Contains(r.stdout, "plain redis") {
 		t.Errorf("bench e2e: %+v", r)
+	}
+	if strings.ContainsAny(r.stdout+r.stderr, "\r\x1b") {
+		t.Errorf("bench e2e wrote escape codes to a pipe: %q", r.stderr)
 	}
 	// The peers as rmb-peer processes, Redis by unix socket, bus only,
 	// as JSON: every round trip answered, the cost measured.
@@ -335,13 +354,22 @@ func TestBench(t *testing.T) {
 		"--peer-bin", filepath.Join(filepath.Dir(rmbBin), "rmb-peer"))
 	var e2e struct {
 		Bus struct {
-			RoundTrips, Errors int64
-			Cost               struct{ RedisCommands float64 }
+			RoundTrips int64 `json:"round_trips"`
+			Errors     int64
+			Latency    struct {
+				P99 float64 `json:"p99_us"`
+			}
+			Cost struct {
+				RedisCommands float64 `json:"redis_commands"`
+				MachineCPU    float64 `json:"machine_cpu_us"`
+			}
 		}
-		PlainRedis struct{ RoundTrips int64 }
+		PlainRedis struct {
+			RoundTrips int64 `json:"round_trips"`
+		} `json:"plain_redis"`
 	}
 	if err := json.Unmarshal([]byte(r.stdout), &e2e); r.code != 0 || err != nil || e2e.Bus.RoundTrips == 0 ||
-		e2e.Bus.Errors != 0 || e2e.Bus.Cost.RedisCommands < 4 || e2e.PlainRedis.RoundTrips != 0 {
+		e2e.Bus.Errors != 0 || e2e.Bus.Cost.RedisCommands < 4 || e2e.PlainRedis.RoundTrips != 0 || e2e.Bus.Latency.P99 <= 0 || e2e.Bus.Cost.MachineCPU <= 0 {
 		t.Errorf("bench e2e --peer-bin --unix --no-plain --json: %+v (%v)", r, err)
 	}
 	if r := rmb(t, nil, "bench", "e2e", "--duration", "1s", "--peer-bin", "/nonexistent/rmb-peer"); r.code != 1 ||
@@ -690,5 +718,14 @@ func TestServeSurvivesRedisRestart(t *testing.T) {
 	log := stderr.String()
 	if strings.Count(log, "lost Redis at "+s.URL()) != 1 || strings.Count(log, "is back after") != 1 {
 		t.Errorf("want one line for the loss and one for the return, got:\n%s", log)
+	}
+}
+
+func TestSnake(t *testing.T) {
+	for in, want := range map[string]string{"PerSecond": "per_second", "RSSPerSession": "rss_per_session", "P50": "p50",
+		"MachineCPU": "machine_cpu", "PayloadSize": "payload_size", "N": "n", "PeerRedisTrips": "peer_redis_trips"} {
+		if got := snake(in); got != want {
+			t.Errorf("snake(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
