@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime/pprof"
@@ -85,6 +86,16 @@ func benchCmd(ctx context.Context, e *env, args []string) int {
 	return benchE2E(ctx, e, rest, "")
 }
 
+// progressTo is where the load tool's once-a-second status line goes: w
+// when it is a terminal, nowhere otherwise (the line is redrawn with
+// escape codes, which would litter a log or a pipe).
+func progressTo(w io.Writer) io.Writer {
+	if isTerminal(w) {
+		return w
+	}
+	return nil
+}
+
 // profilePhase returns a phase hook that CPU-profiles the phase into
 // file; *errp receives a failure to start.
 func profilePhase(file string, errp *error) func() func() {
@@ -116,7 +127,7 @@ func benchRelay(ctx context.Context, e *env, args []string, profile string) int 
 	fs.IntVar(&o.Window, "window", 1000, "most envelopes in flight per sender (-1 = unbounded)")
 	fs.BoolVar(&o.CoderClients, "coder-clients", false, "load clients use coder/websocket (a write syscall per envelope) instead of wsframe")
 	idle := fs.Int("idle", 0, "instead of forwarding, open this many idle authenticated sessions (from a child process) and report the relay's memory per session")
-	asJSON := fs.Bool("json", false, "print the result as JSON (no progress line)")
+	asJSON := fs.Bool("json", false, "print the result as JSON: snake_case keys, durations in microseconds under keys ending in _us (no progress line)")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -124,7 +135,7 @@ func benchRelay(ctx context.Context, e *env, args []string, profile string) int 
 		return benchIdle(ctx, e, *idle, *asJSON)
 	}
 	if !*asJSON {
-		o.Progress = os.Stderr
+		o.Progress = progressTo(e.stderr)
 		fmt.Fprintf(e.stderr, "signing %d envelopes, then sending through an in-process relay on 127.0.0.1...\n", o.Pairs*o.Messages)
 	}
 	var profErr error
@@ -139,7 +150,7 @@ func benchRelay(ctx context.Context, e *env, args []string, profile string) int 
 		return e.errorf("cpu profile: %v", profErr)
 	}
 	if *asJSON {
-		return printJSON(e, res)
+		return printJSON(e, benchJSON(res))
 	}
 	fmt.Fprintf(e.stdout, `
   connections     %d senders + %d receivers
@@ -174,12 +185,12 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 	fs.BoolVar(&o.NoPlain, "no-plain", false, "skip the plain Redis request/reply phase")
 	fs.BoolVar(&o.UnixSocket, "unix", false, "connect to Redis by a unix socket instead of TCP (both phases)")
 	peerBin := fs.String("peer-bin", "", "run the two peers as processes of this rmb-peer binary instead of in-process")
-	asJSON := fs.Bool("json", false, "print the result as JSON (no progress line)")
+	asJSON := fs.Bool("json", false, "print the result as JSON: snake_case keys, durations in microseconds under keys ending in _us (no progress line)")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
 	if !*asJSON {
-		o.Progress = os.Stderr
+		o.Progress = progressTo(e.stderr)
 		fmt.Fprintln(e.stderr, "starting redis-server, a registrar, a relay and two peers on 127.0.0.1...")
 	}
 	if *peerBin != "" {
@@ -202,7 +213,7 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 		return e.errorf("cpu profile: %v", profErr)
 	}
 	if *asJSON {
-		return printJSON(e, res)
+		return printJSON(e, benchJSON(res))
 	}
 	fmt.Fprintf(e.stdout, "\n  %d callers, %d B payload, e2e encryption on\n\n  %-12s %14s %7s %10s %10s %10s %10s\n",
 		res.Callers, res.PayloadSize, "", "round trips/s", "errors", "p50", "p90", "p99", "max")
@@ -276,7 +287,7 @@ func benchIdle(ctx context.Context, e *env, sessions int, asJSON bool) int {
 		return e.errorf("bench relay --idle: %v", err)
 	}
 	if asJSON {
-		return printJSON(e, res)
+		return printJSON(e, benchJSON(res))
 	}
 	fmt.Fprintf(e.stdout, `
   idle sessions   %d (connected in %s)

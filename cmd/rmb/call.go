@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/rmb-go/rmb/internal/bench"
 	"github.com/rmb-go/rmb/pkg/redisapi"
 )
 
@@ -44,26 +46,43 @@ func parseTwins(s string) ([]uint32, error) {
 }
 
 func call(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "call", "--dst TWIN[,TWIN...] --cmd COMMAND [--data JSON] [--ttl 60s] [--redis URL]")
+	fs := newFlags(e, "call", "--dst TWIN[,TWIN...] --cmd COMMAND [--data JSON] [--ttl 60] [--count 1 --interval 1s] [--redis URL]")
 	dst := fs.String("dst", "", "destination twin ids, comma separated (required)")
 	cmd := fs.String("cmd", "", "command to call, e.g. calc.add (required)")
 	data := fs.String("data", "", "payload, sent as is")
-	ttl := fs.Duration("ttl", 60*time.Second, "time to live of the request; the call waits this long")
+	ttl := &ttlFlag{d: 60 * time.Second}
+	fs.Var(ttl, "ttl", "time to live of the request, seconds (30) or a duration (90s), 1s to 30m; the call waits this long (plus 5s for the peer's timeout answer)")
 	sid := fs.String("session", "", "destination session id")
 	tags := fs.String("tags", "", "envelope tags, e.g. fail-fast")
 	redisURL := fs.String("redis", defaultRedis, "Redis of the local rmb-peer")
 	asJSON := fs.Bool("json", false, "print the responses as JSON")
+	count := fs.Int("count", 1, "make this many calls, each printed with its round-trip time, then a summary")
+	interval := fs.Duration("interval", time.Second, "with --count: time from the start of one call to the start of the next")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
 	twins, err := parseTwins(*dst)
-	if err != nil || *cmd == "" {
-		if err == nil {
-			err = errors.New("--cmd is required")
-		}
+	if err == nil && *cmd == "" {
+		err = errors.New("--cmd is required")
+	}
+	if err == nil && *count < 1 {
+		err = fmt.Errorf("--count %d: want 1 or more calls", *count)
+	}
+	if err == nil && *interval < 0 {
+		err = fmt.Errorf("--interval %s is negative", *interval)
+	}
+	if err != nil {
 		fmt.Fprintf(e.stderr, "rmb call: %v\n", err)
 		fs.Usage()
 		return 2
+	}
+	ttlSecs, note, err := ttl.check("ttl")
+	if err != nil {
+		fmt.Fprintf(e.stderr, "rmb call: %v\n", err)
+		return 2
+	}
+	if note != "" {
+		fmt.Fprintf(e.stderr, "rmb call: %s\n", note)
 	}
 	rdb, err := redisClient(*redisURL)
 	if err != nil {
@@ -73,42 +92,161 @@ func call(ctx context.Context, e *env, args []string) int {
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return e.errorf("cannot reach the peer's Redis at %s: %v", redisapi.RedactURL(*redisURL), err)
 	}
-	c := redisapi.NewClient(rdb)
-	out, err := c.Call(ctx, twins, *cmd, []byte(*data), &redisapi.CallOptions{TTL: *ttl, Session: *sid, Tags: *tags})
-	failed := false
-	if *asJSON {
+	c := &caller{e: e, client: redisapi.NewClient(rdb), twins: twins, cmd: *cmd, data: []byte(*data), asJSON: *asJSON,
+		opts: &redisapi.CallOptions{TTL: time.Duration(ttlSecs) * time.Second, Session: *sid, Tags: *tags}}
+	if *count == 1 {
+		if c.once(ctx, 0) {
+			return 0
+		}
+		return 1
+	}
+	return c.repeat(ctx, *count, *interval)
+}
+
+// caller makes the calls of one rmb call.
+type caller struct {
+	e      *env
+	client *redisapi.Client
+	twins  []uint32
+	cmd    string
+	data   []byte
+	opts   *redisapi.CallOptions
+	asJSON bool
+}
+
+// once makes call number seq (0 when there is only one) and prints its
+// answers, prefixed with the number and followed by the round-trip time
+// when seq > 0. It reports whether every destination answered without an
+// error.
+func (c *caller) once(ctx context.Context, seq int) bool {
+	e := c.e
+	stop := spin(e.stderr, fmt.Sprintf("waiting for %s from %s", c.cmd, twinList(c.twins)))
+	start := time.Now()
+	out, err := c.client.Call(ctx, c.twins, c.cmd, c.data, c.opts)
+	rtt := time.Since(start)
+	stop()
+	prefix, suffix := "", ""
+	if seq > 0 {
+		prefix, suffix = fmt.Sprintf("%d: ", seq), fmt.Sprintf("  (%s)", roundDur(rtt))
+	}
+	failed := err != nil
+	if c.asJSON && seq > 0 {
+		line := callJSON{Seq: seq, RTTMicros: rtt.Microseconds(), Responses: out}
+		if err != nil {
+			line.Error = fmt.Sprintf("%v (%d of %d answered)", err, len(out), len(c.twins))
+		}
+		b, _ := json.Marshal(line)
+		fmt.Fprintf(e.stdout, "%s\n", b)
+	} else if c.asJSON {
 		printJSON(e, out)
 	}
 	for _, r := range out {
 		if r.Error != nil {
 			failed = true
 		}
-		if *asJSON {
+		if c.asJSON {
 			continue
 		}
 		if r.Error != nil {
-			fmt.Fprintf(e.stdout, "%s: error %d: %s\n", r.Source, r.Error.Code, r.Error.Message)
+			fmt.Fprintf(e.stdout, "%s%s: error %d: %s%s\n", prefix, r.Source, r.Error.Code, r.Error.Message, suffix)
 			continue
 		}
 		p, perr := r.Payload()
 		if perr != nil {
 			failed = true
-			fmt.Fprintf(e.stdout, "%s: %v\n", r.Source, perr)
+			fmt.Fprintf(e.stdout, "%s%s: %v%s\n", prefix, r.Source, perr, suffix)
 			continue
 		}
-		if len(twins) == 1 {
-			fmt.Fprintf(e.stdout, "%s\n", p)
+		if len(c.twins) == 1 {
+			fmt.Fprintf(e.stdout, "%s%s%s\n", prefix, p, suffix)
 		} else {
-			fmt.Fprintf(e.stdout, "%s: %s\n", r.Source, p)
+			fmt.Fprintf(e.stdout, "%s%s: %s%s\n", prefix, r.Source, p, suffix)
 		}
 	}
 	if err != nil {
-		return e.errorf("%v (%d of %d answered)", err, len(out), len(twins))
+		e.errorf("%s%v (%d of %d answered)%s", prefix, err, len(out), len(c.twins), suffix)
 	}
-	if failed {
+	return !failed
+}
+
+// callJSON is one call of rmb call --count N --json, a line each.
+type callJSON struct {
+	Seq       int                         `json:"seq"`
+	RTTMicros int64                       `json:"rtt_us"`
+	Responses []redisapi.IncomingResponse `json:"responses"`
+	Error     string                      `json:"error,omitempty"`
+}
+
+// callSummary ends rmb call --count N --json.
+type callSummary struct {
+	Calls    int   `json:"calls"`
+	Answered int   `json:"answered"`
+	Errors   int   `json:"errors"`
+	P50      int64 `json:"p50_us"`
+	P99      int64 `json:"p99_us"`
+	Max      int64 `json:"max_us"`
+}
+
+// repeat makes count calls, one every interval (the next starts at once
+// when a call took longer), and prints a summary: calls answered in full,
+// calls with an error or a missing answer, and the round-trip times of
+// the answered ones. Ctrl-C stops early, with the summary.
+func (c *caller) repeat(ctx context.Context, count int, interval time.Duration) int {
+	var rtts []time.Duration
+	sum := callSummary{}
+	start := time.Now()
+	for i := 1; i <= count && ctx.Err() == nil; i++ {
+		if i > 1 {
+			t := time.NewTimer(time.Until(start.Add(time.Duration(i-1) * interval)))
+			select {
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		began := time.Now()
+		ok := c.once(ctx, i)
+		if ctx.Err() != nil {
+			break // interrupted: this call does not count
+		}
+		sum.Calls++
+		if ok {
+			sum.Answered++
+			rtts = append(rtts, time.Since(began))
+		} else {
+			sum.Errors++
+		}
+	}
+	l := bench.Summarize(rtts)
+	sum.P50, sum.P99, sum.Max = l.P50.Microseconds(), l.P99.Microseconds(), l.Max.Microseconds()
+	if c.asJSON {
+		b, _ := json.Marshal(sum)
+		fmt.Fprintf(c.e.stdout, "%s\n", b)
+	} else {
+		fmt.Fprintf(c.e.stdout, "--- %s to %s: %d calls, %d answered, %d errors", c.cmd, twinList(c.twins), sum.Calls, sum.Answered, sum.Errors)
+		if len(rtts) > 0 {
+			fmt.Fprintf(c.e.stdout, "; round trip p50 %s p99 %s max %s", roundDur(l.P50), roundDur(l.P99), roundDur(l.Max))
+		}
+		fmt.Fprintln(c.e.stdout)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return 130
+	case sum.Errors > 0:
 		return 1
 	}
 	return 0
+}
+
+func twinList(twins []uint32) string {
+	s := make([]string, len(twins))
+	for i, t := range twins {
+		s[i] = strconv.FormatUint(uint64(t), 10)
+	}
+	return strings.Join(s, ",")
 }
 
 func serve(ctx context.Context, e *env, args []string) int {
@@ -126,13 +264,50 @@ func serve(ctx context.Context, e *env, args []string) int {
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return e.errorf("cannot reach the peer's Redis at %s: %v", redisapi.RedactURL(*redisURL), err)
 	}
-	fmt.Fprintf(e.stderr, "serving %s on %s (Ctrl-C to stop)\n", *cmd, redisapi.RedactURL(*redisURL))
-	err = redisapi.NewClient(rdb).Serve(ctx, *cmd, func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
+	where := redisapi.RedactURL(*redisURL)
+	fmt.Fprintf(e.stderr, "serving %s on %s (Ctrl-C to stop)\n", *cmd, where)
+	client := redisapi.NewClient(rdb)
+	handler := func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
 		fmt.Fprintf(e.stdout, "%s from %s: %s\n", req.Command, req.Source, p)
 		return p, nil
-	}, nil)
-	if err != nil {
-		return e.errorf("%v", err)
 	}
-	return 0
+	// Serve returns when Redis fails (a restart, a dropped connection):
+	// say so once, wait until Redis answers again and serve on.
+	for {
+		err := client.Serve(ctx, *cmd, handler, nil)
+		if ctx.Err() != nil {
+			return 0
+		}
+		if err == nil {
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "rmb serve: lost Redis at %s (%v); reconnecting\n", where, err)
+		lost := time.Now()
+		if !waitForRedis(ctx, rdb) {
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "rmb serve: Redis at %s is back after %s; serving %s again\n", where, time.Since(lost).Round(time.Millisecond), *cmd)
+	}
+}
+
+// waitForRedis pings rdb, backing off from 100ms to 2s between tries,
+// until it answers (true) or ctx ends (false).
+func waitForRedis(ctx context.Context, rdb *redis.Client) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := rdb.Ping(pctx).Err()
+		cancel()
+		if err == nil {
+			return true
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
 }

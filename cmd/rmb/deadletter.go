@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -49,12 +50,25 @@ func readLetters(ctx context.Context, rdb *redis.Client) ([]letter, error) {
 }
 
 func deadletter(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "deadletter", "list|show ID|requeue ID...|--all|drop ID...|--all [--redis URL] [--json]")
+	fs := newFlags(e, "deadletter", "list|show ID|requeue ID...|--all [--ttl SECONDS]|drop ID...|--all [--redis URL] [--json]")
 	redisURL := fs.String("redis", defaultRedis, "Redis of the local rmb-peer")
 	asJSON := fs.Bool("json", false, "print JSON (list, show)")
 	all := fs.Bool("all", false, "requeue or drop every entry")
+	ttl := &ttlFlag{}
+	fs.Var(ttl, "ttl", "requeue: the request's new time to live, seconds or a duration, 1s to 30m (default: its original exp)")
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	var ttlSecs int64
+	if ttl.set {
+		var note string
+		var err error
+		if ttlSecs, note, err = ttl.check("ttl"); err != nil {
+			return e.errorf("%v", err)
+		}
+		if note != "" {
+			fmt.Fprintf(e.stderr, "rmb deadletter: %s\n", note)
+		}
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
@@ -62,6 +76,9 @@ func deadletter(ctx context.Context, e *env, args []string) int {
 		return 2
 	}
 	action, ids := rest[0], rest[1:]
+	if ttl.set && action != "requeue" {
+		return e.errorf("--ttl applies to requeue only")
+	}
 	rdb, err := redisClient(*redisURL)
 	if err != nil {
 		return e.errorf("%v", err)
@@ -96,7 +113,7 @@ func deadletter(ctx context.Context, e *env, args []string) int {
 		}
 		done := 0
 		for _, l := range picked {
-			if err := actOn(ctx, rdb, action, l); err != nil {
+			if err := actOn(ctx, rdb, action, l, ttlSecs); err != nil {
 				e.errorf("%s %s: %v", action, l.id, err)
 				continue
 			}
@@ -192,15 +209,20 @@ return 1
 `)
 
 // actOn drops an entry, or pushes its original message back on its queue
-// and drops it, atomically.
-func actOn(ctx context.Context, rdb *redis.Client, action string, l letter) error {
+// and drops it, atomically. A requeued message is refreshed first (see
+// refresh).
+func actOn(ctx context.Context, rdb *redis.Client, action string, l letter, ttlSecs int64) error {
 	var n int64
 	var err error
 	if action == "requeue" {
 		if l.err != nil || l.dl.Queue == "" || l.dl.Message == "" {
 			return fmt.Errorf("entry does not name a queue and a message; drop it instead")
 		}
-		n, err = requeueScript.Run(ctx, rdb, []string{redisapi.QueueDeadLetter, l.dl.Queue}, l.raw, l.dl.Message).Int64()
+		msg, rerr := refresh(l.dl.Message, time.Now(), ttlSecs)
+		if rerr != nil {
+			return rerr
+		}
+		n, err = requeueScript.Run(ctx, rdb, []string{redisapi.QueueDeadLetter, l.dl.Queue}, l.raw, msg).Int64()
 	} else {
 		n, err = rdb.LRem(ctx, redisapi.QueueDeadLetter, 1, l.raw).Result()
 	}
@@ -211,4 +233,37 @@ func actOn(ctx context.Context, rdb *redis.Client, action string, l letter) erro
 		return fmt.Errorf("entry vanished while we worked (someone else took it)")
 	}
 	return nil
+}
+
+// refresh gives a dead-lettered message a fresh "now", so that the peer
+// counts its TTL from the requeue and not from the first attempt (which
+// would time it out again at once, as a 504), and, when ttlSecs > 0, a new
+// "exp". Other fields stay as they were. A message that is not a JSON
+// object, or has no "now" (nothing to refresh), is requeued verbatim
+// unless a new TTL was asked for, which needs a request with an "exp".
+func refresh(msg string, now time.Time, ttlSecs int64) (string, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(msg), &m); err != nil || m == nil {
+		if ttlSecs > 0 {
+			return "", fmt.Errorf("message is not a JSON object: --ttl cannot apply")
+		}
+		return msg, nil
+	}
+	_, hasNow := m["now"]
+	_, hasExp := m["exp"]
+	if ttlSecs > 0 && !hasExp {
+		return "", fmt.Errorf("message has no exp (not a request): --ttl cannot apply")
+	}
+	if !hasNow && ttlSecs == 0 {
+		return msg, nil
+	}
+	m["now"] = json.RawMessage(strconv.FormatInt(now.Unix(), 10))
+	if ttlSecs > 0 {
+		m["exp"] = json.RawMessage(strconv.FormatInt(ttlSecs, 10))
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
 }

@@ -54,3 +54,7 @@ func progress(w io.Writer, stop <-chan struct{}, line func(elapsed time.Duration
 		}
 	}
 }
+
+// Summarize returns the percentiles of d, which it sorts; for the CLI's
+// repeated calls (rmb call --count).
+func Summarize(d []time.Duration) Latency { return summarize(d) }
