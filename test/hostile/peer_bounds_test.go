@@ -25,36 +25,7 @@ import (
 // newPeerStack is newStack with extra flags for peer B.
 func newPeerStack(t *testing.T, peerFlags ...string) *stack {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	c := harness.NewCluster(t.TempDir(), bins)
-	t.Cleanup(c.Close)
-	s := &stack{t: t, ctx: ctx, c: c}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("start: %v\n%s", err, c.Logs(30))
-		}
-	}
-	var err error
-	s.reg, err = c.StartRegistrar(ctx)
-	must(err)
-	s.relay, err = c.StartRelay(ctx, s.reg, harness.RelayOptions{})
-	must(err)
-	rs, err := c.Redis(false)
-	must(err)
-	s.a, err = c.StartPeer(ctx, "peerA", s.reg, rs.URL()+"/1", s.relay)
-	must(err)
-	s.b, err = c.StartPeerArgs(ctx, "peerB", s.reg, rs.URL()+"/2", peerFlags, s.relay)
-	must(err)
-	s.rdbA = redis.NewClient(&redis.Options{Addr: rs.Addr, DB: 1})
-	s.rdbB = redis.NewClient(&redis.Options{Addr: rs.Addr, DB: 2})
-	t.Cleanup(func() { s.rdbA.Close(); s.rdbB.Close() })
-	s.echo = harness.NewEcho(s.rdbB, "echo")
-	ectx, stop := context.WithCancel(ctx)
-	t.Cleanup(stop)
-	go s.echo.Run(ectx)
-	return s
+	return newStackWith(t, harness.RelayOptions{}, peerFlags...)
 }
 
 // clientCallWorks makes a call from a client of peer A to B's echo

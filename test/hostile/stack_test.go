@@ -39,10 +39,11 @@ func newStack(t *testing.T, relayFlags ...string) *stack {
 	return newStackWith(t, harness.RelayOptions{Extra: relayFlags})
 }
 
-// newStackWith is newStack with the relay's options.
-func newStackWith(t *testing.T, ro harness.RelayOptions) *stack {
+// newStackWith is newStack with the relay's options and extra flags for
+// peer B.
+func newStackWith(t *testing.T, ro harness.RelayOptions, peerBFlags ...string) *stack {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	c := harness.NewCluster(t.TempDir(), bins)
 	t.Cleanup(c.Close)
@@ -62,7 +63,7 @@ func newStackWith(t *testing.T, ro harness.RelayOptions) *stack {
 	must(err)
 	s.a, err = c.StartPeer(ctx, "peerA", s.reg, rs.URL()+"/1", s.relay)
 	must(err)
-	s.b, err = c.StartPeer(ctx, "peerB", s.reg, rs.URL()+"/2", s.relay)
+	s.b, err = c.StartPeerArgs(ctx, "peerB", s.reg, rs.URL()+"/2", peerBFlags, s.relay)
 	must(err)
 	s.rdbA = redis.NewClient(&redis.Options{Addr: rs.Addr, DB: 1})
 	s.rdbB = redis.NewClient(&redis.Options{Addr: rs.Addr, DB: 2})
