@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/natstest"
@@ -26,6 +28,7 @@ type relayTarget struct {
 	domain string   // what the twins register
 	addrs  []string // host:port of each instance
 	relays []*relay.Relay
+	nats   []string // client URL of each instance's NATS node
 	close  func()
 }
 
@@ -114,6 +117,7 @@ func startCluster(n int, base relay.Options) (_ *relayTarget, err error) {
 		o.Domains = t.addrs
 		o.Directory = t.reg
 		o.NATS = []string{nc.Nodes[i].URL}
+		t.nats = append(t.nats, nc.Nodes[i].URL)
 		o.Instance = "i" + strconv.Itoa(i)
 		o.Store = relay.NewRedisStore(rdb, nil)
 		o.FederationRedis = rdb
@@ -192,4 +196,67 @@ func children(name string) (cpu time.Duration, rss int64) {
 		rss += pages * int64(os.Getpagesize())
 	}
 	return cpu, rss
+}
+
+// NATSResult is plain NATS request/reply between two nodes of the
+// cluster, for comparison with a cross-instance delivery.
+type NATSResult struct {
+	Requesters int
+	PerSecond  float64
+	Latency    Latency
+}
+
+// natsRequestReply runs requesters sequential requests of size bytes
+// from node a to a responder on node b for d.
+func natsRequestReply(ctx context.Context, a, b string, requesters, size int, d time.Duration) (*NATSResult, error) {
+	resp, err := nats.Connect(b)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Close()
+	sub, err := resp.Subscribe("bench.echo", func(m *nats.Msg) { m.Respond(m.Data) })
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe()
+	if err := resp.Flush(); err != nil {
+		return nil, err
+	}
+	req, err := nats.Connect(a)
+	if err != nil {
+		return nil, err
+	}
+	defer req.Close()
+	// The interest spreads over the route: wait until a request finds it.
+	for {
+		if _, err := req.Request("bench.echo", nil, time.Second); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	payload := make([]byte, size)
+	lats := make([][]time.Duration, requesters)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range requesters {
+		wg.Go(func() {
+			for time.Since(start) < d && ctx.Err() == nil {
+				t0 := time.Now()
+				if _, err := req.Request("bench.echo", payload, 5*time.Second); err != nil {
+					return
+				}
+				lats[i] = append(lats[i], time.Since(t0))
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
+	return &NATSResult{Requesters: requesters, PerSecond: float64(len(all)) / el.Seconds(), Latency: summarize(all)}, nil
 }

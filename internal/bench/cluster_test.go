@@ -31,6 +31,9 @@ func TestRunRelayCluster(t *testing.T) {
 	if res.RelayRouted["cluster"] < msgs || res.RelayRouted["local"] < msgs {
 		t.Fatalf("relay routed %v, want at least %d local and %d to another instance", res.RelayRouted, msgs, msgs)
 	}
+	if res.NATS == nil || res.NATS.Requesters != 1 || res.NATS.PerSecond <= 0 {
+		t.Fatalf("plain NATS: %+v", res.NATS)
+	}
 	if res.CPUPerEnvelope <= 0 || !strings.Contains(res.ClusterSummary(), "cross-instance") {
 		t.Fatalf("cpu %s, summary %q", res.CPUPerEnvelope, res.ClusterSummary())
 	}

@@ -87,6 +87,9 @@ type RelayResult struct {
 	// NATSBytesPerSession is how much the nats-server processes' resident
 	// memory grew per session connected (cluster runs).
 	NATSBytesPerSession int64 `json:",omitempty"`
+	// NATS is plain request/reply between two of the cluster's nodes,
+	// one requester per cross-instance pair, measured after the run.
+	NATS *NATSResult `json:",omitempty"`
 }
 
 // ClusterSummary describes the classes of a cluster run, one line each
@@ -104,6 +107,9 @@ func (r *RelayResult) ClusterSummary() string {
 		if c.r != nil && c.r.Pairs > 0 {
 			fmt.Fprintf(&sb, "  %-15s %d pairs: %d delivered, %.0f envelopes/s; latency %s\n", c.name, c.r.Pairs, c.r.Delivered, c.r.PerSecond, c.r.Latency)
 		}
+	}
+	if r.NATS != nil {
+		fmt.Fprintf(&sb, "  plain NATS      %d requesters, node to node: %.0f requests/s; latency %s\n", r.NATS.Requesters, r.NATS.PerSecond, r.NATS.Latency)
 	}
 	return sb.String()
 }
@@ -411,6 +417,11 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 			c.Pairs++
 			c.Delivered += pairDelivered[s].Load()
 			lats[k] = append(lats[k], lat[s]...)
+		}
+		if res.Cross.Pairs > 0 {
+			if res.NATS, err = natsRequestReply(ctx, tg.nats[0], tg.nats[1], res.Cross.Pairs, o.PayloadSize+200, 3*time.Second); err != nil {
+				return nil, fmt.Errorf("plain NATS request/reply: %w", err)
+			}
 		}
 		for k, c := range []*ClassResult{res.Same, res.Cross} {
 			c.Latency = summarize(lats[k])
