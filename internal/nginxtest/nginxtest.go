@@ -66,6 +66,10 @@ var Documented = RelayConfig{
 	Backends:   []string{"10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"},
 }
 
+// debianNginx is where Debian's nginx package puts the binary (a
+// variable for the test of a missing nginx).
+var debianNginx = "/usr/sbin/nginx"
+
 // Server is a running nginx.
 type Server struct {
 	Addr string // 127.0.0.1:port, what clients dial
@@ -77,8 +81,8 @@ type Server struct {
 // Binary finds nginx: /usr/sbin/nginx (Debian's, not in a user's PATH)
 // or nginx in PATH.
 func Binary() (string, error) {
-	if fi, err := os.Stat("/usr/sbin/nginx"); err == nil && !fi.IsDir() {
-		return "/usr/sbin/nginx", nil
+	if fi, err := os.Stat(debianNginx); err == nil && !fi.IsDir() {
+		return debianNginx, nil
 	}
 	if p, err := exec.LookPath("nginx"); err == nil {
 		return p, nil

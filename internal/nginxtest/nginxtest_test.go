@@ -2,6 +2,7 @@ package nginxtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -71,6 +72,18 @@ func TestDocumented(t *testing.T) {
 
 func TestRunRefusesNoBackends(t *testing.T) {
 	if _, err := Run(t.TempDir(), nil); err == nil || !strings.Contains(err.Error(), "no backends") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+// Without nginx, Run says how to install it.
+func TestRunWithoutNginx(t *testing.T) {
+	old := debianNginx
+	debianNginx = "/nonexistent/nginx"
+	defer func() { debianNginx = old }()
+	t.Setenv("PATH", t.TempDir())
+	_, err := Run(t.TempDir(), []string{"127.0.0.1:1"})
+	if !errors.Is(err, ErrNoNginx) || !strings.Contains(err.Error(), "apt-get install nginx") {
 		t.Fatalf("err %v", err)
 	}
 }
