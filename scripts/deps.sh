@@ -17,6 +17,7 @@ if [[ "${1:-}" != demo ]]; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || command -v postgres >/dev/null 2>&1 || need+=(postgresql)
   command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+  [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then

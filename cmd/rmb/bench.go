@@ -126,6 +126,8 @@ func benchRelay(ctx context.Context, e *env, args []string, profile string) int 
 	fs.IntVar(&o.Rate, "rate", 0, "total envelopes/s to send (0 = as fast as possible)")
 	fs.IntVar(&o.Window, "window", 1000, "most envelopes in flight per sender (-1 = unbounded)")
 	fs.BoolVar(&o.CoderClients, "coder-clients", false, "load clients use coder/websocket (a write syscall per envelope) instead of wsframe")
+	fs.IntVar(&o.Instances, "instances", 1, "relay instances: above 1, a cluster on a real NATS cluster (nats-server) and redis-server")
+	fs.StringVar((*string)(&o.Placement), "placement", "mixed", "with --instances: pairs on one instance (same), across two (cross), or half each (mixed)")
 	idle := fs.Int("idle", 0, "instead of forwarding, open this many idle authenticated sessions (from a child process) and report the relay's memory per session")
 	asJSON := fs.Bool("json", false, "print the result as JSON: snake_case keys, durations in microseconds under keys ending in _us (no progress line)")
 	if code, ok := parse(fs, args); !ok {
@@ -165,6 +167,7 @@ func benchRelay(ctx context.Context, e *env, args []string, profile string) int 
   latency         %s
 `, res.Pairs, res.Pairs, res.Window, res.PayloadSize, res.Sent, res.Delivered, res.Lost, res.Duplicates,
 		res.Elapsed.Round(time.Millisecond), res.PerSecond, res.Latency)
+	fmt.Fprint(e.stdout, res.ClusterSummary())
 	fmt.Fprintf(e.stdout, "  relay routed    %v\n", res.RelayRouted)
 	if len(res.RelayDrops) > 0 {
 		fmt.Fprintf(e.stdout, "  relay drops     %v\n", res.RelayDrops)

@@ -47,6 +47,22 @@ type RelayOptions struct {
 	// it returns when the phase ends (after the drain): profile the relay
 	// and nothing else.
 	SendPhase func() (end func())
+	// Instances, above 1, runs that many in-process relay instances of
+	// one cluster instead of one relay: each on its own node of a real
+	// NATS cluster (nats-server processes), all on one redis-server.
+	Instances int
+	// Placement puts each pair's ends on the instances; default Mixed
+	// (half the pairs on one instance, half across two).
+	Placement Placement
+}
+
+// ClassResult is what the pairs of one placement class measured.
+type ClassResult struct {
+	Pairs     int
+	Delivered int64
+	Elapsed   time.Duration // first send to the class's last delivery
+	PerSecond float64
+	Latency   Latency
 }
 
 // RelayResult is what a relay run measured.
@@ -59,6 +75,43 @@ type RelayResult struct {
 	Latency                    Latency           // send to receive
 	RelayRouted                map[string]uint64 // the relay's own counts: local, stored, federated
 	RelayDrops                 map[string]uint64 // the relay's drops by reason, zero counts left out
+	// Instances of the cluster (1: a single relay). Same and Cross are
+	// the pairs on one instance and those across two.
+	Instances   int
+	Placement   Placement    `json:",omitempty"`
+	Same, Cross *ClassResult `json:",omitempty"`
+	// CPUPerEnvelope is the CPU of this process (load clients and
+	// relays) and of its child processes (nats-server, redis-server)
+	// in the send phase, per delivered envelope.
+	CPUPerEnvelope time.Duration
+	// NATSBytesPerSession is how much the nats-server processes' resident
+	// memory grew per session connected (cluster runs).
+	NATSBytesPerSession int64 `json:",omitempty"`
+	// NATS is plain request/reply between two of the cluster's nodes,
+	// one requester per cross-instance pair, measured after the run.
+	NATS *NATSResult `json:",omitempty"`
+}
+
+// ClusterSummary describes the classes of a cluster run, one line each
+// ("" for a single relay).
+func (r *RelayResult) ClusterSummary() string {
+	if r.Instances < 2 {
+		return ""
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "  instances       %d (%s placement), CPU %s per envelope, nats-server %d B per session\n", r.Instances, r.Placement, r.CPUPerEnvelope.Round(100*time.Nanosecond), r.NATSBytesPerSession)
+	for _, c := range []struct {
+		name string
+		r    *ClassResult
+	}{{"same-instance", r.Same}, {"cross-instance", r.Cross}} {
+		if c.r != nil && c.r.Pairs > 0 {
+			fmt.Fprintf(&sb, "  %-15s %d pairs: %d delivered, %.0f envelopes/s; latency %s\n", c.name, c.r.Pairs, c.r.Delivered, c.r.PerSecond, c.r.Latency)
+		}
+	}
+	if r.NATS != nil {
+		fmt.Fprintf(&sb, "  plain NATS      %d requesters, node to node: %.0f requests/s; latency %s\n", r.NATS.Requesters, r.NATS.PerSecond, r.NATS.Latency)
+	}
+	return sb.String()
 }
 
 func (r *RelayResult) String() string {
@@ -85,12 +138,35 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 		o.Window = 1000
 	}
 
-	st, err := startStack(relay.Options{SendQueueSize: 4096})
+	if o.Placement == "" {
+		o.Placement = Mixed
+	}
+	if o.Placement != Mixed && o.Placement != Same && o.Placement != Cross {
+		return nil, fmt.Errorf("placement %q: want mixed, same or cross", o.Placement)
+	}
+	var tg *relayTarget
+	var err error
+	if o.Instances > 1 {
+		tg, err = startCluster(o.Instances, relay.Options{SendQueueSize: 4096})
+	} else {
+		o.Instances = 1
+		tg, err = startSingle(relay.Options{SendQueueSize: 4096})
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer st.close()
-	reg, rl, domain := st.reg, st.relay, st.domain
+	defer tg.close()
+	reg, domain := tg.reg, tg.domain
+	// Pair s: sender twin s on instance sendAt[s], receiver twin Pairs+s
+	// on recvAt[s].
+	sendAt, recvAt, cross := make([]int, o.Pairs), make([]int, o.Pairs), make([]bool, o.Pairs)
+	for s := range o.Pairs {
+		sendAt[s], recvAt[s], cross[s] = o.Placement.instancesOf(s, o.Instances)
+	}
+	natsBefore := int64(0)
+	if o.Instances > 1 {
+		_, natsBefore = children("nats-server")
+	}
 
 	// Identities: ed25519, as the fastest to sign.
 	n := 2 * o.Pairs
@@ -138,12 +214,12 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 	close(work)
 	wg.Wait()
 
-	dial := func(i int) (client, error) {
+	dial := func(i, instance int) (client, error) {
 		tok, err := identity.NewToken(ids[i], twins[i], "", time.Now(), 10*time.Minute)
 		if err != nil {
 			return nil, err
 		}
-		c, err := dialClient(ctx, "ws://"+domain+"/?"+tok, o.PayloadSize+4096, o.CoderClients)
+		c, err := dialClient(ctx, "ws://"+tg.addrs[instance]+"/?"+tok, o.PayloadSize+4096, o.CoderClients)
 		if err != nil {
 			return nil, fmt.Errorf("dial relay as twin %d: %w", twins[i], err)
 		}
@@ -159,6 +235,7 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 	var sent, delivered, dups atomic.Int64
 	pairDelivered := make([]atomic.Int64, o.Pairs) // by sender
 	var lastDelivery atomic.Int64
+	var lastByClass [2]atomic.Int64 // same, cross
 	lat := make([][]time.Duration, o.Pairs)
 
 	// Receivers first, so nothing is stored for an offline twin.
@@ -167,7 +244,7 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 	var rwg sync.WaitGroup
 	receivers := make([]client, o.Pairs)
 	for r := range o.Pairs {
-		c, err := dial(o.Pairs + r)
+		c, err := dial(o.Pairs+r, recvAt[r])
 		if err != nil {
 			return nil, err
 		}
@@ -198,19 +275,36 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 				delivered.Add(1)
 				pairDelivered[s].Add(1)
 				lastDelivery.Store(now)
+				if cross[s] {
+					lastByClass[1].Store(now)
+				} else {
+					lastByClass[0].Store(now)
+				}
 				lat[r] = append(lat[r], time.Duration(now-sentAt[s][q].Load()))
 			}
 		})
 	}
 	senders := make([]client, o.Pairs)
 	for s := range o.Pairs {
-		if senders[s], err = dial(s); err != nil {
+		if senders[s], err = dial(s, sendAt[s]); err != nil {
 			return nil, err
 		}
 		defer senders[s].CloseNow()
 	}
-	// Let the relay register every session before the clock starts.
-	time.Sleep(200 * time.Millisecond)
+	// Let the relay register every session before the clock starts (and
+	// a cluster's subscriptions spread over the NATS routes).
+	settle := 200 * time.Millisecond
+	var natsGrowth int64
+	if o.Instances > 1 {
+		settle = 2 * time.Second
+	}
+	time.Sleep(settle)
+	if o.Instances > 1 {
+		_, after := children("nats-server")
+		natsGrowth = after - natsBefore
+	}
+	childCPU, _ := children("")
+	cpu0 := processCPU() + childCPU
 
 	endPhase := func() {}
 	if o.SendPhase != nil {
@@ -278,6 +372,8 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 		}
 	}
 	endPhase()
+	childCPU, _ = children("")
+	cpuUsed := processCPU() + childCPU - cpu0
 	close(stop)
 	stopRecv()
 	for _, c := range senders {
@@ -302,8 +398,39 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 		all = append(all, l...)
 	}
 	res.Latency = summarize(all)
-	stats := rl.Stats()
-	res.RelayRouted, res.RelayDrops = stats.Routed, nonZero(stats.Dropped)
+	routed, dropped := tg.stats()
+	res.RelayRouted, res.RelayDrops = routed, nonZero(dropped)
+	res.Instances = o.Instances
+	if res.Delivered > 0 {
+		res.CPUPerEnvelope = cpuUsed / time.Duration(res.Delivered)
+	}
+	if o.Instances > 1 {
+		res.Placement = o.Placement
+		res.NATSBytesPerSession = natsGrowth / int64(2*o.Pairs)
+		res.Same, res.Cross = &ClassResult{}, &ClassResult{}
+		var lats [2][]time.Duration
+		for s := range o.Pairs {
+			c, k := res.Same, 0
+			if cross[s] {
+				c, k = res.Cross, 1
+			}
+			c.Pairs++
+			c.Delivered += pairDelivered[s].Load()
+			lats[k] = append(lats[k], lat[s]...)
+		}
+		if res.Cross.Pairs > 0 {
+			if res.NATS, err = natsRequestReply(ctx, tg.nats[0], tg.nats[1], res.Cross.Pairs, o.PayloadSize+200, 3*time.Second); err != nil {
+				return nil, fmt.Errorf("plain NATS request/reply: %w", err)
+			}
+		}
+		for k, c := range []*ClassResult{res.Same, res.Cross} {
+			c.Latency = summarize(lats[k])
+			if end := lastByClass[k].Load(); end > 0 {
+				c.Elapsed = time.Unix(0, end).Sub(start)
+				c.PerSecond = float64(c.Delivered) / c.Elapsed.Seconds()
+			}
+		}
+	}
 	return res, nil
 }
 

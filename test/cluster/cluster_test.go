@@ -12,11 +12,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/natstest"
 	"github.com/rmb-go/rmb/test/harness"
@@ -43,13 +40,6 @@ func TestMain(m *testing.M) {
 
 const ttl = 30
 
-type node struct {
-	peer *harness.Peer
-	rdb  *redis.Client
-	bot  *harness.Bot
-	echo *harness.Echo
-}
-
 // Three peers, one on each instance, each calling the two others at once
 // (every direction crosses the NATS cluster); then a peer goes away,
 // requests for it are stored in the shared Redis, and it comes back on
@@ -65,49 +55,13 @@ func TestClusterBinaries(t *testing.T) {
 	for i, r := range relays {
 		p, err := c.StartPeer(ctx, fmt.Sprintf("peer%d", i), reg, fmt.Sprintf("%s/%d", peerDB.URL(), i+1), r)
 		fail(err)
-		rdb := redis.NewClient(&redis.Options{Addr: peerDB.Addr, DB: i + 1})
-		t.Cleanup(func() { rdb.Close() })
-		n := &node{peer: p, rdb: rdb, bot: harness.NewBot(rdb, fmt.Sprint("b", i), "echo", ttl), echo: harness.NewEcho(rdb, "echo")}
-		go n.echo.Run(ctx)
-		go n.bot.Collect(ctx)
-		nodes = append(nodes, n)
+		nodes = append(nodes, newNode(t, ctx, p, peerDB.Addr, i+1))
 	}
 
 	// Every direction, under load.
 	const perBot = 50
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		var dst []uint32
-		for j, o := range nodes {
-			if j != i {
-				dst = append(dst, o.peer.Twin)
-			}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.bot.Load(ctx, fmt.Sprint("call", i), perBot, 10*time.Millisecond, dst, nil)
-		}()
-	}
-	wg.Wait()
-	for i, n := range nodes {
-		if err := n.bot.WaitDone(ctx, 60*time.Second); err != nil {
-			t.Fatalf("bot %d: %v\n%s", i, err, c.Logs(30))
-		}
-		tally := harness.Count(n.bot, nil, nil)
-		if bad := tally.Clean(); bad != "" || tally.Answered != 2*perBot || tally.DupResponses != 0 {
-			t.Fatalf("bot %d: %s; %s", i, bad, tally)
-		}
-	}
-	var cross float64
-	for _, r := range relays {
-		ms, err := r.Metrics(ctx)
-		fail(err)
-		cross += ms.Sum("rmb_relay_routed_total", map[string]string{"result": "cluster"})
-	}
-	if cross < 6*perBot {
-		t.Fatalf("%v envelopes crossed instances, want at least %d (requests and answers)", cross, 6*perBot)
-	}
+	callEachOther(t, ctx, nodes, perBot, func() string { return c.Logs(30) })
+	fail(checkCrossed(ctx, relays, 6*perBot))
 
 	// Peer 2 goes away: requests for it are stored; it comes back on
 	// instance 0 and answers them.
@@ -170,8 +124,8 @@ type env struct {
 
 // startInstances starts the registrar and three relay instances on free
 // addresses; their domains are front (when set) and the addresses, the
-// same list for all.
-func startInstances(t *testing.T, ctx context.Context, front func(addrs []string) string) *env {
+// same list for all; extra are more flags for every instance.
+func startInstances(t *testing.T, ctx context.Context, front func(addrs []string) string, extra ...string) *env {
 	t.Helper()
 	e := &env{c: harness.NewCluster(t.TempDir(), bins)}
 	t.Cleanup(e.c.Close)
@@ -199,7 +153,7 @@ func startInstances(t *testing.T, ctx context.Context, front func(addrs []string
 	for i, a := range addrs {
 		r, err := e.c.StartRelay(ctx, e.reg, harness.RelayOptions{
 			Name: fmt.Sprintf("relay%d", i), Addr: a, Domains: domains, Redis: store.URL(),
-			Extra: []string{"--nats", nc.Nodes[i].URL, "--instance", fmt.Sprintf("i%d", i)},
+			Extra: append([]string{"--nats", nc.Nodes[i].URL, "--instance", fmt.Sprintf("i%d", i)}, extra...),
 		})
 		e.fail(err)
 		e.relays = append(e.relays, r)
