@@ -31,6 +31,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/internal/wait"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/peer"
 	"github.com/rmb-go/rmb/pkg/redisapi"
@@ -122,7 +123,19 @@ func TestPublishedTypeScriptClient(t *testing.T) {
 	select {
 	case <-p.Ready():
 	case <-ctx.Done():
-		t.Fatal("peer did not connect to the relay")
+		t.Fatal("peer did not find or register its twin")
+	}
+	// Ready means registered; wait for its relay session too, so the
+	// client's request does not race it.
+	if err := wait.For(ctx, 60*time.Second, func() error {
+		for _, s := range rl.Sessions() {
+			if s.Twin == p.Twin() {
+				return nil
+			}
+		}
+		return fmt.Errorf("twin %d has no session on the relay", p.Twin())
+	}); err != nil {
+		t.Fatal(err)
 	}
 	var mu sync.Mutex
 	seen := map[string]string{} // src -> data
@@ -193,6 +206,7 @@ func TestPublishedTypeScriptClient(t *testing.T) {
 	}
 	for i, c := range cases {
 		r := results[i]
+		t.Logf("%s twin %d session %s: pong %v, answer %s", r.KeyType, r.Twin, r.Session, r.Pong, r.Answer)
 		src := strconv.FormatUint(uint64(c.twin), 10) + ":" + c.Session
 		if r.KeyType != c.KeyType || r.Twin != c.twin || r.Session != c.Session {
 			t.Errorf("case %d: client reported %+v, want key type %s, twin %d, session %s", i, r, c.KeyType, c.twin, c.Session)
