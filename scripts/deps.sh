@@ -3,8 +3,8 @@
 # are missing: redis-server, protoc, python3 with redis-py, chromium (the
 # relay status page's browser test), postgresql (the registrar's
 # PostgreSQL tests run initdb and postgres from it), nats-server (relay
-# cluster tests). Uses apt-get
-# (Debian/Ubuntu); elsewhere it says what to install and fails.
+# cluster tests), nodejs and npm (the TypeScript client interop test).
+# Uses apt-get (Debian/Ubuntu); elsewhere it says what to install and fails.
 set -euo pipefail
 
 # `deps.sh demo` installs only what the demo runs (redis-server); with no
@@ -18,6 +18,9 @@ if [[ "${1:-}" != demo ]]; then
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || command -v postgres >/dev/null 2>&1 || need+=(postgresql)
   command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
   [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+  # Node.js and npm: test/interop/ts runs the published TypeScript client.
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then
