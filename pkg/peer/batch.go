@@ -517,6 +517,10 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	}
 	switch {
 	case err == nil:
+	case !lost && redis.HasErrorPrefix(err, "NOSCRIPT"):
+		// Redis restarted or flushed its scripts: the moves above ran
+		// again with EVAL. Normal, and not worth a line.
+		p.log.Debug("redis lost its scripts; sent them again")
 	case !lost:
 		p.log.Error("redis refused a command", "err", err)
 	case gaveUp > 0:
