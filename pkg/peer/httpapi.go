@@ -501,4 +501,3 @@ func ListenHTTP(addr string) (net.Listener, error) {
 	}
 	return ln, nil
 }
-
