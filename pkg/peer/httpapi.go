@@ -462,15 +462,34 @@ func (a *HTTPAPI) reply(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// CheckHTTPAddress reports whether ListenHTTP accepts addr, without
+// listening.
+func CheckHTTPAddress(addr string) error {
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if path == "" || !strings.HasPrefix(path, "/") {
+			return fmt.Errorf("http: bad address %q: want unix:///absolute/path", addr)
+		}
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("http: bad address %q: want unix:///path or 127.0.0.1:PORT", addr)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("http: refusing %q: the HTTP API has no authentication, so it listens only on a unix socket or a loopback address (127.0.0.1, [::1], localhost)", addr)
+	}
+	return nil
+}
+
 // ListenHTTP listens for the HTTP API on addr: unix:///path (a socket of
 // mode 0600; a stale socket file nobody listens on is replaced) or a
 // loopback host:port (127.0.0.1, [::1], localhost). Any other address is
-// refused: the API has no authentication.
+// refused (CheckHTTPAddress): the API has no authentication.
 func ListenHTTP(addr string) (net.Listener, error) {
+	if err := CheckHTTPAddress(addr); err != nil {
+		return nil, err
+	}
 	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
-		if path == "" || !strings.HasPrefix(path, "/") {
-			return nil, fmt.Errorf("http: bad address %q: want unix:///absolute/path", addr)
-		}
 		if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
 			if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 				c.Close()
@@ -487,13 +506,6 @@ func ListenHTTP(addr string) (net.Listener, error) {
 			return nil, fmt.Errorf("http: %w", err)
 		}
 		return ln, nil
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("http: bad address %q: want unix:///path or 127.0.0.1:PORT", addr)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("http: refusing %q: the HTTP API has no authentication, so it listens only on a unix socket or a loopback address (127.0.0.1, [::1], localhost)", addr)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
