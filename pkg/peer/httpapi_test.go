@@ -209,9 +209,10 @@ func TestHTTPListenLoopbackOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	inUse := ln
 	go func() {
 		for {
-			c, err := ln.Accept()
+			c, err := inUse.Accept()
 			if err != nil {
 				return
 			}
@@ -224,8 +225,8 @@ func TestHTTPListenLoopbackOnly(t *testing.T) {
 		}
 		t.Fatalf("second listener on a socket in use: %v", err)
 	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	ln.Close()
+	inUse.(*net.UnixListener).SetUnlinkOnClose(false)
+	inUse.Close()
 	ln, err = peer.ListenHTTP(sock)
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
