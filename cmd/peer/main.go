@@ -98,6 +98,7 @@ type Main struct {
 	PolicyFile   string
 	MetricsAddr  string
 	PprofAddr    string
+	HTTPAddr     string // --http: the local HTTP API (peer.NewHTTPAPI)
 	// Bounds on what remote twins leave in Redis (peer.Options).
 	Serve             []string
 	CommandQueues     int
@@ -118,6 +119,8 @@ type Main struct {
 	rdb     *redis.Client
 	metrics *http.Server
 	pprof   *pprofserver.Server
+	http    *http.Server
+	httpLn  net.Listener
 	mln     net.Listener
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when the peer stops
@@ -166,6 +169,7 @@ func (m *Main) ParseFlags(args []string) error {
 	str(&m.Registrar, "registrar", "", "registrar base URL, e.g. https://registrar.example")
 	str(&m.PolicyFile, "policy", "", "YAML file of which twins may call which commands (reloaded on SIGHUP)")
 	str(&m.MetricsAddr, "metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100")
+	str(&m.HTTPAddr, "http", "", "serve the local JSON API over HTTP on unix:///path or a loopback 127.0.0.1:PORT (no authentication: loopback only)")
 	str(&m.PprofAddr, "pprof", "", "serve Go's profiler (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	fs.Var(relayList{m}, "relay", fmt.Sprintf("relay URL, ws:// or wss:// (repeat for up to %d)", peer.MaxRelays))
 	fs.Func("serve", "comma-separated globs of the commands services serve through Redis; requests for others are answered 404 at once (default: any)", func(v string) error {
@@ -217,6 +221,9 @@ func (m *Main) ParseFlags(args []string) error {
 	}
 	if err == nil {
 		_, err = identity.ParseKeyType(m.KeyType)
+	}
+	if err == nil && m.HTTPAddr != "" {
+		err = peer.CheckHTTPAddress(m.HTTPAddr)
 	}
 	for _, g := range m.Serve {
 		if err == nil {
@@ -376,6 +383,15 @@ func (m *Main) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if m.HTTPAddr != "" {
+		if m.httpLn, err = peer.ListenHTTP(m.HTTPAddr); err != nil {
+			m.Close()
+			return err
+		}
+		m.http = peer.NewHTTPAPI(p, nil).HTTPServer()
+		go m.http.Serve(m.httpLn)
+		m.log.Info("HTTP API listening", "addr", m.HTTPAddr)
+	}
 	if m.PprofAddr != "" {
 		if m.pprof, err = pprofserver.Listen(ctx, m.PprofAddr); err != nil {
 			m.Close()
@@ -384,6 +400,15 @@ func (m *Main) Run(ctx context.Context) error {
 		m.log.Info("profiler listening", "addr", m.pprof.Addr())
 	}
 	return nil
+}
+
+// HTTPListenAddr is where the HTTP API is served (a path for a unix
+// socket), once Run has returned.
+func (m *Main) HTTPListenAddr() string {
+	if m.httpLn == nil {
+		return ""
+	}
+	return m.httpLn.Addr().String()
 }
 
 // PprofListenAddr is where the profiler is served, once Run has returned.
@@ -449,6 +474,16 @@ func (m *Main) Close() error {
 	if m.pprof != nil {
 		m.pprof.Close()
 		m.pprof = nil
+	}
+	if m.http != nil {
+		// Long polls and calls wait for minutes: give them a moment, then
+		// cut them.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if m.http.Shutdown(ctx) != nil {
+			m.http.Close()
+		}
+		cancel()
+		m.http = nil
 	}
 	if m.metrics != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -8,6 +8,14 @@ Serve calc.add, calc.mul and calc.div on the twin whose peer uses REDIS:
 
     python3 bot.py serve --redis redis://localhost:6379/0
 
+With --consumer NAME the service takes requests with acknowledged
+delivery (at-least-once): a request stays in msgbus.system.taken.NAME
+until its answer is pushed, and if the process dies holding it, the peer
+gives it to another consumer once the lease (--visibility seconds) runs
+out. Each process needs a NAME of its own:
+
+    python3 bot.py serve --redis redis://localhost:6379/0 --consumer calc-1
+
 Call a twin's calculator through the local peer and print the result:
 
     python3 bot.py call --redis redis://localhost:6379/0 --dst 42 calc.add 1 2 3
@@ -28,6 +36,8 @@ import redis
 
 LOCAL_QUEUE = "msgbus.system.local"
 REPLY_QUEUE = "msgbus.system.reply"
+TAKEN_PREFIX = "msgbus.system.taken."  # + consumer: its processing list
+LEASES = "msgbus.system.leases"  # consumer -> lease expiry, unix ms
 COMMANDS = ("calc.add", "calc.mul", "calc.div")
 
 
@@ -57,7 +67,62 @@ def calculate(cmd: str, numbers):
     raise ValueError("unknown command " + cmd)
 
 
-def serve(r: redis.Redis) -> None:
+def answer(request) -> dict:
+    reply = {
+        "ver": 1,
+        "ref": request["ref"],  # the envelope uid: the peer needs it back
+        "dst": request["src"],  # "<twin>" or "<twin>:<session>"
+        "shm": "application/json",
+        "now": int(time.time()),
+        "dat": "",
+        "err": None,
+    }
+    try:
+        numbers = json.loads(unb64(request["dat"]))
+        result = calculate(request["cmd"], numbers)
+        reply["dat"] = b64(json.dumps(result).encode())
+    except Exception as exc:  # answer every request, even bad ones
+        reply["err"] = {"code": 400, "message": str(exc)}
+    return reply
+
+
+def serve_acked(r: redis.Redis, consumer: str, visibility: int, delay: float, running) -> None:
+    """Take requests into msgbus.system.taken.<consumer>; answer and
+    acknowledge them in one transaction (at-least-once)."""
+    taken = TAKEN_PREFIX + consumer
+    queues = ["msgbus." + c for c in COMMANDS]
+
+    def lease():
+        r.zadd(LEASES, {consumer: int((time.time() + visibility) * 1000)})
+
+    while running():
+        lease()
+        # BLMOVE watches one list: block on the first, look at the others
+        # without blocking.
+        raw = None
+        for q in queues[1:]:
+            raw = r.lmove(q, taken, "RIGHT", "LEFT")
+            if raw is not None:
+                break
+        if raw is None:
+            raw = r.blmove(queues[0], taken, 1, "RIGHT", "LEFT")
+        if raw is None:
+            continue
+        lease()
+        try:
+            request = json.loads(raw)
+        except ValueError:
+            r.lrem(taken, 1, raw)  # not a request: acknowledge, drop it
+            continue
+        if delay:
+            time.sleep(delay)  # slow work (tests kill the process here)
+        pipe = r.pipeline(transaction=True)  # MULTI ... EXEC
+        pipe.lpush(REPLY_QUEUE, json.dumps(answer(request)))
+        pipe.lrem(taken, 1, raw)  # the acknowledgement
+        pipe.execute()
+
+
+def serve(r: redis.Redis, consumer=None, visibility=30, delay=0.0) -> None:
     """Pop requests from msgbus.<cmd>, answer on msgbus.system.reply."""
     running = True
 
@@ -68,29 +133,16 @@ def serve(r: redis.Redis) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     queues = ["msgbus." + c for c in COMMANDS]
-    print("serving", " ".join(COMMANDS), flush=True)
+    print("serving", " ".join(COMMANDS), "as consumer " + consumer if consumer else "", flush=True)
+    if consumer:
+        serve_acked(r, consumer, visibility, delay, lambda: running)
+        return
     while running:
         item = r.brpop(queues, timeout=1)
         if item is None:
             continue
         _, raw = item
-        request = json.loads(raw)
-        reply = {
-            "ver": 1,
-            "ref": request["ref"],  # the envelope uid: the peer needs it back
-            "dst": request["src"],  # "<twin>" or "<twin>:<session>"
-            "shm": "application/json",
-            "now": int(time.time()),
-            "dat": "",
-            "err": None,
-        }
-        try:
-            numbers = json.loads(unb64(request["dat"]))
-            result = calculate(request["cmd"], numbers)
-            reply["dat"] = b64(json.dumps(result).encode())
-        except Exception as exc:  # answer every request, even bad ones
-            reply["err"] = {"code": 400, "message": str(exc)}
-        r.lpush(REPLY_QUEUE, json.dumps(reply))
+        r.lpush(REPLY_QUEUE, json.dumps(answer(json.loads(raw))))
 
 
 def call(r: redis.Redis, dst, cmd: str, numbers, exp: int) -> int:
@@ -141,12 +193,15 @@ def main() -> int:
     parser.add_argument("--redis", default="redis://localhost:6379/0")
     parser.add_argument("--dst", type=int, action="append", default=[])
     parser.add_argument("--exp", type=int, default=30)
+    parser.add_argument("--consumer", help="serve with acknowledged delivery under this consumer name")
+    parser.add_argument("--visibility", type=int, default=30, help="seconds a taken request stays with this consumer")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds to work on each request (for tests)")
     parser.add_argument("cmd", nargs="?", default="calc.add")
     parser.add_argument("numbers", nargs="*", type=float)
     args = parser.parse_intermixed_args()
     r = redis.Redis.from_url(args.redis)
     if args.mode == "serve":
-        serve(r)
+        serve(r, args.consumer, args.visibility, args.delay)
         return 0
     if not args.dst:
         parser.error("call needs at least one --dst")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -365,10 +364,8 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		})
 		return
 	}
-	if cmd == "rmb.version" {
-		v, _ := json.Marshal(p.opts.Version)
-		later(func() { p.sendAnswer(ctx, env.Uid, src, v, "application/json", nil, deadline) })
-		return
+	if p.builtin(ctx, env.Uid, src, cmd, payload, env.GetSchema(), deadline, later) {
+		return // builtins.go
 	}
 	if h := p.handler(cmd); h != nil {
 		req := &Request{UID: env.Uid, Source: src.twin, Session: src.sid, Command: cmd,

@@ -253,6 +253,7 @@ type Peer struct {
 	serve globList  // Options.Serve; nil serves all
 	cmdq  cmdQueues // the msgbus.<cmd> lists in use (cmdqueue.go)
 	rets  retGuard  // ret queues under msgbus. of waiting requests (command.go)
+	svc   *svcState // built-ins, acknowledged delivery, HTTP API (builtins.go)
 
 	runMu   sync.Mutex
 	running bool
@@ -300,6 +301,7 @@ func New(opts *Options) (*Peer, error) {
 		return float64(len(p.pending))
 	})
 	p.registerBoundGauges()
+	p.svc = newSvcState(p)
 	for _, u := range o.Relays {
 		d, err := RelayDomain(u)
 		if err != nil {
@@ -398,6 +400,7 @@ func (p *Peer) Run(ctx context.Context) error {
 		goRun(p.localLoop)
 		goRun(p.replyLoop)
 		goRun(p.commandSweeper)
+		goRun(p.leaseSweeper) // ack.go
 	}
 	<-ctx.Done()
 	wg.Wait()

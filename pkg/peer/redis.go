@@ -327,6 +327,12 @@ func (p *Peer) handleReply(ctx context.Context, raw string) bool {
 		return true
 	}
 	dst, _ := parseAddress(rep.Destination)
+	if p.answeredAlready(rep.Ref, dst) {
+		// A request delivered again (ack.go) was answered twice.
+		p.metrics.dropped.WithLabelValues(dropDuplicateAnswer).Inc()
+		p.finish(ReplyProcessing, raw, "")
+		return true
+	}
 	deadline, ok := p.requestDeadline(rep.Ref, dst)
 	if !ok {
 		// Not seen by this run (restart, or a made-up ref): answer

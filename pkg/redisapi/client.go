@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -291,4 +292,247 @@ func newID() string {
 	b[8] = b[8]&0x3f | 0x80
 	h := hex.EncodeToString(b[:])
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// Acknowledged delivery (at-least-once into services).
+//
+// A service that pops a request with BRPOP and dies before answering loses
+// it. A consumer that takes requests instead keeps each one in a
+// processing list of its own until its answer is pushed:
+//
+//  1. ZADD msgbus.system.leases <now_ms + visibility_ms> <consumer>
+//  2. BLMOVE msgbus.<cmd> msgbus.system.taken.<consumer> RIGHT LEFT <wait>
+//     (and ZADD the lease again once it got one)
+//  3. MULTI; LPUSH msgbus.system.reply <response>;
+//     LREM msgbus.system.taken.<consumer> 1 <request as taken>; EXEC
+//
+// Step 3 is the acknowledgement: the request is done exactly when its
+// answer is queued. A consumer that gives up a request without answering
+// removes it with the LREM alone (Ack). A consumer that works on a request
+// for longer than its visibility timeout renews its lease (step 1) while
+// it works. The peer sweeps the leases every second: the requests held by
+// a consumer whose lease ran out go back to the serving end of their
+// command lists (RPUSH, so they are taken next) for another consumer, and
+// the lease is dropped. A consumer that answers after its requests were
+// redelivered does no harm: the peer answers each request once and drops
+// the second answer (rmb_peer_dropped_total{reason="duplicate_answer"}).
+
+// Keys of acknowledged delivery.
+const (
+	// QueueTakenPrefix + consumer is the processing list of a consumer.
+	QueueTakenPrefix = "msgbus.system.taken."
+	// KeyLeases is the sorted set of consumers by lease expiry, unix
+	// milliseconds.
+	KeyLeases = "msgbus.system.leases"
+	// MaxConsumerLen bounds a consumer name, in bytes.
+	MaxConsumerLen = 64
+	// DefaultVisibility is the visibility timeout Serve uses by default.
+	DefaultVisibility = 30 * time.Second
+	// MinVisibility is the shortest visibility timeout accepted.
+	MinVisibility = 2 * time.Second
+)
+
+// ConsumerChars are the characters a consumer name may hold besides ASCII
+// letters and digits.
+const ConsumerChars = "._-:@+"
+
+// CheckConsumer reports whether name may name a consumer: 1 to
+// MaxConsumerLen bytes of letters, digits and ConsumerChars.
+func CheckConsumer(name string) error {
+	if name == "" || len(name) > MaxConsumerLen {
+		return fmt.Errorf("redisapi: consumer name must be 1 to %d bytes, got %d", MaxConsumerLen, len(name))
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(ConsumerChars, c) >= 0) {
+			return fmt.Errorf("redisapi: consumer name: byte 0x%02x at %d (allowed: letters, digits and %q)", c, i, ConsumerChars)
+		}
+	}
+	return nil
+}
+
+// Taken is a request a consumer took (Take) and has not acknowledged yet.
+type Taken struct {
+	// Request is the parsed request; nil when Raw is not a request (it
+	// should then be acknowledged, Ack, to drop it).
+	Request *IncomingRequest
+	// Raw is the request as taken: the value to remove on acknowledgement.
+	Raw      string
+	Consumer string
+	// Err is why Raw did not parse.
+	Err error
+}
+
+// Lease sets consumer's lease to expire visibility from now (step 1).
+func (c *Client) Lease(ctx context.Context, consumer string, visibility time.Duration) error {
+	if err := CheckConsumer(consumer); err != nil {
+		return err
+	}
+	until := time.Now().Add(visibility).UnixMilli()
+	return c.rdb.ZAdd(ctx, KeyLeases, redis.Z{Score: float64(until), Member: consumer}).Err()
+}
+
+// Take waits up to wait (whole seconds, at least one) for a request for
+// cmd and moves it into consumer's processing list, under a lease of
+// visibility. It returns nil, nil when none came.
+func (c *Client) Take(ctx context.Context, cmd, consumer string, visibility, wait time.Duration) (*Taken, error) {
+	if visibility < MinVisibility {
+		return nil, fmt.Errorf("redisapi: visibility %v is under %v", visibility, MinVisibility)
+	}
+	if wait < time.Second {
+		wait = time.Second
+	}
+	// The lease must outlive the wait: an entry moved at its end is
+	// covered until the lease is renewed below.
+	if wait > visibility/2 {
+		wait = (visibility / 2).Truncate(time.Second)
+	}
+	if err := c.Lease(ctx, consumer, visibility); err != nil {
+		return nil, err
+	}
+	raw, err := c.rdb.BLMove(ctx, CommandQueue(cmd), QueueTakenPrefix+consumer, "RIGHT", "LEFT", wait).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Lease(ctx, consumer, visibility); err != nil {
+		return nil, err
+	}
+	t := &Taken{Raw: raw, Consumer: consumer}
+	t.Request, t.Err = ParseIncomingRequestString(raw)
+	return t, nil
+}
+
+// Answer pushes the answer to a taken request and acknowledges it in one
+// transaction (step 3).
+func (c *Client) Answer(ctx context.Context, t *Taken, resp *OutgoingResponse) error {
+	queue := QueueReply
+	if t.Request != nil && t.Request.ReplyTo != "" {
+		queue = t.Request.ReplyTo
+	}
+	_, err := c.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.LPush(ctx, queue, resp.AppendJSON(nil))
+		pipe.LRem(ctx, QueueTakenPrefix+t.Consumer, 1, t.Raw)
+		return nil
+	})
+	return err
+}
+
+// Ack removes a taken request without answering it: no other consumer
+// will see it. Use it for a request that cannot be parsed.
+func (c *Client) Ack(ctx context.Context, t *Taken) error {
+	return c.rdb.LRem(ctx, QueueTakenPrefix+t.Consumer, 1, t.Raw).Err()
+}
+
+// ServeOptions tune ServeWith.
+type ServeOptions struct {
+	// Logger receives skipped requests. Default none.
+	Logger *slog.Logger
+	// Consumer, when set, makes delivery acknowledged: requests are taken
+	// into msgbus.system.taken.<Consumer> and acknowledged with their
+	// answers, and the requests of a consumer that dies are delivered
+	// again to another. Each consumer process needs a name of its own
+	// (CheckConsumer), kept across restarts if it can be (a restarted
+	// consumer's old requests are then redelivered once its old lease
+	// runs out). Empty: plain BRPOP, as Serve.
+	Consumer string
+	// Visibility is how long a taken request stays with this consumer
+	// without an answer before it is delivered again; the lease is renewed
+	// while the handler runs. Default DefaultVisibility.
+	Visibility time.Duration
+}
+
+// ServeWith is Serve with options: with a Consumer, delivery is
+// acknowledged (at-least-once): a request is lost neither when the
+// process dies while handling it nor when its answer cannot be pushed.
+func (c *Client) ServeWith(ctx context.Context, cmd string, h Handler, o *ServeOptions) error {
+	var opts ServeOptions
+	if o != nil {
+		opts = *o
+	}
+	if opts.Consumer == "" {
+		return c.Serve(ctx, cmd, h, opts.Logger)
+	}
+	if err := CheckConsumer(opts.Consumer); err != nil {
+		return err
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	vis := opts.Visibility
+	if vis <= 0 {
+		vis = DefaultVisibility
+	}
+	if vis < MinVisibility {
+		return fmt.Errorf("redisapi: visibility %v is under %v", vis, MinVisibility)
+	}
+	for ctx.Err() == nil {
+		t, err := c.Take(ctx, cmd, opts.Consumer, vis, time.Second)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("redisapi: take from %s: %w", CommandQueue(cmd), err)
+		}
+		if t == nil {
+			continue
+		}
+		if t.Err != nil {
+			logger.Warn("dropping a request that is not JSON", "queue", CommandQueue(cmd), "err", t.Err)
+			if err := c.Ack(context.WithoutCancel(ctx), t); err != nil {
+				return fmt.Errorf("redisapi: ack: %w", err)
+			}
+			continue
+		}
+		resp := c.handleTaken(ctx, t, h, vis)
+		// The answer goes out even when ctx ended meanwhile: the handler
+		// did the work.
+		if err := c.Answer(context.WithoutCancel(ctx), t, resp); err != nil {
+			// Not acknowledged: the request is delivered again once the
+			// lease runs out.
+			return fmt.Errorf("redisapi: push response: %w", err)
+		}
+	}
+	return nil
+}
+
+// handleTaken runs h on t, renewing the lease while it runs.
+func (c *Client) handleTaken(ctx context.Context, t *Taken, h Handler, vis time.Duration) *OutgoingResponse {
+	stop := make(chan struct{})
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		tick := time.NewTicker(vis / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				c.Lease(context.WithoutCancel(ctx), t.Consumer, vis)
+			}
+		}
+	}()
+	defer func() { close(stop); <-renewed }()
+	req := t.Request
+	resp := &OutgoingResponse{Version: Version, Ref: req.Ref, Destination: req.Source, Schema: req.Schema}
+	payload, err := req.Payload()
+	var out []byte
+	if err == nil {
+		out, err = h(ctx, req, payload)
+	}
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			e = &Error{Code: 500, Message: err.Error()}
+		}
+		resp.Error = e
+	} else {
+		resp.Data = encode(out)
+	}
+	resp.Now = time.Now().Unix()
+	return resp
 }
