@@ -21,6 +21,9 @@ func init() {
 }
 
 func benchCmd(ctx context.Context, e *env, args []string) int {
+	if len(args) > 0 && args[0] == "pubsub" {
+		return benchPubSub(ctx, e, args[1:])
+	}
 	if len(args) > 0 && args[0] == "relay-clients" {
 		return benchRelayClients(ctx, e, args[1:])
 	}
