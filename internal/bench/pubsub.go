@@ -38,9 +38,9 @@ type PubSubOptions struct {
 // PubSubRound is one round of RunPubSub.
 type PubSubRound struct {
 	Subscribers int
-	Events      int     // published
-	Delivered   int     // events received by subscribers, all told
-	Lost        int     // expected and not received within 30s of the end
+	Events      int // published
+	Delivered   int // events received by subscribers, all told
+	Lost        int // expected and not received within 30s of the end
 	Elapsed     time.Duration
 	EventsPerS  float64 // published events per second (each to every subscriber)
 	DeliveriesS float64 // deliveries per second
@@ -68,7 +68,9 @@ func RunPubSub(ctx context.Context, o PubSubOptions) ([]PubSubRound, error) {
 	if !slices.IsSorted(o.Subscribers) || o.Subscribers[0] < 1 {
 		return nil, errors.New("bench pubsub: subscriber counts must be 1 or more, in increasing order")
 	}
-	st, err := startStack(relay.Options{})
+	// Every subscriber connects from 127.0.0.1.
+	RaiseFileLimit(uint64(4*o.Subscribers[len(o.Subscribers)-1] + 1024))
+	st, err := startStack(relay.Options{MaxSessionsPerAddress: o.Subscribers[len(o.Subscribers)-1] + 16})
 	if err != nil {
 		return nil, err
 	}
