@@ -14,6 +14,7 @@ import (
 
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/peer"
+	"github.com/rmb-go/rmb/pkg/registrar"
 	"github.com/rmb-go/rmb/pkg/relay"
 )
 
@@ -81,6 +82,10 @@ func RunPubSub(ctx context.Context, o PubSubOptions) ([]PubSubRound, error) {
 	defer pwg.Wait()
 	defer cancel()
 	quiet := slog.New(slog.DiscardHandler)
+	// The subscribers share the registrar client without its change feed:
+	// a thousand feeds, each woken by every new twin, would cost more
+	// than the events measured.
+	shared := noWatch{st.reg}
 	newPeer := func(name string, workers int) (*peer.Peer, error) {
 		seed := make([]byte, 32)
 		copy(seed, name)
@@ -88,7 +93,7 @@ func RunPubSub(ctx context.Context, o PubSubOptions) ([]PubSubRound, error) {
 		if err != nil {
 			return nil, err
 		}
-		p, err := peer.New(&peer.Options{Identity: id, Relays: []string{"ws://" + st.domain}, Registrar: st.reg,
+		p, err := peer.New(&peer.Options{Identity: id, Relays: []string{"ws://" + st.domain}, Registrar: shared,
 			Logger: quiet, Workers: workers})
 		if err != nil {
 			return nil, err
@@ -234,3 +239,21 @@ func cmp(first, err error) error {
 	}
 	return err
 }
+
+// noWatch is a registrar client without its Watch method, so that peers
+// sharing it do not each run its change feed.
+type noWatch struct{ c *registrar.Client }
+
+func (n noWatch) Twin(ctx context.Context, id uint32) (*registrar.Twin, error) {
+	return n.c.Twin(ctx, id)
+}
+func (n noWatch) TwinByPublicKey(ctx context.Context, pub []byte) (*registrar.Twin, error) {
+	return n.c.TwinByPublicKey(ctx, pub)
+}
+func (n noWatch) Register(ctx context.Context, id *identity.Identity, relays []string) (*registrar.Twin, error) {
+	return n.c.Register(ctx, id, relays)
+}
+func (n noWatch) Update(ctx context.Context, id *identity.Identity, twin uint32, relays []string, e2eKey []byte) (*registrar.Twin, error) {
+	return n.c.Update(ctx, id, twin, relays, e2eKey)
+}
+func (n noWatch) CachedTwin(id uint32) (*registrar.Twin, error) { return n.c.CachedTwin(id) }
