@@ -17,19 +17,22 @@ import (
 )
 
 func init() {
-	register("bench", "load tool: bench relay (forwarding) or bench e2e (round trips through peers)", benchCmd)
+	register("bench", "load tool: bench relay (forwarding), bench e2e (round trips through peers) or bench pubsub (topics)", benchCmd)
 }
 
 func benchCmd(ctx context.Context, e *env, args []string) int {
+	if len(args) > 0 && args[0] == "pubsub" {
+		return benchPubSub(ctx, e, args[1:])
+	}
 	if len(args) > 0 && args[0] == "relay-clients" {
 		return benchRelayClients(ctx, e, args[1:])
 	}
 	if len(args) == 0 || (args[0] != "relay" && args[0] != "e2e") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [--cpuprofile FILE] [--memprofile FILE] [flags]   (rmb bench relay --help for the flags)")
+			fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [--cpuprofile FILE] [--memprofile FILE] [flags], or rmb bench pubsub [flags]   (rmb bench relay --help for the flags)")
 			return 0
 		}
-		fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e [flags]   (rmb bench relay --help for the flags)")
+		fmt.Fprintln(e.stderr, "usage: rmb bench relay|e2e|pubsub [flags]   (rmb bench relay --help for the flags)")
 		return 2
 	}
 	// --cpuprofile FILE and --memprofile FILE work for both modes; take

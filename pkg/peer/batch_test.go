@@ -420,10 +420,10 @@ func TestNewNeedsRedisPool(t *testing.T) {
 		t.Cleanup(func() { rdb.Close() })
 		return &Options{Identity: id, Relays: []string{"ws://127.0.0.1:1"}, Registrar: noRegistrar{}, Redis: rdb}
 	}
-	if _, err := New(opts(3)); err == nil || !strings.Contains(err.Error(), "PoolSize is 3") {
-		t.Fatalf("PoolSize 3: %v, want an error naming it", err)
+	if _, err := New(opts(4)); err == nil || !strings.Contains(err.Error(), "PoolSize is 4") {
+		t.Fatalf("PoolSize 4: %v, want an error naming it", err)
 	}
-	if _, err := New(opts(4)); err != nil {
-		t.Fatalf("PoolSize 4: %v", err)
+	if _, err := New(opts(5)); err != nil {
+		t.Fatalf("PoolSize 5: %v", err)
 	}
 }

@@ -358,6 +358,9 @@ func (p *Peer) handleRequest(ctx context.Context, env *envelope.Envelope, src ad
 		refuse(dropReserved, envelope.CodeDenied, fmt.Sprintf("%v: %q (a local client waits on this list)", ErrReservedCommand, cmd))
 		return
 	}
+	if p.topicRequest(ctx, env, src, cmd, payload, later) {
+		return // topics_owner.go applies the policy itself
+	}
 	if pol := p.policy.Load(); pol != nil && !pol.Allow(src.twin, cmd) {
 		later(func() {
 			p.sendError(ctx, env.Uid, src, envelope.CodeDenied, fmt.Sprintf("twin %d may not call %q", src.twin, cmd), deadline)

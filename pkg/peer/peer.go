@@ -58,8 +58,8 @@ type Options struct {
 	Registrar Registrar
 	// Redis enables the local JSON API of PROTOCOL.md §6. Nil means the peer
 	// is used in-process only, through Call and Handle. The peer keeps
-	// three of the client's connections for its own loops (Client.Conn),
-	// so its PoolSize must be at least 4 (go-redis's default is 10 per
+	// four of the client's connections for its own loops (Client.Conn),
+	// so its PoolSize must be at least 5 (go-redis's default is 10 per
 	// CPU).
 	// It needs nothing of RESP3: with Protocol 2, as rmb-peer sets it,
 	// go-redis does not peek at those connections for push notifications
@@ -123,12 +123,14 @@ type Options struct {
 	// requests. When full, a new answer is not kept, and a re-sent
 	// request it answered is handled again. Default 64 MiB.
 	MaxAnswerCacheBytes int64
+	// Topics bound the leases and subscriptions of topics (topics.go).
+	Topics TopicOptions
 }
 
-// minRedisPool is the smallest pool the peer works with: three
-// connections kept by its loops (the Redis loop, two popLoops), and one
-// for everything else.
-const minRedisPool = 4
+// minRedisPool is the smallest pool the peer works with: four
+// connections kept by its loops (the Redis loop, three popLoops: local,
+// reply, topics), and one for everything else.
+const minRedisPool = 5
 
 func (o *Options) withDefaults() (Options, error) {
 	c := *o
@@ -230,6 +232,7 @@ type Peer struct {
 	inbound   chan inboundMsg
 	resendReq chan struct{} // wakes the resender; buffered 1
 	batch     *batchers     // set by Run before anything uses Redis
+	topics    *topicState   // topics.go
 	// held are the processing-list entries this process handles, by
 	// processing list (processing.go). The map is not changed after New.
 	held map[string]*holds
@@ -291,7 +294,7 @@ func New(opts *Options) (*Peer, error) {
 		answers:   make(map[seenKey][]byte),
 		seenSweep: make(map[int64][]seenKey),
 		done:      make(chan struct{}),
-		held:      map[string]*holds{LocalProcessing: newHolds(), ReplyProcessing: newHolds()},
+		held:      map[string]*holds{LocalProcessing: newHolds(), ReplyProcessing: newHolds(), TopicsProcessing: newHolds()},
 		serve:     globList(o.Serve),
 		cmdq:      cmdQueues{q: make(map[string]*cmdQueue)},
 	}
@@ -302,6 +305,7 @@ func New(opts *Options) (*Peer, error) {
 	})
 	p.registerBoundGauges()
 	p.svc = newSvcState(p)
+	p.topics = newTopicState(p, o.Topics)
 	for _, u := range o.Relays {
 		d, err := RelayDomain(u)
 		if err != nil {
@@ -392,6 +396,7 @@ func (p *Peer) Run(ctx context.Context) error {
 	}
 	goRun(p.sweeper)
 	goRun(p.resender)
+	goRun(p.topicsRun)
 	if w, ok := p.reg.(interface{ Watch(context.Context) error }); ok {
 		// Follow the registrar's change feed so cached twins stay fresh.
 		goRun(func(ctx context.Context) { w.Watch(ctx) })

@@ -30,6 +30,9 @@ import (
 type Policy struct {
 	Default string       `yaml:"default"`
 	Rules   []PolicyRule `yaml:"rules"`
+	// Topics decide who may subscribe to this twin's topics
+	// (topics_policy.go).
+	Topics []TopicRule `yaml:"topics"`
 
 	defaultAllow bool
 }
@@ -97,6 +100,9 @@ func ParsePolicy(b []byte) (*Policy, error) {
 		if r.deny, err = parseTwinSet(r.Deny); err != nil {
 			return nil, fmt.Errorf("peer: policy: rule %d: %w", i+1, err)
 		}
+	}
+	if err := pol.parseTopicRules(); err != nil {
+		return nil, err
 	}
 	return &pol, nil
 }
