@@ -24,10 +24,53 @@ import (
 // it cannot come back here even if one gets a MarshalJSON using AppendJSON.
 type (
 	plainOutgoingRequest  OutgoingRequest
-	plainIncomingRequest  IncomingRequest
 	plainOutgoingResponse OutgoingResponse
-	plainIncomingResponse IncomingResponse
 )
+
+// The messages the peer writes, as it writes them: an empty ref or shm is
+// absent, and absent is null, as the Rust peer writes them (its ref and
+// shm are Option<String>). For json.Marshal when a string needs escaping.
+type (
+	wireIncomingRequest struct {
+		Version    int     `json:"ver"`
+		Ref        *string `json:"ref"`
+		Source     string  `json:"src"`
+		Command    string  `json:"cmd"`
+		Expiration uint64  `json:"exp"`
+		Data       string  `json:"dat"`
+		Tags       *string `json:"tag"`
+		ReplyTo    string  `json:"ret"`
+		Schema     *string `json:"shm"`
+		Now        int64   `json:"now"`
+	}
+	wireIncomingResponse struct {
+		Version int     `json:"ver"`
+		Ref     *string `json:"ref"`
+		Data    string  `json:"dat"`
+		Source  string  `json:"src"`
+		Schema  *string `json:"shm"`
+		Now     int64   `json:"now"`
+		Error   *Error  `json:"err"`
+	}
+)
+
+// orNull is s, or nil (null) when s is empty.
+func orNull(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func (r *IncomingRequest) wire() *wireIncomingRequest {
+	return &wireIncomingRequest{Version: r.Version, Ref: orNull(r.Ref), Source: r.Source, Command: r.Command,
+		Expiration: r.Expiration, Data: r.Data, Tags: r.Tags, ReplyTo: r.ReplyTo, Schema: orNull(r.Schema), Now: r.Now}
+}
+
+func (r *IncomingResponse) wire() *wireIncomingResponse {
+	return &wireIncomingResponse{Version: r.Version, Ref: orNull(r.Ref), Data: r.Data, Source: r.Source,
+		Schema: orNull(r.Schema), Now: r.Now, Error: r.Error}
+}
 
 // AppendJSON appends json.Marshal(r) to b, byte for byte, and returns the
 // extended buffer.
@@ -49,27 +92,28 @@ func (r *OutgoingRequest) AppendJSON(b []byte) []byte {
 	w.str(`,"ret":`, r.ReplyTo)
 	w.str(`,"shm":`, r.Schema)
 	w.int(`,"now":`, r.Now)
-	return w.end(b, (*plainOutgoingRequest)(r))
+	return end(&w, b, func() *plainOutgoingRequest { return (*plainOutgoingRequest)(r) })
 }
 
-// AppendJSON appends json.Marshal(r) to b, byte for byte, and returns the
-// extended buffer.
+// AppendJSON appends r as JSON to b and returns the extended buffer: what
+// json.Marshal writes, but an empty Ref or Schema is null, as the Rust peer
+// writes an absent one.
 func (r *IncomingRequest) AppendJSON(b []byte) []byte {
 	if r == nil {
 		return append(b, "null"...)
 	}
 	w := writer{b: slices.Grow(b, 192+len(r.Data))}
 	w.int(`{"ver":`, int64(r.Version))
-	w.str(`,"ref":`, r.Ref)
+	w.strPtr(`,"ref":`, orNull(r.Ref))
 	w.str(`,"src":`, r.Source)
 	w.str(`,"cmd":`, r.Command)
 	w.uint(`,"exp":`, r.Expiration)
 	w.str(`,"dat":`, r.Data)
 	w.strPtr(`,"tag":`, r.Tags)
 	w.str(`,"ret":`, r.ReplyTo)
-	w.str(`,"shm":`, r.Schema)
+	w.strPtr(`,"shm":`, orNull(r.Schema))
 	w.int(`,"now":`, r.Now)
-	return w.end(b, (*plainIncomingRequest)(r))
+	return end(&w, b, r.wire)
 }
 
 // AppendJSON appends json.Marshal(r) to b, byte for byte, and returns the
@@ -86,24 +130,25 @@ func (r *OutgoingResponse) AppendJSON(b []byte) []byte {
 	w.str(`,"shm":`, r.Schema)
 	w.int(`,"now":`, r.Now)
 	w.error(`,"err":`, r.Error)
-	return w.end(b, (*plainOutgoingResponse)(r))
+	return end(&w, b, func() *plainOutgoingResponse { return (*plainOutgoingResponse)(r) })
 }
 
-// AppendJSON appends json.Marshal(r) to b, byte for byte, and returns the
-// extended buffer.
+// AppendJSON appends r as JSON to b and returns the extended buffer: what
+// json.Marshal writes, but an empty Ref or Schema is null, as the Rust peer
+// writes an absent one.
 func (r *IncomingResponse) AppendJSON(b []byte) []byte {
 	if r == nil {
 		return append(b, "null"...)
 	}
 	w := writer{b: slices.Grow(b, 192+len(r.Data))}
 	w.int(`{"ver":`, int64(r.Version))
-	w.str(`,"ref":`, r.Ref)
+	w.strPtr(`,"ref":`, orNull(r.Ref))
 	w.str(`,"dat":`, r.Data)
 	w.str(`,"src":`, r.Source)
-	w.str(`,"shm":`, r.Schema)
+	w.strPtr(`,"shm":`, orNull(r.Schema))
 	w.int(`,"now":`, r.Now)
 	w.error(`,"err":`, r.Error)
-	return w.end(b, (*plainIncomingResponse)(r))
+	return end(&w, b, r.wire)
 }
 
 // writer appends the fields of a message. Each method writes a key
@@ -114,10 +159,10 @@ type writer struct {
 }
 
 // end closes the object, or, if a string was not plain, appends
-// json.Marshal(v) to b (what the writer started from) instead.
-func (w *writer) end(b []byte, v any) []byte {
+// json.Marshal(v()) to b (what the writer started from) instead.
+func end[T any](w *writer, b []byte, v func() T) []byte {
 	if w.bad {
-		out, _ := json.Marshal(v) // cannot fail: strings, numbers and pointers only
+		out, _ := json.Marshal(v()) // cannot fail: strings, numbers and pointers only
 		return append(b, out...)
 	}
 	return append(w.b, '}')
