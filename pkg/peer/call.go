@@ -151,6 +151,75 @@ func (p *Peer) Call(ctx context.Context, dst []uint32, cmd string, data []byte, 
 	return out, nil
 }
 
+// copyRounds splits the dst list of a request from Redis into rounds, for
+// sending each listed destination as often as it is listed, as the Rust
+// peer does (one envelope per entry, one answer per envelope). Round k
+// holds, in order, the destinations listed more than k times; twin 0 is
+// left out (the decoder refuses it). dst is at most MaxDestinations long
+// (the decoder checks), so are the rounds together.
+func copyRounds(dst []uint32) [][]uint32 {
+	var rounds [][]uint32
+	listed := make(map[uint32]int, len(dst))
+	for _, d := range dst {
+		if d == 0 {
+			continue
+		}
+		k := listed[d]
+		listed[d] = k + 1
+		if k == len(rounds) {
+			rounds = append(rounds, make([]uint32, 0, len(dst)-len(listed)+1))
+		}
+		rounds[k] = append(rounds[k], d)
+	}
+	return rounds
+}
+
+// answerable is the entries of dst an error answer goes to when a request
+// is refused before it is sent: one per listed destination, as a sent one
+// would be answered, but twin 0 when dst has none or is over the bound
+// (so a list of a million entries gets one answer, not a million).
+func answerable(dst []uint32) []uint32 {
+	if len(dst) > MaxDestinations {
+		return []uint32{0}
+	}
+	out := make([]uint32, 0, len(dst))
+	for _, d := range dst {
+		if d != 0 {
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 {
+		return []uint32{0}
+	}
+	return out
+}
+
+// startCopies is startRequest for a request from Redis whose dst may list
+// a destination more than once: the receiving peer takes an envelope with
+// a uid it has seen from the same source for a re-send, so each round of
+// copyRounds goes as a request of its own, with its own uid (the first
+// keeps spec.uid), pending, persisted and timed out like any other, its
+// answers delivered the same way. It returns the uids used, and false
+// when ctx ended before every round was handled.
+func (p *Peer) startCopies(ctx context.Context, spec *requestSpec, dst []uint32,
+	deliver func(context.Context, *Response, *writeOp), failed func(uid string, dst uint32, e *Error)) ([]string, bool) {
+	rounds := copyRounds(dst)
+	uids := make([]string, 0, len(rounds))
+	for k, dsts := range rounds {
+		s := spec
+		if k > 0 {
+			c := *spec
+			c.uid = newUID()
+			s = &c
+		}
+		uids = append(uids, s.uid)
+		if !p.startRequest(ctx, s, dsts, deliver, func(d uint32, e *Error) { failed(s.uid, d, e) }) {
+			return uids, false
+		}
+	}
+	return uids, true
+}
+
 func uniqueTwins(dst []uint32) []uint32 {
 	out := make([]uint32, 0, len(dst))
 	for _, d := range dst {

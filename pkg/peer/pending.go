@@ -102,11 +102,22 @@ func parsePendingField(f string) (uid string, dst uint32, ok bool) {
 	return f[:i], uint32(n), true
 }
 
-// pendingFields marks the request uid as persisted and returns the HSET
+// pendingFields is pendingFieldsOf each of uids, the uids of one message
+// from LocalQueue separated by spaces (a request listing a destination
+// twice goes as several, startCopies; a uid has no space).
+func (p *Peer) pendingFields(uids string) []any {
+	var fields []any
+	for _, uid := range strings.Fields(uids) {
+		fields = append(fields, p.pendingFieldsOf(uid)...)
+	}
+	return fields
+}
+
+// pendingFieldsOf marks the request uid as persisted and returns the HSET
 // field/value pairs of its destinations still waiting; nil when it is not
 // a Redis request or nothing waits any more. Only redisLoop calls it (see
 // above for why).
-func (p *Peer) pendingFields(uid string) []any {
+func (p *Peer) pendingFieldsOf(uid string) []any {
 	type dstEnv struct {
 		dst uint32
 		env []byte

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -255,12 +256,8 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 		}
 		p.deadLetter(ctx, d)
 		if req != nil {
-			dsts := uniqueTwins(req.Destinations)
-			if len(dsts) == 0 {
-				dsts = []uint32{0}
-			}
 			deliver := p.deliverToQueue(req.ReplyTo, req.Ref, time.Now())
-			for _, dst := range dsts {
+			for _, dst := range answerable(req.Destinations) {
 				p.metrics.errorCode(d.Code)
 				deliver(ctx, &Response{Source: dst, Timestamp: time.Now(), Err: &Error{Code: d.Code, Message: err.Error()}}, nil)
 			}
@@ -293,7 +290,7 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 	p.guardRet(req.ReplyTo, deadline)
 	if !now.Before(deadline) {
 		// It expired while queued (the peer was down or overloaded).
-		for _, dst := range uniqueTwins(req.Destinations) {
+		for _, dst := range answerable(req.Destinations) {
 			e := &Error{Code: envelope.CodeExpired, Message: "request expired in " + LocalQueue + " before it was sent"}
 			p.deadLetter(ctx, &DeadLetter{Queue: LocalQueue, Message: raw, Reason: e.Message,
 				Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.ReplyTo})
@@ -304,16 +301,17 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 		return true
 	}
 	spec.ret, spec.ref = req.ReplyTo, req.Ref
-	sent := p.startRequest(ctx, spec, uniqueTwins(req.Destinations), deliver, func(dst uint32, e *Error) {
+	// A destination listed twice is sent and answered twice (startCopies).
+	uids, sent := p.startCopies(ctx, spec, req.Destinations, deliver, func(uid string, dst uint32, e *Error) {
 		p.deadLetter(ctx, &DeadLetter{Queue: LocalQueue, Message: raw, Reason: e.Message,
-			Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.ReplyTo, UID: spec.uid})
+			Dst: dst, Code: e.Code, Ref: req.Ref, Ret: req.ReplyTo, UID: uid})
 	})
 	if !sent {
 		return false // stopping: keep it in the processing list for the next run
 	}
 	// Remove it from the processing list and persist the request in one
 	// transaction.
-	p.finish(LocalProcessing, raw, spec.uid)
+	p.finish(LocalProcessing, raw, strings.Join(uids, " "))
 	return true
 }
 

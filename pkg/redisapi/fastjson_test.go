@@ -220,7 +220,7 @@ func FuzzAppendJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ver int, exp, now int64, code uint32, a, b, c string, dst []byte, flags uint8) {
 		type appender interface{ AppendJSON([]byte) []byte }
 		for _, m := range fields(ver, exp, now, code, a, b, c, dst, flags) {
-			want, err := json.Marshal(m)
+			want, err := json.Marshal(peerForm(m))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -234,6 +234,92 @@ func FuzzAppendJSON(f *testing.F) {
 	})
 }
 
+// peerForm is m as json.Marshal should write it: as it is, but in the
+// messages the peer writes (IncomingRequest, IncomingResponse) an empty
+// ref or shm is null, as the Rust peer writes an absent one.
+func peerForm(m any) any {
+	null := func(s string) *string {
+		if s == "" {
+			return nil
+		}
+		return &s
+	}
+	switch r := m.(type) {
+	case *IncomingRequest:
+		return struct {
+			Version    int     `json:"ver"`
+			Ref        *string `json:"ref"`
+			Source     string  `json:"src"`
+			Command    string  `json:"cmd"`
+			Expiration uint64  `json:"exp"`
+			Data       string  `json:"dat"`
+			Tags       *string `json:"tag"`
+			ReplyTo    string  `json:"ret"`
+			Schema     *string `json:"shm"`
+			Now        int64   `json:"now"`
+		}{r.Version, null(r.Ref), r.Source, r.Command, r.Expiration, r.Data, r.Tags, r.ReplyTo, null(r.Schema), r.Now}
+	case *IncomingResponse:
+		return struct {
+			Version int     `json:"ver"`
+			Ref     *string `json:"ref"`
+			Data    string  `json:"dat"`
+			Source  string  `json:"src"`
+			Schema  *string `json:"shm"`
+			Now     int64   `json:"now"`
+			Error   *Error  `json:"err"`
+		}{r.Version, null(r.Ref), r.Data, r.Source, null(r.Schema), r.Now, r.Error}
+	}
+	return m
+}
+
+// TestPeerWritesNulls fixes the bytes of what the peer writes without a
+// ref or a schema: null, as the Rust peer writes an absent Option (its
+// serde_json output for these structs, field for field). The Go SDK's
+// types and ours read them back as empty strings.
+func TestPeerWritesNulls(t *testing.T) {
+	for _, tt := range []struct {
+		m    interface{ AppendJSON([]byte) []byte }
+		want string
+	}{
+		{&IncomingRequest{Version: 1, Ref: "5b0cd5b5", Source: "41", Command: "calc.add", Expiration: 300, Data: "Mw==", ReplyTo: QueueReply, Now: 1700000000},
+			`{"ver":1,"ref":"5b0cd5b5","src":"41","cmd":"calc.add","exp":300,"dat":"Mw==","tag":null,"ret":"msgbus.system.reply","shm":null,"now":1700000000}`},
+		{&IncomingResponse{Version: 1, Data: "Mw==", Source: "55", Now: 1700000001},
+			`{"ver":1,"ref":null,"dat":"Mw==","src":"55","shm":null,"now":1700000001,"err":null}`},
+		{&IncomingResponse{Version: 1, Source: "0", Now: 1700000001, Error: &Error{Code: 408, Message: "a \"b\""}},
+			`{"ver":1,"ref":null,"dat":"","src":"0","shm":null,"now":1700000001,"err":{"code":408,"message":"a \"b\""}}`},
+		{&IncomingResponse{Version: 1, Ref: "r", Data: "Mw==", Source: "55", Schema: "application/json", Now: 1700000001},
+			`{"ver":1,"ref":"r","dat":"Mw==","src":"55","shm":"application/json","now":1700000001,"err":null}`},
+		// What clients write is unchanged: the Rust peer reads "" and null alike.
+		{&OutgoingResponse{Version: 1, Ref: "u", Destination: "41", Now: 1},
+			`{"ver":1,"ref":"u","dat":"","dst":"41","shm":"","now":1,"err":null}`},
+	} {
+		got := string(tt.m.AppendJSON(nil))
+		if got != tt.want {
+			t.Errorf("%T:\n got %s\nwant %s", tt.m, got, tt.want)
+		}
+		// The Go SDK's types (rmb-sdk-go: plain strings, *string for shm)
+		// and ours decode it.
+		var sdk struct {
+			Ref    string  `json:"ref"`
+			Schema *string `json:"shm"`
+			Source string  `json:"src"`
+		}
+		if err := json.Unmarshal([]byte(got), &sdk); err != nil {
+			t.Errorf("%s: %v", got, err)
+		}
+		switch m := tt.m.(type) {
+		case *IncomingRequest:
+			if r, err := ParseIncomingRequestString(got); err != nil || *r != *m {
+				t.Errorf("%s read back as %+v, %v", got, r, err)
+			}
+		case *IncomingResponse:
+			if r, err := ParseIncomingResponseString(got); err != nil || !reflect.DeepEqual(r, m) {
+				t.Errorf("%s read back as %+v, %v", got, r, err)
+			}
+		}
+	}
+}
+
 func TestAppendJSONNil(t *testing.T) {
 	for _, m := range []interface{ AppendJSON([]byte) []byte }{
 		(*OutgoingRequest)(nil), (*IncomingRequest)(nil), (*OutgoingResponse)(nil), (*IncomingResponse)(nil),
@@ -245,8 +331,8 @@ func TestAppendJSONNil(t *testing.T) {
 	}
 }
 
-// TestFastPath checks that the usual messages take the fast path, both
-// ways, so that a fast path that always falls back fails.
+// TestFastPath checks that the usual messages take the fast path, so that
+// a fast path that always falls back fails.
 func TestFastPath(t *testing.T) {
 	types := []reflect.Type{
 		reflect.TypeFor[OutgoingRequest](), reflect.TypeFor[IncomingRequest](),
@@ -271,14 +357,6 @@ func TestFastPath(t *testing.T) {
 			if taken := r.scan(b, false); taken != want {
 				t.Errorf("%v %s: fast path taken %v, want %v", typ, s, taken, want)
 			}
-		}
-	}
-	// Writing a message into a large enough buffer takes no allocation,
-	// which encoding/json cannot do.
-	buf := make([]byte, 0, 4096)
-	for _, m := range fields(1, 300, 1700000000, 7, "ref", "calc.add", dat256, []byte{55, 0, 0, 0}, 15) {
-		if n := testing.AllocsPerRun(10, func() { m.(interface{ AppendJSON([]byte) []byte }).AppendJSON(buf) }); n != 0 {
-			t.Errorf("%T.AppendJSON: %v allocations, want 0", m, n)
 		}
 	}
 	// Parsing allocates only the results: the struct, its non-empty
@@ -352,7 +430,8 @@ func hasTag(typ reflect.Type, key string) bool {
 }
 
 // The benchmarks compare the fast path with encoding/json on typical
-// messages with a payload of 256 bytes.
+// messages with a payload of 256 bytes, and measure writing them (by
+// encoding/json).
 
 func benchParse[T any, P interface {
 	*T
@@ -400,20 +479,11 @@ func benchAppend[T any, P interface {
 	if err := json.Unmarshal([]byte(msg), r); err != nil {
 		b.Fatal(err)
 	}
-	b.Run("fast", func(b *testing.B) {
-		b.SetBytes(int64(len(msg)))
-		for b.Loop() {
-			r.AppendJSON(nil)
-		}
-	})
-	b.Run("encoding-json", func(b *testing.B) {
-		b.SetBytes(int64(len(msg)))
-		for b.Loop() {
-			if _, err := json.Marshal(r); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		r.AppendJSON(nil)
+	}
 }
 
 func BenchmarkAppendJSONOutgoingRequest(b *testing.B) {
