@@ -36,10 +36,13 @@ fuzz:
 deps:
 	@./scripts/deps.sh
 
-## proto: regenerate pkg/envelope/types.pb.go from proto/types.proto
+## proto: regenerate pkg/envelope/types.pb.go and types_vtproto.pb.go (decoder) from proto/types.proto
 proto: deps
 	protoc --plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \
-		--go_out=. --go_opt=module=github.com/rmb-go/rmb proto/types.proto
+		--go_out=. --go_opt=module=github.com/rmb-go/rmb \
+		--plugin=protoc-gen-go-vtproto=$$($(GO) tool -n protoc-gen-go-vtproto) \
+		--go-vtproto_out=. --go-vtproto_opt=module=github.com/rmb-go/rmb,features=unmarshal \
+		proto/types.proto
 
 ## bench: micro-benchmarks of the hot paths
 bench:

@@ -256,7 +256,7 @@ func Unmarshal(b []byte, maxSize int) (*Envelope, error) {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooBig, len(b), maxSize)
 	}
 	e := new(Envelope)
-	if unmarshalFast(b, e) {
+	if unmarshalVT(b, e) {
 		return e, nil
 	}
 	e = new(Envelope)

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha512"
 	"encoding/hex"
@@ -14,7 +15,6 @@ import (
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	"github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 	"github.com/oasisprotocol/curve25519-voi/primitives/sr25519"
-	"golang.org/x/crypto/pbkdf2"
 )
 
 // KeyType names a signing scheme.
@@ -116,7 +116,12 @@ func SeedFromMnemonic(mnemonic string) ([]byte, error) {
 	checksumBits := bits % 32
 	entropy := new(big.Int).Rsh(new(big.Int).SetBytes(withChecksum), uint(checksumBits)).
 		FillBytes(make([]byte, (bits-checksumBits)/8))
-	full := pbkdf2.Key(entropy, []byte("mnemonic"), 2048, 64, sha512.New)
+	// The standard library's PBKDF2 takes the password as a string; the
+	// entropy bytes pass through unchanged (a Go string is any bytes).
+	full, err := pbkdf2.Key(sha512.New, string(entropy), []byte("mnemonic"), 2048, 64)
+	if err != nil {
+		return nil, fmt.Errorf("identity: pbkdf2: %w", err)
+	}
 	return full[:SeedSize], nil
 }
 
