@@ -33,7 +33,10 @@ const (
 	maxDomainAliases = 16
 	// maxDomainLookups bounds the name lookups in flight; a check that
 	// finds them all busy is skipped (counted).
-	maxDomainLookups    = 4
+	maxDomainLookups = 4
+	// maxDomainChecked bounds the federation domains remembered as
+	// looked up (each once per domainWarnInterval).
+	maxDomainChecked    = 1024
 	domainLookupTimeout = 2 * time.Second
 )
 
@@ -43,12 +46,15 @@ type domainCheck struct {
 	lookups chan struct{}                   // semaphore of lookups in flight
 	results *prometheus.CounterVec          // by result
 
-	mu     sync.Mutex
-	warned map[uint32]time.Time // twin -> when last warned about
+	local atomic.Pointer[string] // an address a twin reached this relay on
+
+	mu      sync.Mutex
+	warned  map[uint32]time.Time // twin -> when last warned about
+	checked map[string]time.Time // federation domain -> when looked up
 }
 
 func newDomainCheck(r *Relay) *domainCheck {
-	d := &domainCheck{r: r, lookups: make(chan struct{}, maxDomainLookups), warned: make(map[uint32]time.Time)}
+	d := &domainCheck{r: r, lookups: make(chan struct{}, maxDomainLookups), warned: make(map[uint32]time.Time), checked: make(map[string]time.Time)}
 	d.aliases.Store(&map[string]bool{})
 	d.results = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rmb_relay_domain_mismatch_total",
@@ -104,9 +110,69 @@ func (d *domainCheck) shouldWarn(twin uint32, now time.Time) bool {
 	return true
 }
 
+// seen records an address a connection reached this relay on, for
+// federating.
+func (d *domainCheck) seen(req *http.Request) {
+	if local, ok := req.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		s := local.String()
+		d.local.Store(&s)
+	}
+}
+
+// federating looks, in the background and once per domain per interval,
+// at whether relays (a destination's, none of ours) name this relay
+// itself: then the name becomes ours and later envelopes for the twin are
+// kept here, not federated to ourselves. The envelope at hand is
+// federated as before.
+func (d *domainCheck) federating(relays []string) {
+	lp := d.local.Load()
+	if lp == nil {
+		return
+	}
+	now := time.Now()
+	for _, dom := range relays {
+		key := strings.ToLower(dom)
+		d.mu.Lock()
+		last, ok := d.checked[key]
+		due := !ok || now.Sub(last) >= domainWarnInterval
+		if due && !ok && len(d.checked) >= maxDomainChecked {
+			for k, t := range d.checked {
+				if now.Sub(t) >= domainWarnInterval {
+					delete(d.checked, k)
+				}
+			}
+			due = len(d.checked) < maxDomainChecked
+		}
+		if due {
+			d.checked[key] = now
+		}
+		d.mu.Unlock()
+		if !due {
+			continue
+		}
+		select {
+		case d.lookups <- struct{}{}:
+		default:
+			d.results.WithLabelValues("suppressed").Inc()
+			continue
+		}
+		go func() {
+			defer func() { <-d.lookups }()
+			if d.resolvesTo(dom, *lp) && d.addAlias(dom) {
+				d.results.WithLabelValues("alias").Inc()
+				d.r.log.Warn("federation to a destination's relay would reach this relay itself; treating the name as this relay's: add it with --domain",
+					"name", dom, "domains", d.r.opts.Domains)
+			}
+		}()
+	}
+}
+
 // connected looks at the relays twin lists, as it connects through req.
 // It returns at once; lookups run in the background.
 func (d *domainCheck) connected(req *http.Request, twin uint32, relays []string) {
+	if d.local.Load() == nil {
+		d.seen(req)
+	}
 	if len(relays) == 0 || d.r.isOurs(relays) {
 		return
 	}

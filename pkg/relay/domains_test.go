@@ -114,3 +114,35 @@ func TestDomainCheckBounds(t *testing.T) {
 		t.Errorf("%d aliases, bound %d", n, maxDomainAliases)
 	}
 }
+
+// A twin that never connected here lists localhost:PORT: the first
+// federation attempt to it finds that the name is this relay, and later
+// envelopes for the twin are kept here for it.
+func TestFederationToOurselves(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, addr := listen(t)
+	_, port, _ := net.SplitHostPort(addr)
+	var logs logSink
+	tr := startRelay(t, reg, &Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, ln, nil)
+	a := reg.newTwin(t, addr)
+	d := reg.newTwin(t, "localhost:"+port)
+	ca := dial(t, tr, a, "")
+	ca.send(d.num, "", "first")
+	waitFor(t, 20*time.Second, func() error {
+		if !strings.Contains(logs.String(), "federation to a destination's relay would reach this relay itself") {
+			return errors.New("no warning yet")
+		}
+		return nil
+	})
+	ca.send(d.num, "", "second")
+	cd := dial(t, tr, d, "")
+	for {
+		e, err := cd.recvWithin(20 * time.Second)
+		if err != nil {
+			t.Fatalf("twin %d never got the envelope sent after the name was learnt: %v\n%s", d.num, err, logs.String())
+		}
+		if string(e.GetPlain()) == "second" {
+			break
+		}
+	}
+}
