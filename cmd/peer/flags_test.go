@@ -116,3 +116,11 @@ func TestBinaryRustFlags(t *testing.T) {
 		t.Errorf("--help:\n%s", help)
 	}
 }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}

@@ -147,3 +147,11 @@ func TestBinaryDebugTwice(t *testing.T) {
 		t.Errorf("-dd: no source in %q", line)
 	}
 }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
