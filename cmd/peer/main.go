@@ -94,7 +94,7 @@ type Main struct {
 	Redis        string
 	Registrar    string
 	NoUpdate     bool
-	Debug        bool
+	Debug        int // -d 1: debug; -dd 2: debug with source lines
 	PolicyFile   string
 	MetricsAddr  string
 	PprofAddr    string
@@ -143,6 +143,9 @@ func (r relayList) String() string {
 }
 
 func (r relayList) Set(s string) error {
+	if err := cliconf.CheckURL(s, "ws", "wss"); err != nil {
+		return err
+	}
 	if _, err := peer.RelayDomain(s); err != nil {
 		return err
 	}
@@ -166,7 +169,7 @@ func (m *Main) ParseFlags(args []string) error {
 	str(&m.MnemonicFile, "mnemonic-file", "", "file holding the twin secret")
 	str(&m.KeyType, "key-type", "k", "signing key type: ed25519 or sr25519")
 	str(&m.Redis, "redis", "r", "Redis URL: redis://host:port, tcp://host:port or unix:///path")
-	str(&m.Registrar, "registrar", "", "registrar base URL, e.g. https://registrar.example")
+	fs.Var(cliconf.URL{P: &m.Registrar, Check: registrar.CheckURL}, "registrar", "registrar base URL, http:// or https://, e.g. https://registrar.example")
 	str(&m.PolicyFile, "policy", "", "YAML file of which twins may call which commands (reloaded on SIGHUP)")
 	str(&m.MetricsAddr, "metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9100")
 	str(&m.HTTPAddr, "http", "", "serve the local JSON API over HTTP on unix:///path or a loopback 127.0.0.1:PORT (no authentication: loopback only)")
@@ -185,14 +188,22 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.Int64Var(&m.CommandBytes, "command-bytes", 256<<20, "most bytes in all msgbus.<cmd> lists together")
 	fs.Int64Var(&m.AnswerCacheBytes, "answer-cache-bytes", 64<<20, "most bytes of answers kept for re-sent requests")
 	fs.BoolVar(&m.NoUpdate, "no-update", m.NoUpdate, "do not update the twin's relays and e2e key at the registrar")
-	fs.BoolVar(&m.Debug, "debug", m.Debug, "log at debug level")
-	fs.BoolVar(&m.Debug, "d", m.Debug, "shorthand for --debug")
+	cliconf.DebugFlags(fs, &m.Debug, "log at debug level")
+	// The Rust peer's spellings: --mnemonics and --seed (both deprecated
+	// there) are --mnemonic, which takes a 0x hex seed too; and the flags
+	// without a counterpart here.
+	fs.StringVar(&m.Mnemonic, "mnemonics", "", "shorthand for --mnemonic (the Rust peer's spelling)")
+	fs.StringVar(&m.Mnemonic, "seed", "", "shorthand for --mnemonic (the Rust peer's spelling; --mnemonic takes a 0x hex seed)")
+	cliconf.Refuse(fs, "this peer finds twins at a registrar, not on a chain: give --registrar URL", "substrate", "s")
+	cliconf.Refuse(fs, "this peer does not accept uploads: drop it", "uploads", "u")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: rmb-peer [flags]\n\nConnects a twin to RMB and serves the local Redis API.\n\n")
-		fs.PrintDefaults()
+		cliconf.PrintDefaults(fs)
 	}
 	conf := cliconf.New(fs, "RMB")
 	conf.SkipEnv("mnemonic") // $RMB_MNEMONIC comes after --mnemonic-file: see secret
+	// The Rust peer's spelling --relay a b.
+	args = cliconf.Spread(args, []string{"relay"}, nil)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -303,11 +314,7 @@ func RedactURL(raw string) string { return redisapi.RedactURL(raw) }
 // the relays and Redis in the background, and returns once the twin is
 // known. ctx bounds only the start-up: stop the peer with Close.
 func (m *Main) Run(ctx context.Context) error {
-	level := slog.LevelInfo
-	if m.Debug {
-		level = slog.LevelDebug
-	}
-	m.log = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: level}))
+	m.log = slog.New(slog.NewTextHandler(m.Stderr, cliconf.LogOptions(m.Debug)))
 	redis.SetLogger(redisLogger{m.log})
 
 	secret, err := m.secret()

@@ -81,7 +81,7 @@ type Main struct {
 	MaxEnvelopeSize int
 	MaxTokenLife    time.Duration
 	FedScheme       string
-	Debug           bool
+	Debug           int // -d 1: debug; -dd 2: debug with source lines
 	ShutdownTimeout time.Duration
 	PprofAddr       string
 	// Federation bounds (relay.Options) and the private-address switch.
@@ -223,14 +223,17 @@ func (m *Main) ParseFlags(args []string) error {
 	printVersion := buildinfo.Flag(fs, "rmb-relay")
 	domains := (*stringList)(&m.Domains)
 	fs.StringVar(&m.Listen, "listen", m.Listen, "address to listen on")
+	fs.StringVar(&m.Listen, "l", m.Listen, "shorthand for --listen")
 	fs.Var(domains, "domain", "a domain of this relay, as twins list it in the registrar (repeatable)")
 	fs.Var(domains, "m", "shorthand for --domain")
-	fs.StringVar(&m.Registrar, "registrar", m.Registrar, "registrar base URL (required)")
+	fs.Var(cliconf.URL{P: &m.Registrar, Check: registrar.CheckURL}, "registrar", "registrar base URL, http:// or https:// (required)")
 	fs.StringVar(&m.Redis, "redis", m.Redis, "redis URL for the offline queues (default: in memory)")
-	fs.IntVar(&m.Limit, "limit", m.Limit, "envelopes per twin per --limit-window (0: no limit)")
+	fs.StringVar(&m.Redis, "r", m.Redis, "shorthand for --redis")
+	fs.IntVar(&m.Limit, "limit", m.Limit, "envelopes per twin per --limit-window (0: no limit); the Rust relay's --limit COUNT SIZE sets --limit and --limit-size")
 	fs.Int64Var(&m.LimitBytes, "limit-size", m.LimitBytes, "envelope bytes per twin per --limit-window (0: no limit)")
 	fs.Var(seconds{&m.LimitWindow}, "limit-window", "rate limit window, seconds or a duration")
 	fs.Var(seconds{&m.RankerPeriod}, "ranker-period", "window over which federation failures rank relays, seconds or a duration")
+	fs.Var(seconds{&m.RankerPeriod}, "p", "shorthand for --ranker-period")
 	fs.StringVar(&m.TLSCert, "tls-cert", m.TLSCert, "TLS certificate file (serve HTTPS/WSS)")
 	fs.StringVar(&m.TLSKey, "tls-key", m.TLSKey, "TLS key file")
 	fs.StringVar(&m.AllowFile, "allow", m.AllowFile, "YAML allow list of twin ids that may connect (reloaded on SIGHUP)")
@@ -242,7 +245,7 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.StringVar(&m.FedScheme, "federation-scheme", m.FedScheme, "scheme of federation POSTs to other relays: https, or http for relays on a private network")
 	fs.DurationVar(&m.ShutdownTimeout, "shutdown-timeout", m.ShutdownTimeout, "how long a graceful shutdown may take")
 	fs.StringVar(&m.PprofAddr, "pprof", m.PprofAddr, "serve Go's profiler (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060 (default: off)")
-	fs.BoolVar(&m.Debug, "debug", m.Debug, "debug logging")
+	cliconf.DebugFlags(fs, &m.Debug, "debug logging")
 	fs.IntVar(&m.FedQueue, "federation-queue", m.FedQueue, "envelopes held for one destination relay (waiting, posting or in retry backoff)")
 	fs.Int64Var(&m.FedQueueBytes, "federation-queue-bytes", m.FedQueueBytes, "bytes held for one destination relay")
 	fs.IntVar(&m.FedMaxJobs, "federation-max-jobs", m.FedMaxJobs, "envelopes held for all destination relays")
@@ -262,8 +265,18 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.Var((*stringList)(&m.NATS), "nats", "NATS URLs (comma-separated or repeated): join the relay cluster of the instances with the same domains on this NATS; needs --redis (default: single process)")
 	fs.StringVar(&m.Instance, "instance", m.Instance, "name of this instance in logs, metrics and the status page (default: host name and --listen port)")
 	fs.Var((*prefixList)(&m.TrustedProxies), "trusted-proxy", "CIDR of a reverse proxy whose X-Forwarded-For names the client (repeatable; default: none)")
+	// The Rust relay's flags without a counterpart here.
+	cliconf.Refuse(fs, "this relay looks twins up at a registrar, not on a chain: give --registrar URL", "substrate", "s")
+	cliconf.Refuse(fs, "this relay has no worker pool to size: drop it (sessions are bounded by --max-sessions-per-twin and --max-sessions-per-address)", "workers", "w", "user-per-worker", "u")
+	cliconf.Refuse(fs, "this relay follows twin changes on the registrar's change feed, not chain events: drop it", "catchup-threshold")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: rmb-relay [flags]\n\nRuns an RMB relay.\n\n")
+		cliconf.PrintDefaults(fs)
+	}
 	conf := cliconf.New(fs, "RMB")
 	conf.SkipEnv("admin-token") // $RMB_ADMIN_TOKEN comes after --admin-token-file: see adminToken
+	// The Rust relay's spellings: -m a b, --limit COUNT SIZE.
+	args = cliconf.Spread(args, []string{"m", "domain", "nats"}, map[string]string{"limit": "limit-size"})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -339,11 +352,7 @@ func (m *Main) adminToken() (string, error) {
 // Run starts the relay and returns once it listens; it logs
 // "listening addr=<actual address>".
 func (m *Main) Run(ctx context.Context) error {
-	level := slog.LevelInfo
-	if m.Debug {
-		level = slog.LevelDebug
-	}
-	m.log = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: level}))
+	m.log = slog.New(slog.NewTextHandler(m.Stderr, cliconf.LogOptions(m.Debug)))
 
 	policy, err := relay.LoadPolicy(m.AllowFile, m.RulesFile)
 	if err != nil {

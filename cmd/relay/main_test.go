@@ -123,7 +123,7 @@ func TestParseFlags(t *testing.T) {
 		t.Fatalf("parsed %+v", m2)
 	}
 	if fmt.Sprint(m.Domains) != "[a.example b.example c.example]" || m.Limit != 100 ||
-		m.RankerPeriod != time.Minute || m.LimitWindow != 2*time.Minute || !m.Debug || m.Listen != "127.0.0.1:0" {
+		m.RankerPeriod != time.Minute || m.LimitWindow != 2*time.Minute || m.Debug != 1 || m.Listen != "127.0.0.1:0" {
 		t.Fatalf("parsed %+v", m)
 	}
 	for _, bad := range [][]string{
@@ -131,7 +131,7 @@ func TestParseFlags(t *testing.T) {
 		{"--registrar", "http://r"}, // no domain
 		{"--registrar", "http://r", "-m", "a", "--tls-cert", "c"}, // cert without key
 		{"--registrar", "http://r", "-m", "a", "--ranker-period", "soon"},
-		{"--registrar", "http://r", "-m", "a", "extra"},
+		{"--registrar", "http://r", "-m", "a", "--debug", "extra"},
 		{"--registrar", "http://r", "-m", "a", "--federation-queue", "0"},
 		{"--registrar", "http://r", "-m", "a", "--federation-max-bytes", "-1"},
 		{"--registrar", "http://r", "-m", "a", "--trusted-proxy", "not-a-cidr"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"strconv"
 	"strings"
@@ -46,7 +47,7 @@ func parseTwins(s string) ([]uint32, error) {
 }
 
 func call(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "call", "--dst TWIN[,TWIN...] --cmd COMMAND [--data JSON] [--ttl 60] [--count 1 --interval 1s] [--redis URL]")
+	fs := newFlags(e, "call", "--dst TWIN[,TWIN...] --cmd COMMAND [--data JSON] [--ttl 60] [--count 1 --interval 1s | --latency] [--json] [--redis URL]")
 	dst := fs.String("dst", "", "destination twin ids, comma separated (required)")
 	cmd := fs.String("cmd", "", "command to call, e.g. calc.add (required)")
 	data := fs.String("data", "", "payload, sent as is")
@@ -55,18 +56,32 @@ func call(ctx context.Context, e *env, args []string) int {
 	sid := fs.String("session", "", "destination session id")
 	tags := fs.String("tags", "", "envelope tags, e.g. fail-fast")
 	redisURL := fs.String("redis", defaultRedis, "Redis of the local rmb-peer")
-	asJSON := fs.Bool("json", false, "print the responses as JSON")
+	asJSON := fs.Bool("json", false, "print the responses as JSON; a payload that is text is also given decoded, as \"text\"")
 	count := fs.Int("count", 1, "make this many calls, each printed with its round-trip time, then a summary")
-	interval := fs.Duration("interval", time.Second, "with --count: time from the start of one call to the start of the next")
+	interval := fs.Duration("interval", time.Second, "with --count: time from the start of one call to the start of the next; with --latency: pause between calls (default there 100ms)")
+	latency := fs.Bool("latency", false, "call again and again, as redis-cli --latency, and print min, avg, max, p50 and p99 of the round trips (until Ctrl-C, or --count calls)")
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if *latency {
+		if !given["count"] {
+			*count = 0 // until Ctrl-C
+		}
+		if !given["interval"] {
+			*interval = 100 * time.Millisecond
+		}
 	}
 	twins, err := parseTwins(*dst)
 	if err == nil && *cmd == "" {
 		err = errors.New("--cmd is required")
 	}
-	if err == nil && *count < 1 {
+	if err == nil && *count < 1 && !*latency {
 		err = fmt.Errorf("--count %d: want 1 or more calls", *count)
+	}
+	if err == nil && *count < 0 {
+		err = fmt.Errorf("--count %d is negative", *count)
 	}
 	if err == nil && *interval < 0 {
 		err = fmt.Errorf("--interval %s is negative", *interval)
@@ -93,7 +108,12 @@ func call(ctx context.Context, e *env, args []string) int {
 		return e.errorf("cannot reach the peer's Redis at %s: %v", redisapi.RedactURL(*redisURL), err)
 	}
 	c := &caller{e: e, client: redisapi.NewClient(rdb), twins: twins, cmd: *cmd, data: []byte(*data), asJSON: *asJSON,
-		opts: &redisapi.CallOptions{TTL: time.Duration(ttlSecs) * time.Second, Session: *sid, Tags: *tags}}
+		opts: &redisapi.CallOptions{TTL: time.Duration(ttlSecs) * time.Second, Session: *sid, Tags: *tags},
+		hints: &hints{rdb: rdb, where: redisapi.RedactURL(*redisURL), cmd: *cmd, after: hintAfter,
+			printf: func(format string, args ...any) { fmt.Fprintf(e.stderr, "rmb call: "+format+"\n", args...) }}}
+	if *latency {
+		return c.latency(ctx, *count, *interval)
+	}
 	if *count == 1 {
 		if c.once(ctx, 0) {
 			return 0
@@ -112,6 +132,7 @@ type caller struct {
 	data   []byte
 	opts   *redisapi.CallOptions
 	asJSON bool
+	hints  *hints
 }
 
 // once makes call number seq (0 when there is only one) and prints its
@@ -122,8 +143,10 @@ func (c *caller) once(ctx context.Context, seq int) bool {
 	e := c.e
 	stop := spin(e.stderr, fmt.Sprintf("waiting for %s from %s", c.cmd, twinList(c.twins)))
 	start := time.Now()
+	stopHints := c.hints.watch(ctx)
 	out, err := c.client.Call(ctx, c.twins, c.cmd, c.data, c.opts)
 	rtt := time.Since(start)
+	stopHints()
 	stop()
 	prefix, suffix := "", ""
 	if seq > 0 {
@@ -131,14 +154,14 @@ func (c *caller) once(ctx context.Context, seq int) bool {
 	}
 	failed := err != nil
 	if c.asJSON && seq > 0 {
-		line := callJSON{Seq: seq, RTTMicros: rtt.Microseconds(), Responses: out}
+		line := callJSON{Seq: seq, RTTMicros: rtt.Microseconds(), Responses: withText(out)}
 		if err != nil {
 			line.Error = fmt.Sprintf("%v (%d of %d answered)", err, len(out), len(c.twins))
 		}
 		b, _ := json.Marshal(line)
 		fmt.Fprintf(e.stdout, "%s\n", b)
 	} else if c.asJSON {
-		printJSON(e, out)
+		printJSON(e, withText(out))
 	}
 	for _, r := range out {
 		if r.Error != nil {
@@ -171,10 +194,10 @@ func (c *caller) once(ctx context.Context, seq int) bool {
 
 // callJSON is one call of rmb call --count N --json, a line each.
 type callJSON struct {
-	Seq       int                         `json:"seq"`
-	RTTMicros int64                       `json:"rtt_us"`
-	Responses []redisapi.IncomingResponse `json:"responses"`
-	Error     string                      `json:"error,omitempty"`
+	Seq       int            `json:"seq"`
+	RTTMicros int64          `json:"rtt_us"`
+	Responses []responseJSON `json:"responses"`
+	Error     string         `json:"error,omitempty"`
 }
 
 // callSummary ends rmb call --count N --json.
@@ -250,11 +273,18 @@ func twinList(twins []uint32) string {
 }
 
 func serve(ctx context.Context, e *env, args []string) int {
-	fs := newFlags(e, "serve", "[--cmd echo] [--redis URL]")
-	cmd := fs.String("cmd", "echo", "command to serve; requests are answered with their own payload")
+	fs := newFlags(e, "serve", "[--cmd echo] [--exec 'SHELL COMMAND' [--exec-timeout 30s] [--exec-max-output 1048576]] [--redis URL]")
+	cmd := fs.String("cmd", "echo", "command to serve; requests are answered with their own payload, or by --exec")
 	redisURL := fs.String("redis", defaultRedis, "Redis of the local rmb-peer")
+	execCmd := fs.String("exec", "", "answer each request with this shell command's stdout, its payload on stdin; a non-zero exit is an error answer with stderr's first line (like nats reply --command)")
+	execTimeout := fs.Duration("exec-timeout", 30*time.Second, "with --exec: kill the command after this long (or at the request's deadline, if sooner)")
+	execMax := fs.Int("exec-max-output", 1<<20, "with --exec: largest answer, bytes; more is an error answer")
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	if *execTimeout <= 0 || *execMax <= 0 {
+		fmt.Fprintln(e.stderr, "rmb serve: --exec-timeout and --exec-max-output must be positive")
+		return 2
 	}
 	rdb, err := redisClient(*redisURL)
 	if err != nil {
@@ -265,11 +295,29 @@ func serve(ctx context.Context, e *env, args []string) int {
 		return e.errorf("cannot reach the peer's Redis at %s: %v", redisapi.RedactURL(*redisURL), err)
 	}
 	where := redisapi.RedactURL(*redisURL)
-	fmt.Fprintf(e.stderr, "serving %s on %s (Ctrl-C to stop)\n", *cmd, where)
+	if *execCmd != "" {
+		fmt.Fprintf(e.stderr, "serving %s on %s with %q (Ctrl-C to stop)\n", *cmd, where, *execCmd)
+	} else {
+		fmt.Fprintf(e.stderr, "serving %s on %s (Ctrl-C to stop)\n", *cmd, where)
+	}
 	client := redisapi.NewClient(rdb)
 	handler := func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
 		fmt.Fprintf(e.stdout, "%s from %s: %s\n", req.Command, req.Source, p)
 		return p, nil
+	}
+	if *execCmd != "" {
+		run := execHandler(*execCmd, *execTimeout, *execMax)
+		handler = func(ctx context.Context, req *redisapi.IncomingRequest, p []byte) ([]byte, error) {
+			start := time.Now()
+			out, err := run(ctx, req, p)
+			took := roundDur(time.Since(start))
+			if err != nil {
+				fmt.Fprintf(e.stdout, "%s from %s: %d bytes in, %v (%s)\n", req.Command, req.Source, len(p), err, took)
+			} else {
+				fmt.Fprintf(e.stdout, "%s from %s: %d bytes in, %d out (%s)\n", req.Command, req.Source, len(p), len(out), took)
+			}
+			return out, err
+		}
 	}
 	// Serve returns when Redis fails (a restart, a dropped connection):
 	// say so once, wait until Redis answers again and serve on.

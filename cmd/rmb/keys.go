@@ -1,16 +1,20 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
 
+	"github.com/rmb-go/rmb/internal/cliconf"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
@@ -82,8 +86,8 @@ func registerTwin(ctx context.Context, e *env, args []string) int {
 	fs.StringVar(&mnemonic, "m", "", "short for --mnemonic")
 	fs.StringVar(&file, "mnemonic-file", "", "read the secret from this file")
 	keyType := fs.String("key-type", "sr25519", "signing key type: sr25519 or ed25519")
-	reg := fs.String("registrar", defaultRegistrar, "registrar URL")
-	var relays listFlag
+	reg := registrarFlag(fs)
+	var relays domainList
 	fs.Var(&relays, "relay", "relay domain (host[:port]) the twin is reachable on; repeatable")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if code, ok := parse(fs, args); !ok {
@@ -107,7 +111,7 @@ func registerTwin(ctx context.Context, e *env, args []string) int {
 	case err == nil:
 		fmt.Fprintf(e.stderr, "already registered\n")
 	case errors.Is(err, registrar.ErrNotFound):
-		if twin, err = c.Register(ctx, id, relays); err != nil {
+		if twin, err = c.Register(ctx, id, []string(relays)); err != nil {
 			return e.errorf("register: %v", err)
 		}
 	default:
@@ -118,7 +122,7 @@ func registerTwin(ctx context.Context, e *env, args []string) int {
 
 func whois(ctx context.Context, e *env, args []string) int {
 	fs := newFlags(e, "whois", "[--registrar URL] [--json] TWIN")
-	reg := fs.String("registrar", defaultRegistrar, "registrar URL")
+	reg := registrarFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -170,4 +174,27 @@ func printJSON(e *env, v any) int {
 		return e.errorf("%v", err)
 	}
 	return 0
+}
+
+// registrarFlag adds --registrar, checked as rmb-peer checks it.
+func registrarFlag(fs *flag.FlagSet) *string {
+	reg := defaultRegistrar
+	fs.Var(cliconf.URL{P: &reg, Check: registrar.CheckURL}, "registrar", "registrar URL, http:// or https://")
+	return &reg
+}
+
+// domainList is a repeatable flag of relay domains: host or host:port,
+// as twins list them at the registrar, not URLs.
+type domainList []string
+
+func (l *domainList) String() string { return strings.Join(*l, ",") }
+func (l *domainList) Set(v string) error {
+	if u, err := url.Parse(v); strings.Contains(v, "://") && err == nil {
+		return fmt.Errorf("want a relay domain like %s, not a URL", cmp.Or(u.Host, "relay.example:443"))
+	}
+	if v == "" || strings.ContainsAny(v, "/ ") {
+		return fmt.Errorf("want a relay domain like relay.example:443, got %q", v)
+	}
+	*l = append(*l, v)
+	return nil
 }

@@ -4,8 +4,9 @@
 //	rmb keygen                          new mnemonic and keys
 //	rmb register -m WORDS --relay HOST  register a twin at the registrar
 //	rmb whois 55                        look a twin up
-//	rmb call --dst 55 --cmd calc.add --data '[1,2]' [--ttl 30] [--count 10 --interval 1s]
+//	rmb call --dst 55 --cmd calc.add --data '[1,2]' [--ttl 30] [--count 10 --interval 1s | --latency] [--json]
 //	rmb serve --cmd echo                a ready echo service (rides out Redis restarts)
+//	rmb serve --cmd up --exec 'tr a-z A-Z'  answer with a command's output
 //	rmb deadletter list|show|requeue [--ttl 60]|drop
 //	rmb bench relay|e2e                 the load tool
 //	rmb demo                            registrar, relay, two peers, a service, real calls

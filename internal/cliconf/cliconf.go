@@ -87,7 +87,7 @@ func (c *Conf) configurable(f *flag.Flag) bool {
 	case "config", "print-config", "version", "help", "h":
 		return false
 	}
-	return len(f.Name) > 1 && shorthandOf(f) == ""
+	return len(f.Name) > 1 && shorthandOf(f) == "" && !isRefused(f)
 }
 
 // Apply sets, after fs.Parse, every flag the command line did not set from

@@ -159,3 +159,65 @@ func TestApplyEnv(t *testing.T) {
 		t.Errorf("got %+v", s)
 	}
 }
+
+// The Rust spellings of several values: repeated per word, or a pair
+// split over two flags; "--" and other flags stay.
+func TestSpread(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"-m a b --limit 10 1000 -d", "-m a -m b --limit 10 --limit-size 1000 -d"},
+		{"--relay=ws://a ws://b --debug", "--relay=ws://a --relay ws://b --debug"},
+		{"--limit 10 -d", "--limit 10 -d"},
+		{"--limit=10 20", "--limit=10 --limit-size 20"},
+		{"-m a -- b c", "-m a -- b c"},
+		{"-x a b", "-x a b"},
+	} {
+		got := strings.Join(Spread(strings.Fields(tc.in), []string{"m", "relay"}, map[string]string{"limit": "limit-size"}), " ")
+		if got != tc.want {
+			t.Errorf("Spread(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// -d counts, -dd adds two, the environment may give a count; refused
+// flags fail with their reason and are neither settings nor in --help.
+func TestCountAndRefuse(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var n int
+	DebugFlags(fs, &n, "debug")
+	Refuse(fs, "give --registrar URL", "substrate")
+	c := New(fs, "RMB")
+	if err := fs.Parse([]string{"-d", "-dd"}); err != nil || n != 3 {
+		t.Fatalf("-d -dd: %d %v", n, err)
+	}
+	n = 0
+	fs2 := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs2.SetOutput(io.Discard)
+	DebugFlags(fs2, &n, "debug")
+	Refuse(fs2, "give --registrar URL", "substrate")
+	c = New(fs2, "RMB")
+	fs2.Parse(nil)
+	if err := c.Apply(env(map[string]string{"RMB_DEBUG": "2", "RMB_SUBSTRATE": "x"})); err != nil || n != 2 {
+		t.Errorf("RMB_DEBUG=2: %d %v", n, err)
+	}
+	if err := fs2.Parse([]string{"--substrate", "wss://x"}); err == nil || !strings.Contains(err.Error(), "give --registrar URL") {
+		t.Errorf("--substrate: %v", err)
+	}
+	var help, conf bytes.Buffer
+	fs2.SetOutput(&help)
+	PrintDefaults(fs2)
+	c.Print(&conf)
+	if strings.Contains(help.String(), "substrate") || strings.Contains(help.String(), "\n  -dd") || !strings.Contains(help.String(), "-debug") ||
+		strings.Contains(conf.String(), "substrate") {
+		t.Errorf("help:\n%s\nconfig:\n%s", help.String(), conf.String())
+	}
+	for raw, want := range map[string]string{"127.0.0.1:8080": "want a URL like ws://127.0.0.1:8080", "http://r": "scheme http: want ws or wss, like ws://r",
+		"ws://": "want a URL like ws://host:port", "": "want a URL like ws://host:port"} {
+		if err := CheckURL(raw, "ws", "wss"); err == nil || err.Error() != want {
+			t.Errorf("CheckURL(%q) = %v, want %q", raw, err, want)
+		}
+	}
+	if err := CheckURL("wss://relay.example:443/x", "ws", "wss"); err != nil {
+		t.Errorf("good URL: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package registrar
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -71,6 +72,7 @@ type ClientOptions struct {
 // Client talks to a registrar. It is safe for concurrent use.
 type Client struct {
 	base       string
+	baseErr    error // CheckURL of base: every request fails with it
 	hc         *http.Client
 	log        *slog.Logger
 	ttl        time.Duration
@@ -137,6 +139,9 @@ func NewClient(baseURL string, opts *ClientOptions) *Client {
 		cache:      make(map[uint32]cacheEntry),
 		neg:        make(map[uint32]cacheEntry),
 	}
+	if err := CheckURL(baseURL); err != nil {
+		c.baseErr = fmt.Errorf("registrar URL %q: %w", baseURL, err)
+	}
 	if c.hc == nil {
 		c.hc = &http.Client{}
 	}
@@ -159,6 +164,41 @@ func NewClient(baseURL string, opts *ClientOptions) *Client {
 		c.maxNeg = DefaultMaxNegEntries
 	}
 	return c
+}
+
+// CheckURL reports whether base can be a registrar's base URL: http:// or
+// https://, with a host. The error names the form wanted, built from base:
+// "127.0.0.1:8080" is answered "want a URL like http://127.0.0.1:8080".
+func CheckURL(base string) error {
+	return checkURL(base, "http", "https")
+}
+
+// checkURL is CheckURL for any schemes (the first is the one suggested).
+func checkURL(raw string, schemes ...string) error {
+	like := func(rest string) error {
+		if rest == "" {
+			rest = "host:port"
+		}
+		return fmt.Errorf("want a URL like %s://%s", schemes[0], rest)
+	}
+	if !strings.Contains(raw, "://") {
+		return like(strings.TrimLeft(raw, "/"))
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return like("")
+	}
+	ok := false
+	for _, s := range schemes {
+		ok = ok || strings.EqualFold(u.Scheme, s)
+	}
+	if !ok {
+		return fmt.Errorf("scheme %s: want %s, like %s://%s", u.Scheme, strings.Join(schemes, " or "), schemes[0], cmp.Or(u.Host, "host:port"))
+	}
+	if u.Host == "" {
+		return like("")
+	}
+	return nil
 }
 
 // Twin returns a twin by id, from the cache when it can. A twin that does
@@ -411,7 +451,14 @@ func (c *Client) Update(ctx context.Context, id *identity.Identity, twin uint32,
 // from the cache, so cached answers are as fresh as one long poll. It
 // retries with backoff when the registrar fails, and returns ctx.Err()
 // once ctx is done. Run one Watch per Client.
+//
+// A client whose base URL fails CheckURL logs why once and returns that
+// error at once: no retry can succeed.
 func (c *Client) Watch(ctx context.Context) error {
+	if c.baseErr != nil {
+		c.log.Error("registrar: change feed not followed", "err", c.baseErr)
+		return c.baseErr
+	}
 	var (
 		since    uint64
 		started  bool
@@ -472,6 +519,9 @@ func backoff(n int) time.Duration {
 // the answer into out if its status is want. Any other status is a
 // *StatusError.
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, header http.Header, in any, want int, out any) error {
+	if c.baseErr != nil {
+		return c.baseErr
+	}
 	u := c.base + path
 	if len(query) > 0 {
 		u += "?" + query.Encode()

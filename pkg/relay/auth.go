@@ -45,5 +45,6 @@ func (r *Relay) authenticate(req *http.Request) (SessionKey, int, error) {
 	if err := tok.Verify(twin.PublicKey); err != nil {
 		return SessionKey{}, http.StatusUnauthorized, errors.New("invalid token: bad signature")
 	}
+	r.domainCheck.connected(req, tok.Claims.Twin, twin.Relays)
 	return SessionKey{Twin: tok.Claims.Twin, SID: tok.Claims.Session}, 0, nil
 }

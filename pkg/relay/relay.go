@@ -181,6 +181,8 @@ type Relay struct {
 	counters counters               // atomics, any goroutine
 	policy   atomic.Pointer[Policy] // swapped by SetPolicy
 
+	domainCheck *domainCheck // twins that list other relays (domains.go)
+
 	mu       sync.Mutex                     // guards the following
 	sessions map[uint32]map[string]*session // twin -> sid -> live session
 	closing  bool                           // Shutdown was called
@@ -314,6 +316,7 @@ func New(opts *Options) (*Relay, error) {
 	}
 	r.fed = newFederator(r)
 	r.metrics = newMetrics(r)
+	r.domainCheck = newDomainCheck(r) // domains.go
 	r.handler = r.routes()
 	if err := r.fed.start(r.ctx); err != nil {
 		r.fed.stop()
@@ -406,7 +409,7 @@ func headerHasToken(h http.Header, key, token string) bool {
 // isOurs reports whether one of relays is one of our domains.
 func (r *Relay) isOurs(relays []string) bool {
 	for _, d := range relays {
-		if r.domains[strings.ToLower(d)] {
+		if r.domains[strings.ToLower(d)] || r.domainCheck.isAlias(d) {
 			return true
 		}
 	}

@@ -153,6 +153,7 @@ func (r *Relay) route(ctx context.Context, rt *envelope.Routing, m Message) (rou
 		r.counters.drop(dropOffline)
 		return 0, envelope.CodeOffline, msgOffline
 	}
+	r.domainCheck.federating(twin.Relays) // domains.go: is it ourselves?
 	return r.federate(rt, m, twin.Relays)
 }
 
