@@ -311,6 +311,9 @@ func New(opts *Options) (*Relay, error) {
 		}
 		r.cl = cl
 		r.log = r.log.With("instance", o.Instance)
+		if r.limiter != nil {
+			cl.rate = newSharedLimiter(cl, r.limiter)
+		}
 	}
 	r.fed = newFederator(r)
 	r.metrics = newMetrics(r)
@@ -431,7 +434,9 @@ func (r *Relay) janitor() {
 					r.counters.stored.Add(-int64(n))
 				}
 			}
-			if r.limiter != nil {
+			if r.cl != nil && r.cl.rate != nil {
+				r.cl.rate.sweep(now)
+			} else if r.limiter != nil {
 				r.limiter.sweep(now)
 			}
 		}

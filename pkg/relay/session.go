@@ -55,6 +55,7 @@ type session struct {
 	ctx         context.Context // cancelled when the session ends
 	cancel      context.CancelFunc
 	prev        *session // the session this one replaced; sendLoop waits for it
+	token       string   // in a cluster: this connection's owner token (see clusterlimits.go)
 
 	wakeup   chan struct{} // cap 1: "the store (or a new send queue) may have something for you"
 	sendDone chan struct{} // closed when sendLoop has returned
@@ -161,6 +162,13 @@ func (s *session) deliver(m Message) (routeResult, error) {
 	return routedStored, nil
 }
 
+// isClosed reports whether sendLoop has finished.
+func (s *session) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
 // took accounts for m, taken from the send queue.
 func (s *session) took(m Message) {
 	s.mu.Lock()
@@ -232,6 +240,9 @@ func (s *session) serve() {
 	s.mu.Unlock()
 	s.readLoop()
 	s.r.unregister(s)
+	if s.r.cl != nil && s.token != "" {
+		s.r.cl.release(s.key, s.token)
+	}
 	s.close(websocket.StatusNormalClosure, "")
 	s.cancel()
 	s.mu.Lock()
@@ -279,6 +290,9 @@ func (s *session) sendLoop() {
 	defer close(s.sendDone)
 	var leftover []Message
 	defer func() { s.finish(leftover) }()
+	if s.ctx.Err() != nil {
+		return // closed before it started (a cluster claim lost): write nothing
+	}
 	if s.prev != nil {
 		// The replaced session puts its unsent envelopes back in the store
 		// first; only then is the store in order.
@@ -393,6 +407,17 @@ func (s *session) write(m Message) error {
 	s.unflushed = append(s.unflushed, m)
 	s.unflushedBytes += len(m.Data)
 	if err := s.conn.WriteMessage(wsframe.OpBinary, m.Data); err != nil {
+		if errors.Is(err, wsframe.ErrClosed) && len(s.unflushed) > 1 {
+			// The session is closing (replaced, revoked): our close frame
+			// went out behind, and flushed, what was buffered. Only m is
+			// unsent; putting the others back would deliver them twice.
+			sent := len(s.unflushed) - 1
+			s.r.counters.msgsOut.Add(uint64(sent))
+			s.r.counters.bytesOut.Add(uint64(s.unflushedBytes - len(m.Data)))
+			clear(s.unflushed[:sent])
+			s.unflushed[0] = m
+			s.unflushed, s.unflushedBytes = s.unflushed[:1], len(m.Data)
+		}
 		return s.writeFailed(err)
 	}
 	if s.unflushedBytes >= flushBytes {
@@ -464,6 +489,9 @@ func (s *session) finish(leftover []Message) {
 	}
 	if n := s.r.lookup(s.key); n != nil && n != s {
 		n.wake()
+	} else if len(leftover) > 0 && s.r.cl != nil {
+		// The session may live on another instance now.
+		s.r.cl.wake(s.key)
 	}
 }
 
@@ -531,6 +559,26 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, msg, status)
 		return
 	}
+	// In a cluster the session is claimed in Redis: the twin's sessions
+	// are counted over all instances, and the latest claim owns it.
+	var token, prev string
+	claimed := false
+	if r.cl != nil {
+		token = r.cl.newToken()
+		r.cl.addPending(token)
+		defer r.cl.endPending(token)
+		var status int
+		var msg string
+		var err error
+		prev, status, msg, err = r.cl.claim(key, token)
+		if status != 0 {
+			r.leave(key.Twin, addr, true)
+			r.conns.Done()
+			http.Error(w, msg, status)
+			return
+		}
+		claimed = err == nil
+	}
 	var s *session
 	conn, err := wsframe.Upgrade(w, req, &wsframe.Options{
 		ReadLimit:    r.opts.MaxEnvelopeSize,
@@ -539,20 +587,37 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 	})
 	if err != nil {
 		r.log.Debug("websocket upgrade failed", "remote", req.RemoteAddr, "err", err)
+		if r.cl != nil {
+			r.cl.release(key, token)
+		}
 		r.leave(key.Twin, addr, true)
 		r.conns.Done()
 		return
 	}
-	if r.cl != nil && r.lookup(key) == nil {
-		// Another instance may hold the session: it hands over (its
+	switch {
+	case claimed && prev != "":
+		// The connection we took the session from hands over (its
 		// unsent envelopes back in the store) before we subscribe.
+		r.cl.takeoverFrom(key, prev)
+	case r.cl != nil && !claimed && r.lookup(key) == nil:
+		// Without Redis: whoever is subscribed to the session hands over.
 		r.cl.takeover(key)
 	}
 	s = r.newSession(key, conn, req.RemoteAddr)
 	s.addr = addr
+	s.token = token
 	if !r.register(s) {
-		conn.Close(wsframe.StatusCode(statusGoingAway), "relay shutting down", closeGrace)
+		if r.cl != nil && r.cl.cancelled(token) {
+			// A later connection claimed the session meanwhile.
+			r.counters.replaced.Add(1)
+			conn.Close(wsframe.StatusCode(statusReplaced), "replaced by a newer connection", closeGrace)
+		} else {
+			conn.Close(wsframe.StatusCode(statusGoingAway), "relay shutting down", closeGrace)
+		}
 		s.cancel()
+		if r.cl != nil {
+			r.cl.release(key, token)
+		}
 		r.leave(key.Twin, addr, true)
 		r.conns.Done()
 		return
@@ -663,10 +728,11 @@ func (r *Relay) trusted(a netip.Addr) bool {
 }
 
 // register makes s the live session of its key, replacing (and closing) the
-// previous one. It fails once Shutdown has begun.
+// previous one. It fails once Shutdown has begun, or in a cluster when a
+// later connection claimed the session while s was pending.
 func (r *Relay) register(s *session) bool {
 	r.mu.Lock()
-	if r.closing {
+	if r.closing || (r.cl != nil && s.token != "" && r.cl.cancelled(s.token)) {
 		r.mu.Unlock()
 		return false
 	}
@@ -682,6 +748,9 @@ func (r *Relay) register(s *session) bool {
 		r.nsess++
 		if r.cl != nil {
 			r.cl.subscribe(s.key)
+			if len(m) == 1 {
+				r.cl.subscribeTwin(s.key.Twin)
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -719,6 +788,9 @@ func (r *Relay) unregister(s *session) {
 	r.nsess--
 	if r.cl != nil {
 		r.cl.unsubscribe(s.key)
+		if len(m) == 0 {
+			r.cl.unsubscribeTwin(s.key.Twin)
+		}
 	}
 }
 
@@ -804,6 +876,9 @@ func (r *Relay) storeFor(k SessionKey, m Message) (routeResult, error) {
 	}
 	if s := r.lookup(k); s != nil {
 		s.wake()
+		if r.cl != nil && s.isClosed() {
+			r.cl.wake(k) // its successor may be on another instance
+		}
 	} else if r.cl != nil {
 		r.cl.wake(k)
 	}
