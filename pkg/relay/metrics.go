@@ -54,10 +54,11 @@ const (
 	refuseTwinSessions refuseReason = iota // the twin is at MaxSessionsPerTwin
 	refuseAddrSessions                     // the address is at MaxSessionsPerAddress
 	refuseReadTimeout                      // an HTTP request body stalled past ReadTimeout
+	refuseNetwork                          // the twin may not connect from the client's network
 	numRefuseReasons
 )
 
-var refuseReasonNames = [numRefuseReasons]string{"twin_sessions", "address_sessions", "read_timeout"}
+var refuseReasonNames = [numRefuseReasons]string{"twin_sessions", "address_sessions", "read_timeout", "network"}
 
 // routeResult is where an envelope went.
 type routeResult uint8

@@ -49,8 +49,9 @@ type session struct {
 	key         SessionKey
 	conn        *wsframe.Conn // nil in tests that drive handleFrame directly
 	log         *slog.Logger
-	remote      string // RemoteAddr of the connection
-	addr        string // the client's address, counted against MaxSessionsPerAddress
+	remote      string     // RemoteAddr of the connection
+	addr        string     // the client's address, counted against MaxSessionsPerAddress
+	ip          netip.Addr // the client's IP address (through trusted proxies)
 	connectedAt time.Time
 	ctx         context.Context // cancelled when the session ends
 	cancel      context.CancelFunc
@@ -554,6 +555,12 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "twin not allowed on this relay", http.StatusForbidden)
 		return
 	}
+	ip := r.clientIP(req)
+	if p := r.policy.Load(); ip.IsValid() && !p.fromNetwork(key.Twin, ip) {
+		r.counters.refuse(refuseNetwork)
+		http.Error(w, msgNetworkDenied, http.StatusForbidden)
+		return
+	}
 	addr := r.clientAddr(req)
 	if status, msg := r.admit(key, addr); status != 0 {
 		http.Error(w, msg, status)
@@ -605,6 +612,7 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 	}
 	s = r.newSession(key, conn, req.RemoteAddr)
 	s.addr = addr
+	s.ip = ip
 	s.token = token
 	if !r.register(s) {
 		if r.cl != nil && r.cl.cancelled(token) {
@@ -683,18 +691,29 @@ func (r *Relay) unjoin(twin uint32) {
 // X-Forwarded-For that is not one. An IPv6 address counts as its /64 (one
 // host usually holds a whole /64).
 func (r *Relay) clientAddr(req *http.Request) string {
-	ap, err := netip.ParseAddrPort(req.RemoteAddr)
-	if err != nil {
+	addr := r.clientIP(req)
+	if !addr.IsValid() {
 		return req.RemoteAddr
-	}
-	addr := ap.Addr().Unmap()
-	if r.trusted(addr) {
-		addr = r.forwardedFor(req, addr)
 	}
 	if addr.Is6() {
 		return netip.PrefixFrom(addr, 64).Masked().String()
 	}
 	return addr.String()
+}
+
+// clientIP is the client's address: the remote address, or, when that is
+// a trusted proxy, the nearest address in X-Forwarded-For that is not one.
+// It is not valid when the remote address is not an IP address.
+func (r *Relay) clientIP(req *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(req.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr := ap.Addr().Unmap()
+	if r.trusted(addr) {
+		addr = r.forwardedFor(req, addr)
+	}
+	return addr
 }
 
 // forwardedFor walks X-Forwarded-For from the nearest hop (proxy, a
