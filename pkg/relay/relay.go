@@ -123,7 +123,8 @@ type Options struct {
 
 	// MaxSessionsPerTwin bounds the concurrent sessions of one twin (a new
 	// connection of a session id that is live replaces it and is always
-	// let in). Default 64.
+	// let in). Default 64. In a cluster it counts the twin's sessions on
+	// all instances (leases in Redis; see clusterlimits.go).
 	MaxSessionsPerTwin int
 	// MaxSessionsPerAddress bounds the concurrent sessions from one remote
 	// address (of any twins; an IPv6 address counts as its /64). Default
@@ -134,7 +135,8 @@ type Options struct {
 	// against its own remote address, whatever it claims. Default: none.
 	TrustedProxies []netip.Prefix
 
-	// RateLimit limits each twin's envelopes; nil means no limit.
+	// RateLimit limits each twin's envelopes; nil means no limit. In a
+	// cluster one bucket per twin in Redis serves all instances.
 	RateLimit *RateLimit
 	// Policy is the initial access policy (allow list and routing rules);
 	// nil allows everything. Replace it at runtime with SetPolicy.
