@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/rmb-go/rmb/internal/natstest"
+	"github.com/rmb-go/rmb/internal/redistest"
 	"github.com/rmb-go/rmb/pkg/envelope"
 )
 
@@ -306,4 +308,40 @@ func TestClusterSessionRace(t *testing.T) {
 			t.Fatalf("lease %q, holder %s", v, r.opts.Instance)
 		}
 	}
+}
+
+// BenchmarkClusterRedisLimits measures the Redis scripts of the cluster
+// limits against a real redis-server: a claim per connection (a twin with
+// 8 live leases), a refresh per session and 10 s, a rate chunk per 1/16 of
+// a twin's limit.
+func BenchmarkClusterRedisLimits(b *testing.B) {
+	rs := redistest.Start(b, nil)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	key := "rmb:relay:sess:bench:{1}"
+	for i := range 8 {
+		claimScript.Run(ctx, rdb, []string{key}, leaseField(fmt.Sprint("live", i)), "i/x", 30000, 64)
+	}
+	b.Run("claim", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			if err := claimScript.Run(ctx, rdb, []string{key}, leaseField("s"), fmt.Sprint("i/", i), 30000, 64).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("refresh", func(b *testing.B) {
+		for b.Loop() {
+			if err := refreshScript.Run(ctx, rdb, []string{key}, leaseField("live0"), "i/x", 30000).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("rate", func(b *testing.B) {
+		for b.Loop() {
+			if err := rateScript.Run(ctx, rdb, []string{"rmb:relay:rate:bench:{1}"}, 1<<30, 0, 60000, 1, 0).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
