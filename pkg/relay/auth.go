@@ -46,5 +46,8 @@ func (r *Relay) authenticate(req *http.Request) (SessionKey, int, error) {
 		return SessionKey{}, http.StatusUnauthorized, errors.New("invalid token: bad signature")
 	}
 	r.domainCheck.connected(req, tok.Claims.Twin, twin.Relays)
+	if tok.Claims.Session == broadcastSID {
+		return SessionKey{}, http.StatusBadRequest, errors.New(`session id "*" is reserved: it addresses every session of a twin`)
+	}
 	return SessionKey{Twin: tok.Claims.Twin, SID: tok.Claims.Session}, 0, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 )
 
 // A relay cluster is several Relay instances with the same Domains, the
@@ -85,27 +86,35 @@ const (
 type clusterResult uint8
 
 const (
-	clusterDelivered clusterResult = iota // another instance took the envelope
-	clusterNobody                         // no responders: nobody holds the session
-	clusterTimeout                        // no answer in time: stored here
-	clusterTakeovers                      // sessions taken over from another instance
-	clusterSlow                           // messages NATS dropped for a slow consumer
+	clusterDelivered  clusterResult = iota // another instance took the envelope
+	clusterNobody                          // no responders: nobody holds the session
+	clusterTimeout                         // no answer in time: stored here
+	clusterTakeovers                       // sessions taken over from another instance
+	clusterSlow                            // messages NATS dropped for a slow consumer
+	clusterRedisError                      // calls to the cluster's Redis (limits, ownership) that failed
 	numClusterResults
 )
 
-var clusterResultNames = [numClusterResults]string{"delivered", "no_responders", "timeout", "takeover", "slow_consumer"}
+var clusterResultNames = [numClusterResults]string{"delivered", "no_responders", "timeout", "takeover", "slow_consumer", "redis_error"}
 
 type cluster struct {
-	r        *Relay
-	nc       *nats.Conn
-	prefix   string // "rmb.<hex of the first domain>.s."
-	instance string
-	in       chan *nats.Msg
-	counts   [numClusterResults]atomic.Uint64
+	r                    *Relay
+	nc                   *nats.Conn
+	prefix               string // "rmb.<hex of the first domain>.s."
+	instance             string
+	in                   chan *nats.Msg
+	counts               [numClusterResults]atomic.Uint64
+	redis                redis.UniversalClient // session leases and the shared rate limit
+	rate                 *sharedLimiter        // nil without a rate limit
+	leaseTTL, leaseEvery time.Duration         // leaseTTL and leaseRefresh at start
+
+	redisWarned atomic.Int64 // unix ns of the latest Redis failure logged
 
 	mu       sync.Mutex // guards the following
 	subs     map[SessionKey]*nats.Subscription
-	overview []InstanceStatus // the instances that answered the latest survey
+	pending  map[string]*pendingClaim      // by owner token
+	twinSubs map[uint32]*nats.Subscription // broadcast subjects of the twins with sessions here
+	overview []InstanceStatus              // the instances that answered the latest survey
 }
 
 // InstanceStatus is one instance of a cluster as the status page shows
@@ -140,6 +149,13 @@ func newCluster(r *Relay) (*cluster, error) {
 		instance: r.opts.Instance,
 		in:       make(chan *nats.Msg, clusterInbox),
 		subs:     make(map[SessionKey]*nats.Subscription),
+		pending:  make(map[string]*pendingClaim),
+		twinSubs: make(map[uint32]*nats.Subscription),
+		redis:    clusterRedis(&r.opts),
+		leaseTTL: leaseTTL, leaseEvery: leaseRefresh,
+	}
+	if c.redis == nil {
+		return nil, errors.New("relay: cluster mode (NATS) needs the instances' shared Redis: set FederationRedis (rmb-relay --redis)")
 	}
 	for _, u := range r.opts.NATS {
 		if strings.TrimSpace(u) == "" {
@@ -180,6 +196,11 @@ func newCluster(r *Relay) (*cluster, error) {
 		nc.Close()
 		return nil, fmt.Errorf("relay: NATS subscribe: %w", err)
 	}
+	// Takeovers of this instance's connections, by owner token.
+	if _, err := nc.Subscribe(c.takeoverSubject(c.instance), c.handleTakeover); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("relay: NATS subscribe: %w", err)
+	}
 	if err := nc.FlushTimeout(clusterRequestTimeout); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("relay: NATS: %w", err)
@@ -188,6 +209,7 @@ func newCluster(r *Relay) (*cluster, error) {
 		go c.work()
 	}
 	go c.survey()
+	go c.refreshLeases()
 	return c, nil
 }
 
@@ -354,6 +376,9 @@ func (c *cluster) work() {
 func (c *cluster) handle(msg *nats.Msg) {
 	k, ok := c.parseSubject(msg.Subject)
 	if !ok {
+		if twin, ok := c.parseBroadcast(msg.Subject); ok {
+			c.handleBroadcast(twin, msg)
+		}
 		return
 	}
 	switch msg.Header.Get(hdrOp) {
@@ -468,7 +493,7 @@ func (c *cluster) register(reg *prometheus.Registry) {
 		v := &c.counts[i]
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "rmb", Subsystem: "relay", Name: "cluster_events_total",
-			Help:        "Cluster events of this instance, by result: delivered (to another instance), no_responders, timeout (stored here), takeover, slow_consumer (dropped by NATS).",
+			Help:        "Cluster events of this instance, by result: delivered (to another instance), no_responders, timeout (stored here), takeover, slow_consumer (dropped by NATS), redis_error (a limit or ownership call to Redis failed: this instance decided alone).",
 			ConstLabels: prometheus.Labels{"instance": c.instance, "result": clusterResultNames[i]},
 		}, func() float64 { return float64(v.Load()) }))
 	}

@@ -70,13 +70,19 @@ func startCluster(t *testing.T) *testCluster {
 // all, on every node (NATS picks one and fails over to the others).
 func startClusterOn(t *testing.T, nc *natstest.Cluster, all bool) *testCluster {
 	t.Helper()
+	return startClusterWith(t, nc, all, nil)
+}
+
+// startClusterWith is startClusterOn with more options for every instance.
+func startClusterWith(t *testing.T, nc *natstest.Cluster, all bool, mod func(*Options)) *testCluster {
+	t.Helper()
 	rs := redistest.Start(t, nil)
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	c := &testCluster{reg: startRegistrar(t), rdb: rdb}
 	for i, n := range nc.Nodes {
 		hs := &hookStore{Store: NewRedisStore(rdb, nil)}
-		tr := startRelay(t, c.reg, &Options{
+		o := &Options{
 			Domains:  []string{clusterDomain},
 			NATS:     natsURLs(nc, n, all),
 			Instance: fmt.Sprintf("i%d", i),
@@ -84,7 +90,11 @@ func startClusterOn(t *testing.T, nc *natstest.Cluster, all bool) *testCluster {
 
 			FederationRedis: rdb,
 			AdminToken:      "tok",
-		}, nil, nil)
+		}
+		if mod != nil {
+			mod(o)
+		}
+		tr := startRelay(t, c.reg, o, nil, nil)
 		c.relays = append(c.relays, tr)
 		c.stores = append(c.stores, hs)
 	}

@@ -704,7 +704,7 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 	// The source twin's rate limit, as on its WebSocket sessions; checked
 	// once the signature proved the source, so nobody spends another
 	// twin's budget. The sending relay retries 429 after a backoff.
-	if r.limiter != nil && !r.limiter.allow(src, len(body), now) {
+	if r.limiter != nil && !r.allowRate(src, len(body), now) {
 		r.counters.drop(dropRateLimited)
 		http.Error(w, msgRateLimited, http.StatusTooManyRequests)
 		return
@@ -739,7 +739,12 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 	dst := SessionKey{Twin: rt.Destination.Twin, SID: string(rt.Destination.Session)}
 	var res routeResult
 	held := false
-	if s := r.lookup(dst); s != nil {
+	if dst.SID == broadcastSID {
+		// Copies to the twin's live sessions; when none is live, stored
+		// for its session without id.
+		held, res = r.broadcast(dst.Twin, m), routedBroadcast
+		dst.SID = ""
+	} else if s := r.lookup(dst); s != nil {
 		res, err = s.deliver(m)
 		held = true
 	} else if r.cl != nil {

@@ -54,10 +54,11 @@ const (
 	refuseTwinSessions refuseReason = iota // the twin is at MaxSessionsPerTwin
 	refuseAddrSessions                     // the address is at MaxSessionsPerAddress
 	refuseReadTimeout                      // an HTTP request body stalled past ReadTimeout
+	refuseNetwork                          // the twin may not connect from the client's network
 	numRefuseReasons
 )
 
-var refuseReasonNames = [numRefuseReasons]string{"twin_sessions", "address_sessions", "read_timeout"}
+var refuseReasonNames = [numRefuseReasons]string{"twin_sessions", "address_sessions", "read_timeout", "network"}
 
 // routeResult is where an envelope went.
 type routeResult uint8
@@ -66,11 +67,12 @@ const (
 	routedLocal routeResult = iota
 	routedStored
 	routedFederated
-	routedCluster // handed to the instance holding the session
+	routedCluster   // handed to the instance holding the session
+	routedBroadcast // copied to every live session of the twin (connection "*")
 	numRouteResults
 )
 
-var routeResultNames = [numRouteResults]string{"local", "stored", "federated", "cluster"}
+var routeResultNames = [numRouteResults]string{"local", "stored", "federated", "cluster", "broadcast"}
 
 // counters are the relay's totals. They are plain atomics so that the hot
 // path does not allocate or look up label values; Prometheus reads them
@@ -87,7 +89,8 @@ type counters struct {
 	routed                  [numRouteResults]atomic.Uint64
 	drops                   [numDropReasons]atomic.Uint64
 	refused                 [numRefuseReasons]atomic.Uint64
-	stored                  atomic.Int64 // this process's view of the store depth
+	stored                  atomic.Int64  // this process's view of the store depth
+	broadcastCopies         atomic.Uint64 // copies of broadcast envelopes given to sessions here
 }
 
 func (c *counters) drop(r dropReason) { c.drops[r].Add(1) }
@@ -144,6 +147,7 @@ func newMetrics(r *Relay) *metrics {
 		counter("pongs_total", "App-level pongs sent.", &c.pongs, nil),
 		counter("connects_total", "Accepted WebSocket sessions.", &c.connects, nil),
 		counter("sessions_replaced_total", "Sessions replaced by a newer connection.", &c.replaced, nil),
+		counter("broadcast_copies_total", "Copies of envelopes to every session of a twin (connection \"*\") given to sessions of this relay (instance).", &c.broadcastCopies, nil),
 		counter("auth_failures_total", "Refused connection attempts.", &c.authFailures, nil),
 	)
 	for i := range numRouteResults {

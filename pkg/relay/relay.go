@@ -123,7 +123,8 @@ type Options struct {
 
 	// MaxSessionsPerTwin bounds the concurrent sessions of one twin (a new
 	// connection of a session id that is live replaces it and is always
-	// let in). Default 64.
+	// let in). Default 64. In a cluster it counts the twin's sessions on
+	// all instances (leases in Redis; see clusterlimits.go).
 	MaxSessionsPerTwin int
 	// MaxSessionsPerAddress bounds the concurrent sessions from one remote
 	// address (of any twins; an IPv6 address counts as its /64). Default
@@ -134,7 +135,8 @@ type Options struct {
 	// against its own remote address, whatever it claims. Default: none.
 	TrustedProxies []netip.Prefix
 
-	// RateLimit limits each twin's envelopes; nil means no limit.
+	// RateLimit limits each twin's envelopes; nil means no limit. In a
+	// cluster one bucket per twin in Redis serves all instances.
 	RateLimit *RateLimit
 	// Policy is the initial access policy (allow list and routing rules);
 	// nil allows everything. Replace it at runtime with SetPolicy.
@@ -313,6 +315,9 @@ func New(opts *Options) (*Relay, error) {
 		}
 		r.cl = cl
 		r.log = r.log.With("instance", o.Instance)
+		if r.limiter != nil {
+			cl.rate = newSharedLimiter(cl, r.limiter)
+		}
 	}
 	r.fed = newFederator(r)
 	r.metrics = newMetrics(r)
@@ -434,7 +439,9 @@ func (r *Relay) janitor() {
 					r.counters.stored.Add(-int64(n))
 				}
 			}
-			if r.limiter != nil {
+			if r.cl != nil && r.cl.rate != nil {
+				r.cl.rate.sweep(now)
+			} else if r.limiter != nil {
 				r.limiter.sweep(now)
 			}
 		}

@@ -48,7 +48,7 @@ func (r *Relay) handleFrame(s *session, b []byte) {
 	if !r.realClock {
 		now = r.opts.Now()
 	}
-	if r.limiter != nil && !r.limiter.allow(s.key.Twin, len(b), now) {
+	if r.limiter != nil && !r.allowRate(s.key.Twin, len(b), now) {
 		r.counters.drop(dropRateLimited)
 		r.replyError(s, &rt, envelope.CodeRateLimited, msgRateLimited, now)
 		return
@@ -110,6 +110,9 @@ func deadlineTooFar(dl, now time.Time) bool {
 // here).
 func (r *Relay) route(ctx context.Context, rt *envelope.Routing, m Message) (routeResult, uint32, string) {
 	dst := rt.Destination
+	if len(dst.Session) == 1 && dst.Session[0] == '*' {
+		return r.routeBroadcast(ctx, rt, m)
+	}
 	if s := r.lookupRaw(dst.Twin, dst.Session); s != nil {
 		res, err := s.deliver(m)
 		if err != nil {

@@ -49,12 +49,14 @@ type session struct {
 	key         SessionKey
 	conn        *wsframe.Conn // nil in tests that drive handleFrame directly
 	log         *slog.Logger
-	remote      string // RemoteAddr of the connection
-	addr        string // the client's address, counted against MaxSessionsPerAddress
+	remote      string     // RemoteAddr of the connection
+	addr        string     // the client's address, counted against MaxSessionsPerAddress
+	ip          netip.Addr // the client's IP address (through trusted proxies)
 	connectedAt time.Time
 	ctx         context.Context // cancelled when the session ends
 	cancel      context.CancelFunc
 	prev        *session // the session this one replaced; sendLoop waits for it
+	token       string   // in a cluster: this connection's owner token (see clusterlimits.go)
 
 	wakeup   chan struct{} // cap 1: "the store (or a new send queue) may have something for you"
 	sendDone chan struct{} // closed when sendLoop has returned
@@ -161,6 +163,13 @@ func (s *session) deliver(m Message) (routeResult, error) {
 	return routedStored, nil
 }
 
+// isClosed reports whether sendLoop has finished.
+func (s *session) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
 // took accounts for m, taken from the send queue.
 func (s *session) took(m Message) {
 	s.mu.Lock()
@@ -232,6 +241,9 @@ func (s *session) serve() {
 	s.mu.Unlock()
 	s.readLoop()
 	s.r.unregister(s)
+	if s.r.cl != nil && s.token != "" {
+		s.r.cl.release(s.key, s.token)
+	}
 	s.close(websocket.StatusNormalClosure, "")
 	s.cancel()
 	s.mu.Lock()
@@ -279,6 +291,9 @@ func (s *session) sendLoop() {
 	defer close(s.sendDone)
 	var leftover []Message
 	defer func() { s.finish(leftover) }()
+	if s.ctx.Err() != nil {
+		return // closed before it started (a cluster claim lost): write nothing
+	}
 	if s.prev != nil {
 		// The replaced session puts its unsent envelopes back in the store
 		// first; only then is the store in order.
@@ -393,6 +408,17 @@ func (s *session) write(m Message) error {
 	s.unflushed = append(s.unflushed, m)
 	s.unflushedBytes += len(m.Data)
 	if err := s.conn.WriteMessage(wsframe.OpBinary, m.Data); err != nil {
+		if errors.Is(err, wsframe.ErrClosed) && len(s.unflushed) > 1 {
+			// The session is closing (replaced, revoked): our close frame
+			// went out behind, and flushed, what was buffered. Only m is
+			// unsent; putting the others back would deliver them twice.
+			sent := len(s.unflushed) - 1
+			s.r.counters.msgsOut.Add(uint64(sent))
+			s.r.counters.bytesOut.Add(uint64(s.unflushedBytes - len(m.Data)))
+			clear(s.unflushed[:sent])
+			s.unflushed[0] = m
+			s.unflushed, s.unflushedBytes = s.unflushed[:1], len(m.Data)
+		}
 		return s.writeFailed(err)
 	}
 	if s.unflushedBytes >= flushBytes {
@@ -464,6 +490,9 @@ func (s *session) finish(leftover []Message) {
 	}
 	if n := s.r.lookup(s.key); n != nil && n != s {
 		n.wake()
+	} else if len(leftover) > 0 && s.r.cl != nil {
+		// The session may live on another instance now.
+		s.r.cl.wake(s.key)
 	}
 }
 
@@ -526,10 +555,36 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "twin not allowed on this relay", http.StatusForbidden)
 		return
 	}
+	ip := r.clientIP(req)
+	if p := r.policy.Load(); ip.IsValid() && !p.fromNetwork(key.Twin, ip) {
+		r.counters.refuse(refuseNetwork)
+		http.Error(w, msgNetworkDenied, http.StatusForbidden)
+		return
+	}
 	addr := r.clientAddr(req)
 	if status, msg := r.admit(key, addr); status != 0 {
 		http.Error(w, msg, status)
 		return
+	}
+	// In a cluster the session is claimed in Redis: the twin's sessions
+	// are counted over all instances, and the latest claim owns it.
+	var token, prev string
+	claimed := false
+	if r.cl != nil {
+		token = r.cl.newToken()
+		r.cl.addPending(token)
+		defer r.cl.endPending(token)
+		var status int
+		var msg string
+		var err error
+		prev, status, msg, err = r.cl.claim(key, token)
+		if status != 0 {
+			r.leave(key.Twin, addr, true)
+			r.conns.Done()
+			http.Error(w, msg, status)
+			return
+		}
+		claimed = err == nil
 	}
 	var s *session
 	conn, err := wsframe.Upgrade(w, req, &wsframe.Options{
@@ -539,20 +594,38 @@ func (r *Relay) handleConnect(w http.ResponseWriter, req *http.Request) {
 	})
 	if err != nil {
 		r.log.Debug("websocket upgrade failed", "remote", req.RemoteAddr, "err", err)
+		if r.cl != nil {
+			r.cl.release(key, token)
+		}
 		r.leave(key.Twin, addr, true)
 		r.conns.Done()
 		return
 	}
-	if r.cl != nil && r.lookup(key) == nil {
-		// Another instance may hold the session: it hands over (its
+	switch {
+	case claimed && prev != "":
+		// The connection we took the session from hands over (its
 		// unsent envelopes back in the store) before we subscribe.
+		r.cl.takeoverFrom(key, prev)
+	case r.cl != nil && !claimed && r.lookup(key) == nil:
+		// Without Redis: whoever is subscribed to the session hands over.
 		r.cl.takeover(key)
 	}
 	s = r.newSession(key, conn, req.RemoteAddr)
 	s.addr = addr
+	s.ip = ip
+	s.token = token
 	if !r.register(s) {
-		conn.Close(wsframe.StatusCode(statusGoingAway), "relay shutting down", closeGrace)
+		if r.cl != nil && r.cl.cancelled(token) {
+			// A later connection claimed the session meanwhile.
+			r.counters.replaced.Add(1)
+			conn.Close(wsframe.StatusCode(statusReplaced), "replaced by a newer connection", closeGrace)
+		} else {
+			conn.Close(wsframe.StatusCode(statusGoingAway), "relay shutting down", closeGrace)
+		}
 		s.cancel()
+		if r.cl != nil {
+			r.cl.release(key, token)
+		}
 		r.leave(key.Twin, addr, true)
 		r.conns.Done()
 		return
@@ -618,18 +691,29 @@ func (r *Relay) unjoin(twin uint32) {
 // X-Forwarded-For that is not one. An IPv6 address counts as its /64 (one
 // host usually holds a whole /64).
 func (r *Relay) clientAddr(req *http.Request) string {
-	ap, err := netip.ParseAddrPort(req.RemoteAddr)
-	if err != nil {
+	addr := r.clientIP(req)
+	if !addr.IsValid() {
 		return req.RemoteAddr
-	}
-	addr := ap.Addr().Unmap()
-	if r.trusted(addr) {
-		addr = r.forwardedFor(req, addr)
 	}
 	if addr.Is6() {
 		return netip.PrefixFrom(addr, 64).Masked().String()
 	}
 	return addr.String()
+}
+
+// clientIP is the client's address: the remote address, or, when that is
+// a trusted proxy, the nearest address in X-Forwarded-For that is not one.
+// It is not valid when the remote address is not an IP address.
+func (r *Relay) clientIP(req *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(req.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr := ap.Addr().Unmap()
+	if r.trusted(addr) {
+		addr = r.forwardedFor(req, addr)
+	}
+	return addr
 }
 
 // forwardedFor walks X-Forwarded-For from the nearest hop (proxy, a
@@ -663,10 +747,11 @@ func (r *Relay) trusted(a netip.Addr) bool {
 }
 
 // register makes s the live session of its key, replacing (and closing) the
-// previous one. It fails once Shutdown has begun.
+// previous one. It fails once Shutdown has begun, or in a cluster when a
+// later connection claimed the session while s was pending.
 func (r *Relay) register(s *session) bool {
 	r.mu.Lock()
-	if r.closing {
+	if r.closing || (r.cl != nil && s.token != "" && r.cl.cancelled(s.token)) {
 		r.mu.Unlock()
 		return false
 	}
@@ -682,6 +767,9 @@ func (r *Relay) register(s *session) bool {
 		r.nsess++
 		if r.cl != nil {
 			r.cl.subscribe(s.key)
+			if len(m) == 1 {
+				r.cl.subscribeTwin(s.key.Twin)
+			}
 		}
 	}
 	r.mu.Unlock()
@@ -719,6 +807,9 @@ func (r *Relay) unregister(s *session) {
 	r.nsess--
 	if r.cl != nil {
 		r.cl.unsubscribe(s.key)
+		if len(m) == 0 {
+			r.cl.unsubscribeTwin(s.key.Twin)
+		}
 	}
 }
 
@@ -804,6 +895,9 @@ func (r *Relay) storeFor(k SessionKey, m Message) (routeResult, error) {
 	}
 	if s := r.lookup(k); s != nil {
 		s.wake()
+		if r.cl != nil && s.isClosed() {
+			r.cl.wake(k) // its successor may be on another instance
+		}
 	} else if r.cl != nil {
 		r.cl.wake(k)
 	}
