@@ -70,6 +70,11 @@ func TestResendWhenUnanswered(t *testing.T) {
 	if waited := time.Since(start); waited < 1500*time.Millisecond {
 		t.Fatalf("re-sent after %v, before a quarter of the TTL (7 to 8 s)", waited)
 	}
+	// The copy can reach the raw twin before the peer counted it.
+	deadline := time.Now().Add(20 * time.Second)
+	for metricValue(t, a.Registry(), "rmb_peer_resent_total", map[string]string{"reason": "unanswered"}) < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if n := metricValue(t, a.Registry(), "rmb_peer_resent_total", map[string]string{"reason": "unanswered"}); n != 1 {
 		t.Fatalf("rmb_peer_resent_total{reason=unanswered} = %v, want 1", n)
 	}

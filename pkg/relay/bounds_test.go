@@ -233,6 +233,11 @@ func TestSessionBounds(t *testing.T) {
 	}
 	dial(t, tr, a, "one")
 	two := dial(t, tr, a, "two")
+	// The handshake's answer can reach the client before the relay has
+	// registered the session; a reconnect of "one" before that would be a
+	// third session, not a replacement.
+	waitSession(t, tr.Relay, SessionKey{a.num, "one"}, true)
+	waitSession(t, tr.Relay, SessionKey{a.num, "two"}, true)
 	if st := refusedWith(a, "three"); st != http.StatusTooManyRequests {
 		t.Fatalf("third session of a twin at 2: status %d, want 429", st)
 	}
