@@ -84,7 +84,7 @@ const (
 
 // registerBoundGauges adds the gauges of what the bounds hold:
 // rmb_peer_command_queues, rmb_peer_command_queue_bytes (estimated) and
-// rmb_peer_answer_cache_bytes.
+// rmb_peer_answer_cache_bytes, and the e2e key cache's size and evictions.
 func (p *Peer) registerBoundGauges() {
 	c := &p.cmdq
 	p.metrics.reg.MustRegister(
@@ -97,6 +97,12 @@ func (p *Peer) registerBoundGauges() {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "rmb_peer_answer_cache_bytes", Help: "Bytes of answers kept for re-sent requests (bound: MaxAnswerCacheBytes).",
 		}, func() float64 { p.seenMu.Lock(); defer p.seenMu.Unlock(); return float64(p.answerBytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "rmb_peer_e2e_keys", Help: "Shared keys of other twins kept for encryption (bound: 4096).",
+		}, func() float64 { return float64(p.e2e.Len()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "rmb_peer_e2e_keys_evicted_total", Help: "Shared keys dropped from the full key cache (least recently used first).",
+		}, func() float64 { return float64(p.e2e.Evicted()) }),
 	)
 }
 

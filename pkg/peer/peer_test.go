@@ -54,6 +54,10 @@ func TestCallAndResponse(t *testing.T) {
 	if m["ver"].(float64) != 1 || m["shm"] != "text/plain" {
 		t.Fatalf("bad response %v", m)
 	}
+	// Encryption to b kept b's shared key, and the cache says so.
+	if n := metricValue(t, a.Registry(), "rmb_peer_e2e_keys", nil); n < 1 {
+		t.Fatalf("rmb_peer_e2e_keys = %v after an encrypted call, want at least 1", n)
+	}
 	// The processing list is empty once the request went out.
 	waitFor(t, 20*time.Second, func() error {
 		if n := a.rdb.LLen(context.Background(), peer.LocalProcessing).Val(); n != 0 {
