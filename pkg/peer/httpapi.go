@@ -48,9 +48,9 @@ import (
 // its deadline: this delivery is at most once (the Redis API's
 // acknowledged delivery, ack.go, is at least once).
 //
-// Routes are a table: another endpoint (publish, subscribe) is one Handle
-// call with a handler that uses ReadJSON, WriteJSON and WriteError and,
-// when it waits, Wait.
+// Topics (publish, subscribe, unsubscribe, events) are in httptopics.go.
+// Routes are a table: another endpoint is one Handle call with a handler
+// that uses ReadJSON, WriteJSON and WriteError and, when it waits, Wait.
 
 // HTTPOptions tune the HTTP API; zero values take the defaults.
 type HTTPOptions struct {
@@ -71,6 +71,12 @@ type HTTPOptions struct {
 	// WriteTimeout bounds the writing of a response that does not wait.
 	// Default 30s.
 	WriteTimeout time.Duration
+	// MaxSubscriptions bounds the topic subscriptions the API holds for
+	// /events. Default 64.
+	MaxSubscriptions int
+	// SubscriptionIdle is how long a held subscription lasts after its
+	// last /events. Default 5m.
+	SubscriptionIdle time.Duration
 }
 
 func (o *HTTPOptions) withDefaults() HTTPOptions {
@@ -96,6 +102,12 @@ func (o *HTTPOptions) withDefaults() HTTPOptions {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 30 * time.Second
 	}
+	if c.MaxSubscriptions <= 0 {
+		c.MaxSubscriptions = 64
+	}
+	if c.SubscriptionIdle <= 0 {
+		c.SubscriptionIdle = 5 * time.Minute
+	}
 	return c
 }
 
@@ -112,6 +124,9 @@ type HTTPAPI struct {
 	inflight map[string]*httpReq // handed out by /serve, by ref and source
 	queued   int
 	janitor  bool
+
+	subs        httpSubs // topic subscriptions held for /events (httptopics.go)
+	subsJanitor bool     // guarded by subs.mu
 }
 
 type httpCmd struct {
@@ -132,6 +147,7 @@ const (
 	httpRefusedQueued  = "queued"
 	httpRefusedBody    = "body_too_big"
 	httpRefusedBadJSON = "bad_request"
+	httpRefusedSubs    = "subscriptions"
 )
 
 // NewHTTPAPI returns the local HTTP API of p. Serve it with
@@ -144,9 +160,10 @@ func NewHTTPAPI(p *Peer, o *HTTPOptions) *HTTPAPI {
 		mux:      http.NewServeMux(),
 		cmds:     make(map[string]*httpCmd),
 		inflight: make(map[string]*httpReq),
+		subs:     httpSubs{subs: make(map[string]*httpSub)},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rmb_peer_http_refused_total",
-			Help: "Requests of the local HTTP API refused, by reason: waiters (too many waiting), queued (too many requests waiting for a /serve), body_too_big, bad_request.",
+			Help: "Requests of the local HTTP API refused, by reason: waiters (too many waiting), queued (too many requests waiting for a /serve), body_too_big, bad_request, subscriptions (too many held for /events).",
 		}, []string{"reason"}),
 	}
 	a.waiters = make(chan struct{}, a.o.MaxWaiters)
@@ -158,6 +175,8 @@ func NewHTTPAPI(p *Peer, o *HTTPOptions) *HTTPAPI {
 		{"POST /call", a.call},
 		{"GET /serve", a.serve},
 		{"POST /reply", a.reply},
+		{"POST /topics", a.topics},
+		{"GET /events", a.events},
 	} {
 		a.Handle(r.pattern, r.h)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/rmb-go/rmb/pkg/envelope"
@@ -42,42 +43,50 @@ func (p *Peer) handleTopicMsg(ctx context.Context, raw string) bool {
 		p.finish(TopicsProcessing, raw, "")
 		return true
 	}
-	var (
-		res any
-	)
-	switch req.Op {
-	case redisapi.OpPublish:
-		data, _ := redisapi.DecodeData(req.Data)
-		res, err = p.Publish(ctx, req.Topic, data, &PublishOptions{Public: req.Public, Confirm: req.Confirm,
-			TTL: time.Duration(req.Expiration) * time.Second, Schema: req.Schema})
-	case redisapi.OpSubscribe:
-		var s *Subscription
-		s, err = p.Subscribe(ctx, req.Twin, req.Topic, &SubscribeOptions{Level: req.Level,
-			Lease: time.Duration(req.Lease) * time.Second, Queue: req.Queue})
-		if err == nil {
-			res = s.Result
-		}
-	case redisapi.OpUnsubscribe:
-		var removed bool
-		removed, err = p.Unsubscribe(ctx, req.Twin, req.Topic, req.Queue)
-		res = redisapi.UnsubscribeResult{Removed: removed}
-	}
+	res, err := p.doTopic(ctx, req)
 	if err != nil && ctx.Err() != nil {
 		return false // stopping: handled again by the next run
 	}
 	if err != nil {
-		var e *Error
-		switch {
-		case errors.As(err, &e):
-		case errors.Is(err, ErrBadTopic), errors.Is(err, ErrSubscription):
-			e = &Error{Code: envelope.CodeBadPayload, Message: err.Error()}
-		default:
-			e = &Error{Code: envelope.CodeInternal, Message: err.Error()}
-		}
-		answer(nil, e)
+		answer(nil, topicError(err))
 	} else {
 		answer(res, nil)
 	}
 	p.finish(TopicsProcessing, raw, "")
 	return true
+}
+
+// doTopic carries out a topic request of a local client (Redis or HTTP)
+// and returns its result: PublishResult, SubscribeResult or
+// UnsubscribeResult.
+func (p *Peer) doTopic(ctx context.Context, req *redisapi.TopicRequest) (any, error) {
+	switch req.Op {
+	case redisapi.OpPublish:
+		data, _ := redisapi.DecodeData(req.Data)
+		return p.Publish(ctx, req.Topic, data, &PublishOptions{Public: req.Public, Confirm: req.Confirm,
+			TTL: time.Duration(req.Expiration) * time.Second, Schema: req.Schema})
+	case redisapi.OpSubscribe:
+		s, err := p.Subscribe(ctx, req.Twin, req.Topic, &SubscribeOptions{Level: req.Level,
+			Lease: time.Duration(req.Lease) * time.Second, Queue: req.Queue})
+		if err != nil {
+			return nil, err
+		}
+		return s.Result, nil
+	case redisapi.OpUnsubscribe:
+		removed, err := p.Unsubscribe(ctx, req.Twin, req.Topic, req.Queue)
+		return redisapi.UnsubscribeResult{Removed: removed}, err
+	}
+	return nil, fmt.Errorf("%w: unknown op %q", ErrSubscription, req.Op)
+}
+
+// topicError is the error answer of a failed topic request.
+func topicError(err error) *Error {
+	var e *Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, ErrBadTopic), errors.Is(err, ErrSubscription):
+		return &Error{Code: envelope.CodeBadPayload, Message: err.Error()}
+	}
+	return &Error{Code: envelope.CodeInternal, Message: err.Error()}
 }
