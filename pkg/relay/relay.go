@@ -171,6 +171,7 @@ type Relay struct {
 	fed     *federator
 	limiter *limiter // nil without a rate limit
 	cl      *cluster // nil without Options.NATS
+	status  *statusPage
 	handler http.Handler
 	ctx     context.Context // cancelled by Shutdown
 	cancel  context.CancelFunc
