@@ -86,6 +86,7 @@ loop:
 // Main is the program: flags in, a running peer out. Tests run it against
 // in-process servers.
 type Main struct {
+	flagSet *flag.FlagSet // the flags of the latest ParseFlags (TestFlagDocs)
 	// Set by ParseFlags.
 	Mnemonic     string
 	MnemonicFile string
@@ -151,6 +152,7 @@ func (r relayList) Set(s string) error {
 // an error it has already printed the error and the usage to Stderr.
 func (m *Main) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("rmb-peer", flag.ContinueOnError)
+	m.flagSet = fs // for TestFlagDocs (docs/operations.md)
 	fs.SetOutput(m.Stderr)
 	printVersion := buildinfo.Flag(fs, "rmb-peer")
 	str := func(p *string, long, short, usage string) {
