@@ -1,5 +1,5 @@
 // Command rmb-peer connects a twin to the Reliable Message Bus and serves
-// the local JSON API over Redis (PROTOCOL.md §6), with the flags of the
+// the local JSON API over Redis (docs/protocol.md §9), with the flags of the
 // reference Rust peer:
 //
 //	RMB_MNEMONIC="..." rmb-peer --relay wss://relay.example --registrar https://registrar.example \

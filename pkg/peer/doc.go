@@ -2,7 +2,7 @@
 // keeps WebSocket connections to up to four relays, signs, verifies,
 // encrypts and decrypts envelopes, and connects local programs to the bus,
 // either in-process (Call, Handle) or through Redis lists with the JSON
-// API of PROTOCOL.md §6.
+// API of docs/protocol.md §9.
 //
 // # Start-up
 //
@@ -63,7 +63,7 @@
 //
 // # Incoming envelopes (relay -> peer)
 //
-// Each envelope is verified in the order of PROTOCOL.md §6: TTL
+// Each envelope is verified in the order of docs/protocol.md §9: TTL
 // (102), source twin known (103), signature (104), then duplicate
 // suppression by (uid, source, kind) until the deadline, then the payload
 // (105 cipher without e2e key, 106 decryption failure). A failing request

@@ -1063,3 +1063,30 @@ func TestStatusSessions(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsListDropReasons: docs/operations.md names every reason of
+// rmb_relay_dropped_total, refused_total and routed_total.
+func TestDocsListDropReasons(t *testing.T) {
+	b, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	i := strings.Index(doc, "`routed_total{result=")
+	if i < 0 || !strings.Contains(doc[i:], "`dropped_total{reason}`") {
+		t.Fatal("docs/operations.md does not list routed_total{result} and dropped_total{reason}")
+	}
+	list := doc[i:]
+	list = list[:strings.Index(list, "`sessions`")]
+	words := map[string]bool{}
+	for _, w := range regexp.MustCompile(`[a-z_]+`).FindAllString(list, -1) {
+		words[w] = true
+	}
+	for _, names := range [][]string{dropReasonNames[:], refuseReasonNames[:], routeResultNames[:]} {
+		for _, n := range names {
+			if !words[n] {
+				t.Errorf("docs/operations.md does not list the reason %q of the relay's metrics", n)
+			}
+		}
+	}
+}
