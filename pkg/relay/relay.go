@@ -148,7 +148,7 @@ type Options struct {
 	// NATS, when set, makes this relay one instance of a cluster: the
 	// instances with the same Domains, the same NATS servers and the same
 	// shared Store (a RedisStore: required) are one logical relay (see
-	// the package doc, "Relay cluster"). Each entry is a NATS URL
+	// docs/internals.md, "Relay cluster"). Each entry is a NATS URL
 	// (nats://host:port). Default: none, a single-process relay.
 	NATS []string
 	// Instance names this instance in logs, metrics and the status page.
