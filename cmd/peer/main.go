@@ -1,5 +1,5 @@
 // Command rmb-peer connects a twin to the Reliable Message Bus and serves
-// the local JSON API over Redis (PROTOCOL.md §6), with the flags of the
+// the local JSON API over Redis (docs/protocol.md §9), with the flags of the
 // reference Rust peer:
 //
 //	RMB_MNEMONIC="..." rmb-peer --relay wss://relay.example --registrar https://registrar.example \
@@ -86,6 +86,7 @@ loop:
 // Main is the program: flags in, a running peer out. Tests run it against
 // in-process servers.
 type Main struct {
+	flagSet *flag.FlagSet // the flags of the latest ParseFlags (TestFlagDocs)
 	// Set by ParseFlags.
 	Mnemonic     string
 	MnemonicFile string
@@ -157,6 +158,7 @@ func (r relayList) Set(s string) error {
 // an error it has already printed the error and the usage to Stderr.
 func (m *Main) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("rmb-peer", flag.ContinueOnError)
+	m.flagSet = fs // for TestFlagDocs (docs/operations.md)
 	fs.SetOutput(m.Stderr)
 	printVersion := buildinfo.Flag(fs, "rmb-peer")
 	str := func(p *string, long, short, usage string) {

@@ -67,6 +67,7 @@ func main() {
 // Main is the program: flags in, a running server out. Tests run it on
 // 127.0.0.1:0.
 type Main struct {
+	flagSet *flag.FlagSet // the flags of the latest ParseFlags (TestFlagDocs)
 	// Set by ParseFlags.
 	Listen string
 	DBPath string
@@ -95,6 +96,7 @@ func NewMain() *Main {
 // an error it has already printed the error and the usage to Stderr.
 func (m *Main) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("rmb-registrar", flag.ContinueOnError)
+	m.flagSet = fs // for TestFlagDocs (docs/operations.md)
 	fs.SetOutput(m.Stderr)
 	printVersion := buildinfo.Flag(fs, "rmb-registrar")
 	fs.StringVar(&m.Listen, "listen", m.Listen, "address to serve HTTP on")

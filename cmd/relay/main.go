@@ -63,6 +63,7 @@ func main() {
 // Main is the program: ParseFlags, then Run, then Close. Tests run it on
 // 127.0.0.1:0.
 type Main struct {
+	flagSet *flag.FlagSet // the flags of the latest ParseFlags (TestFlagDocs)
 	// Configuration, set by ParseFlags.
 	Listen          string
 	Domains         []string
@@ -219,6 +220,7 @@ func (s seconds) Set(v string) error {
 // ParseFlags reads the command line. Flags take one or two dashes.
 func (m *Main) ParseFlags(args []string) error {
 	fs := flag.NewFlagSet("rmb-relay", flag.ContinueOnError)
+	m.flagSet = fs // for TestFlagDocs (docs/operations.md)
 	fs.SetOutput(m.Stderr)
 	printVersion := buildinfo.Flag(fs, "rmb-relay")
 	domains := (*stringList)(&m.Domains)

@@ -2,7 +2,7 @@
 """A tiny calculator service and caller speaking the rmb-peer Redis API.
 
 Only redis-py is needed (Debian: python3-redis). The JSON is exactly the
-one of PROTOCOL.md section 6, so this works with any RMB peer.
+one of docs/protocol.md section 9, so this works with any RMB peer.
 
 Serve calc.add, calc.mul and calc.div on the twin whose peer uses REDIS:
 
@@ -32,7 +32,16 @@ import sys
 import time
 import uuid
 
-import redis
+try:
+    import redis
+except ImportError:
+    sys.stderr.write(
+        "bot.py needs redis-py, the Redis client for Python, and this python3 "
+        "cannot import it.\nInstall it with:\n"
+        "    apt-get install python3-redis     # Debian, Ubuntu\n"
+        "or  python3 -m pip install redis      # in a virtualenv\n"
+    )
+    sys.exit(2)
 
 LOCAL_QUEUE = "msgbus.system.local"
 REPLY_QUEUE = "msgbus.system.reply"

@@ -22,7 +22,7 @@ const (
 	MaxTTL     = 1800 // seconds
 )
 
-// Error codes carried in Error envelopes (PROTOCOL.md §6).
+// Error codes carried in Error envelopes (docs/protocol.md §9).
 const (
 	CodeMalformed     = 100
 	CodeBadPayload    = 101

@@ -15,7 +15,7 @@ import (
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
 
-// Error is an RMB error answer: a code (PROTOCOL.md §6 and the Code*
+// Error is an RMB error answer: a code (docs/protocol.md §9 and the Code*
 // constants of package envelope) and a message. A Handler returning an
 // *Error answers with its code; any other error answers with code 500.
 type Error struct {

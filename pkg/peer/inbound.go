@@ -90,8 +90,8 @@ type cachedTwin interface {
 	CachedTwin(id uint32) (*registrar.Twin, error)
 }
 
-// handleEnvelope verifies an incoming envelope in the order of PROTOCOL.md
-// §6 and dispatches it. Failed requests are answered with signed errors;
+// handleEnvelope verifies an incoming envelope in the order of
+// docs/protocol.md §9 and dispatches it. Failed requests are answered with signed errors;
 // failed answers are dropped and counted.
 //
 // inline means the caller is a relay connection's reader, which must not

@@ -6,7 +6,7 @@ import (
 	"github.com/rmb-go/rmb/pkg/redisapi"
 )
 
-// The JSON messages of the local Redis API (PROTOCOL.md §6) are those of
+// The JSON messages of the local Redis API (docs/protocol.md §9) are those of
 // package redisapi; the names below are kept for the peer's callers.
 // Field names are the contract; unknown fields are ignored.
 type (

@@ -56,7 +56,7 @@ type Options struct {
 	// running to refresh its cache; do not run another Watch on it.
 	// Required.
 	Registrar Registrar
-	// Redis enables the local JSON API of PROTOCOL.md §6. Nil means the peer
+	// Redis enables the local JSON API of docs/protocol.md §9. Nil means the peer
 	// is used in-process only, through Call and Handle. The peer keeps
 	// four of the client's connections for its own loops (Client.Conn),
 	// so its PoolSize must be at least 5 (go-redis's default is 10 per

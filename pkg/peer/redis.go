@@ -15,7 +15,7 @@ import (
 	"github.com/rmb-go/rmb/pkg/redisapi"
 )
 
-// Redis lists of the local API (PROTOCOL.md §6, package redisapi) and of
+// Redis lists of the local API (docs/protocol.md §9, package redisapi) and of
 // this peer's bookkeeping.
 const (
 	// LocalQueue receives outgoing requests from clients.

@@ -1,4 +1,4 @@
-// Package redisapi is the local JSON API of rmb-peer (PROTOCOL.md §6): the
+// Package redisapi is the local JSON API of rmb-peer (docs/protocol.md §9): the
 // message types pushed to and popped from Redis lists, and a small client
 // for programs that call other twins or serve commands through a peer.
 //

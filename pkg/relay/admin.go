@@ -15,6 +15,17 @@ type SessionInfo struct {
 	Remote      string    `json:"remote"`
 	ConnectedAt time.Time `json:"connected_at"`
 	SendQueue   int       `json:"send_queue"`
+	// SendQueueBytes are the bytes of the envelopes in the send queue.
+	SendQueueBytes int64 `json:"send_queue_bytes"`
+	// MessagesIn and BytesIn count the envelopes read from the session,
+	// MessagesOut and BytesOut those written to it; Dropped counts those
+	// read that were not routed (rate limited, refused, malformed, ...:
+	// the relay's rmb_relay_dropped_total says why).
+	MessagesIn  uint64 `json:"messages_in"`
+	BytesIn     uint64 `json:"bytes_in"`
+	MessagesOut uint64 `json:"messages_out"`
+	BytesOut    uint64 `json:"bytes_out"`
+	Dropped     uint64 `json:"dropped"`
 	// Instance is the relay instance serving the session (cluster only).
 	Instance string `json:"instance,omitempty"`
 }
@@ -31,6 +42,10 @@ func (r *Relay) Sessions() []SessionInfo {
 		out = append(out, SessionInfo{
 			Twin: s.key.Twin, SID: s.key.SID, Remote: s.remote,
 			ConnectedAt: s.connectedAt.UTC(), SendQueue: s.queued(), Instance: inst,
+			SendQueueBytes: s.queuedBytes(),
+			MessagesIn:     s.msgsIn.Load(), BytesIn: s.bytesIn.Load(),
+			MessagesOut: s.msgsOut.Load(), BytesOut: s.bytesOut.Load(),
+			Dropped: s.dropped(),
 		})
 	}
 	return out

@@ -303,7 +303,7 @@ func (c *cluster) takeover(k SessionKey) {
 
 // deliver offers m to the instance holding k. ok is false when nobody
 // holds it. A holder that does not answer in time may have taken m or
-// not: m is stored (the session may see it twice; see the package doc).
+// not: m is stored (the session may see it twice; see docs/internals.md).
 func (c *cluster) deliver(k SessionKey, m Message) (res routeResult, ok bool, err error) {
 	msg := nats.NewMsg(c.subject(k))
 	msg.Header.Set(hdrOp, opDeliver)

@@ -15,7 +15,7 @@ import (
 // restart. Every key of a twin sits under the hash tag "{<twin>}", so that
 // one Lua script can check and update the session's queue and the twin's
 // totals atomically in one Redis Cluster slot. Why lists and not streams is
-// explained in doc.go. A twin's keys:
+// explained in docs/internals.md ("Store and forward"). A twin's keys:
 //
 //	<prefix>{<twin>}:<sid>:q  the session's FIFO queue (a list)
 //	<prefix>{<twin>}:use      a hash: "n" and "b", messages and bytes of all

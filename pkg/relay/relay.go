@@ -150,7 +150,7 @@ type Options struct {
 	// NATS, when set, makes this relay one instance of a cluster: the
 	// instances with the same Domains, the same NATS servers and the same
 	// shared Store (a RedisStore: required) are one logical relay (see
-	// the package doc, "Relay cluster"). Each entry is a NATS URL
+	// docs/internals.md, "Relay cluster"). Each entry is a NATS URL
 	// (nats://host:port). Default: none, a single-process relay.
 	NATS []string
 	// Instance names this instance in logs, metrics and the status page.
@@ -173,6 +173,7 @@ type Relay struct {
 	fed     *federator
 	limiter *limiter // nil without a rate limit
 	cl      *cluster // nil without Options.NATS
+	status  *statusPage
 	handler http.Handler
 	ctx     context.Context // cancelled by Shutdown
 	cancel  context.CancelFunc

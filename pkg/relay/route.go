@@ -34,6 +34,8 @@ func (r *Relay) handleFrame(s *session, b []byte) {
 	start := time.Now()
 	r.counters.msgsIn.Add(1)
 	r.counters.bytesIn.Add(uint64(len(b)))
+	s.msgsIn.Add(1)
+	s.bytesIn.Add(uint64(len(b)))
 	if len(b) > r.opts.MaxEnvelopeSize {
 		r.counters.drop(dropTooBig)
 		return
@@ -54,6 +56,7 @@ func (r *Relay) handleFrame(s *session, b []byte) {
 		return
 	}
 	if rt.Kind == envelope.KindPing {
+		s.pingsIn.Add(1)
 		r.pong(s, &rt, now)
 		return
 	}
@@ -87,6 +90,7 @@ func (r *Relay) handleFrame(s *session, b []byte) {
 		r.replyError(s, &rt, code, msg, now)
 	} else {
 		r.counters.routed[res].Add(1)
+		s.routedIn.Add(1)
 	}
 	r.metrics.latency.Observe(time.Since(start).Seconds())
 }

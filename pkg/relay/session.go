@@ -67,6 +67,13 @@ type session struct {
 	frames    atomic.Uint64
 	closeOnce sync.Once
 
+	// Per-session counters for the status page (SessionInfo): envelopes
+	// and bytes read and written, and how many of those read were routed
+	// or were pings; the rest were dropped. otherDrops counts frames
+	// dropped before routing (text frames).
+	msgsIn, bytesIn, msgsOut, bytesOut atomic.Uint64
+	routedIn, pingsIn, otherDrops      atomic.Uint64
+
 	// Owned by pingCheck (timer callbacks run one at a time: the timer is
 	// re-armed at the end of each).
 	seen     uint64    // frames at the previous check
@@ -187,6 +194,22 @@ func (s *session) queue() chan Message {
 // queued returns the number of envelopes in the send queue.
 func (s *session) queued() int { return len(s.queue()) }
 
+// queuedBytes returns the bytes of the envelopes in the send queue.
+func (s *session) queuedBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sendBytes
+}
+
+// dropped is the number of envelopes read from the session that were not
+// routed (each counted in the relay's dropped_total under its reason).
+func (s *session) dropped() uint64 {
+	// in is counted first: reading it last keeps in >= routed + pings.
+	routed, pings := s.routedIn.Load(), s.pingsIn.Load()
+	in := s.msgsIn.Load()
+	return in - min(in, routed+pings) + s.otherDrops.Load()
+}
+
 // close starts closing the connection with code and reason. The close
 // handshake runs in its own goroutine: close never blocks.
 func (s *session) close(code websocket.StatusCode, reason string) {
@@ -272,6 +295,7 @@ func (s *session) readLoop() {
 		s.touch()
 		if typ != wsframe.OpBinary {
 			s.r.counters.drop(dropNotBinary)
+			s.otherDrops.Add(1)
 			continue
 		}
 		s.r.handleFrame(s, b)
@@ -437,6 +461,8 @@ func (s *session) flush() error {
 	}
 	s.r.counters.msgsOut.Add(uint64(len(s.unflushed)))
 	s.r.counters.bytesOut.Add(uint64(s.unflushedBytes))
+	s.msgsOut.Add(uint64(len(s.unflushed)))
+	s.bytesOut.Add(uint64(s.unflushedBytes))
 	clear(s.unflushed)
 	s.unflushed, s.unflushedBytes = s.unflushed[:0], 0
 	if cap(s.unflushed) > 1024 {

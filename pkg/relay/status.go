@@ -8,8 +8,12 @@ import (
 	_ "embed"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +26,9 @@ import (
 //
 //	GET /               the page (status.html: inline CSS and JS, no external assets)
 //	GET /status.json    one snapshot (statusSnapshot); with the admin token also the sessions
+//	                    (?sort=twin|sid|remote|connected|in|out|bytes_in|bytes_out|drops|queue|queue_bytes,
+//	                    &desc=1, &offset=N, &limit=N up to maxStatusSessions; default by twin, 100);
+//	                    with ?history=1 also the samples of the last hour (statushistory.go)
 //	GET /status/events  server-sent events: one public snapshot per second
 //
 // Without "Authorization: Bearer <AdminToken>" a snapshot holds aggregate
@@ -73,6 +80,8 @@ const (
 	// the totals are always given.
 	maxStatusSessions = 1000
 	maxStatusPeers    = 200
+	// defaultStatusSessions is the page size of the sessions list.
+	defaultStatusSessions = 100
 )
 
 // statusSnapshot is the JSON document of /status.json and of each event.
@@ -89,10 +98,24 @@ type statusSnapshot struct {
 	PeersTotal        int          `json:"peers_total"`
 	// Streams is the number of open /status/events streams.
 	Streams int `json:"streams"`
+	// Latency is the routing latency over the latest sample interval;
+	// Process the relay process's memory and goroutines; Health the latest
+	// checks of the registrar and the Redis store (none for a memory store
+	// or a Directory that cannot be checked).
+	Latency latencyStatus  `json:"latency"`
+	Process processStatus  `json:"process"`
+	Health  []healthStatus `json:"health"`
+	// Sample is the latest sample of the history (every 5 s); History,
+	// with ?history=1, all of them (the last hour), oldest first.
+	Sample  *statusSample  `json:"sample"`
+	History []statusSample `json:"history,omitempty"`
 	// Admin is set when the request carried the admin token; only then
-	// are Sessions listed (at most maxStatusSessions, by twin and sid).
-	Admin    bool          `json:"admin"`
-	Sessions []SessionInfo `json:"sessions,omitempty"`
+	// are Sessions listed: one page of at most maxStatusSessions, sorted
+	// as asked, out of SessionsTotal from SessionsOffset on.
+	Admin          bool          `json:"admin"`
+	Sessions       []SessionInfo `json:"sessions,omitempty"`
+	SessionsTotal  int           `json:"sessions_total,omitempty"`
+	SessionsOffset int           `json:"sessions_offset,omitempty"`
 	// Instance and NATS (the NATS connection state: connected,
 	// reconnecting, closed, ...) are set in a relay cluster.
 	Instance string `json:"instance,omitempty"`
@@ -125,6 +148,7 @@ type peerStatus struct {
 type statusPage struct {
 	// Set by newStatusPage, read-only afterwards.
 	r       *Relay
+	hist    *statusHistory
 	started time.Time
 	version string
 	admin   []byte // "Bearer <AdminToken>"; nil without a token
@@ -139,6 +163,7 @@ type statusPage struct {
 func (r *Relay) statusRoutes(mux *http.ServeMux) {
 	p := &statusPage{
 		r:        r,
+		hist:     newStatusHistory(r),
 		started:  r.opts.Now(),
 		version:  cmp.Or(r.opts.Version, "dev"),
 		streams:  make(chan struct{}, maxStatusStreams),
@@ -147,6 +172,8 @@ func (r *Relay) statusRoutes(mux *http.ServeMux) {
 	if r.opts.AdminToken != "" {
 		p.admin = []byte("Bearer " + r.opts.AdminToken)
 	}
+	r.status = p
+	go p.hist.run(r.ctx)
 	mux.HandleFunc("GET /{$}", p.servePage)
 	mux.HandleFunc("GET /status.json", p.serveJSON)
 	mux.HandleFunc("GET /status/events", p.serveEvents)
@@ -183,7 +210,90 @@ func (p *statusPage) serveJSON(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "wrong admin token"})
 		return
 	}
-	writeJSON(w, http.StatusOK, p.snapshot(admin))
+	q, err := parseStatusQuery(req)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	s := p.snapshot(admin, q)
+	if q.history {
+		s.History = p.hist.history()
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+// statusQuery is what a /status.json request asks for.
+type statusQuery struct {
+	sort    string // a key of sessionOrder
+	desc    bool
+	offset  int
+	limit   int
+	history bool
+}
+
+// sessionOrder are the orders of the sessions list; ties go by twin and
+// sid.
+var sessionOrder = map[string]func(a, b SessionInfo) int{
+	"twin":        func(a, b SessionInfo) int { return 0 },
+	"sid":         func(a, b SessionInfo) int { return strings.Compare(a.SID, b.SID) },
+	"remote":      func(a, b SessionInfo) int { return strings.Compare(a.Remote, b.Remote) },
+	"connected":   func(a, b SessionInfo) int { return a.ConnectedAt.Compare(b.ConnectedAt) },
+	"in":          func(a, b SessionInfo) int { return cmp.Compare(a.MessagesIn, b.MessagesIn) },
+	"out":         func(a, b SessionInfo) int { return cmp.Compare(a.MessagesOut, b.MessagesOut) },
+	"bytes_in":    func(a, b SessionInfo) int { return cmp.Compare(a.BytesIn, b.BytesIn) },
+	"bytes_out":   func(a, b SessionInfo) int { return cmp.Compare(a.BytesOut, b.BytesOut) },
+	"drops":       func(a, b SessionInfo) int { return cmp.Compare(a.Dropped, b.Dropped) },
+	"queue":       func(a, b SessionInfo) int { return cmp.Compare(a.SendQueue, b.SendQueue) },
+	"queue_bytes": func(a, b SessionInfo) int { return cmp.Compare(a.SendQueueBytes, b.SendQueueBytes) },
+}
+
+// parseStatusQuery reads the query of /status.json; a bad value is an
+// error naming it.
+func parseStatusQuery(req *http.Request) (statusQuery, error) {
+	v := req.URL.Query()
+	q := statusQuery{sort: "twin", limit: defaultStatusSessions}
+	if s := v.Get("sort"); s != "" {
+		if sessionOrder[s] == nil {
+			keys := slices.Sorted(maps.Keys(sessionOrder))
+			return q, fmt.Errorf("sort: unknown order %q (one of %s)", s, strings.Join(keys, ", "))
+		}
+		q.sort = s
+	}
+	flag := func(name string) (bool, error) {
+		switch v.Get(name) {
+		case "", "0", "false":
+			return false, nil
+		case "1", "true":
+			return true, nil
+		}
+		return false, fmt.Errorf("%s: want 1 or 0, got %q", name, v.Get(name))
+	}
+	var err error
+	if q.desc, err = flag("desc"); err != nil {
+		return q, err
+	}
+	if q.history, err = flag("history"); err != nil {
+		return q, err
+	}
+	num := func(name string, lo, hi int, dst *int) error {
+		s := v.Get(name)
+		if s == "" {
+			return nil
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < lo || n > hi {
+			return fmt.Errorf("%s: want a number from %d to %d, got %q", name, lo, hi, s)
+		}
+		*dst = n
+		return nil
+	}
+	if err := num("offset", 0, math.MaxInt32, &q.offset); err != nil {
+		return q, err
+	}
+	if err := num("limit", 1, maxStatusSessions, &q.limit); err != nil {
+		return q, err
+	}
+	return q, nil
 }
 
 // serveEvents streams a public snapshot every statusInterval until the
@@ -215,7 +325,7 @@ func (p *statusPage) serveEvents(w http.ResponseWriter, req *http.Request) {
 	var buf bytes.Buffer
 	buf.WriteString("retry: 2000\n")
 	for {
-		b, err := json.Marshal(p.snapshot(false))
+		b, err := json.Marshal(p.snapshot(false, statusQuery{}))
 		if err != nil {
 			return
 		}
@@ -270,8 +380,9 @@ func (p *statusPage) closing() bool {
 	return p.r.closing
 }
 
-// snapshot assembles the current figures; sessions only when admin.
-func (p *statusPage) snapshot(admin bool) statusSnapshot {
+// snapshot assembles the current figures; sessions (the page q asks for)
+// only when admin.
+func (p *statusPage) snapshot(admin bool, q statusQuery) statusSnapshot {
 	r := p.r
 	now := r.opts.Now()
 	s := statusSnapshot{
@@ -284,7 +395,10 @@ func (p *statusPage) snapshot(admin bool) statusSnapshot {
 		FederatedBytesOut: r.counters.fedBytesOut.Load(),
 		Streams:           len(p.streams),
 		Admin:             admin,
+		Process:           readProcess(),
+		Health:            p.hist.healthView(admin),
 	}
+	s.Sample, s.Latency = p.hist.latest()
 	if r.cl != nil {
 		s.Instance, s.NATS, s.Cluster = r.opts.Instance, r.cl.state(), r.cl.instances()
 	}
@@ -294,14 +408,26 @@ func (p *statusPage) snapshot(admin bool) statusSnapshot {
 		s.Peers = s.Peers[:maxStatusPeers]
 	}
 	if admin {
-		s.Sessions = r.Sessions()
-		slices.SortFunc(s.Sessions, func(a, b SessionInfo) int {
-			return cmp.Or(cmp.Compare(a.Twin, b.Twin), strings.Compare(a.SID, b.SID))
-		})
-		if len(s.Sessions) > maxStatusSessions {
-			s.Sessions = s.Sessions[:maxStatusSessions]
+		all := r.Sessions()
+		order := sessionOrder[q.sort]
+		if order == nil {
+			order = sessionOrder["twin"]
 		}
-		if s.Sessions == nil {
+		slices.SortFunc(all, func(a, b SessionInfo) int {
+			c := order(a, b)
+			if q.desc {
+				c = -c
+			}
+			return cmp.Or(c, cmp.Compare(a.Twin, b.Twin), strings.Compare(a.SID, b.SID))
+		})
+		limit := q.limit
+		if limit <= 0 || limit > maxStatusSessions {
+			limit = defaultStatusSessions
+		}
+		off := min(q.offset, len(all))
+		s.Sessions = all[off:min(off+limit, len(all))]
+		s.SessionsTotal, s.SessionsOffset = len(all), off
+		if len(s.Sessions) == 0 {
 			s.Sessions = []SessionInfo{}
 		}
 	}

@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +23,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/rmb-go/rmb/internal/redistest"
+	"github.com/rmb-go/rmb/pkg/registrar"
 )
 
 // getStatus fetches /status.json with the bearer token tok ("" for none).
@@ -477,6 +482,16 @@ func TestStatusPageInBrowser(t *testing.T) {
 	dial(t, tr, b, "web-1") // reads in the background
 	waitSession(t, tr.Relay, SessionKey{b.num, "web-1"}, true)
 
+	// History from before the page opened: it draws it at once.
+	for range 4 {
+		start := time.Now()
+		tr.status.hist.sample()
+		for time.Since(start) < 3*time.Millisecond { // distinct timestamps for the page (ms)
+			runtime.Gosched()
+		}
+	}
+	samples := len(tr.status.hist.history())
+
 	page := startBrowser(t)
 	page.call("Emulation.setDeviceMetricsOverride", map[string]any{
 		"width": 1280, "height": 1100, "deviceScaleFactor": 1, "mobile": false}, nil)
@@ -484,6 +499,14 @@ func TestStatusPageInBrowser(t *testing.T) {
 
 	page.waitText("#sessions", 10*time.Second, func(s string) bool { return s == "2" })
 	page.waitText("#conn", 5*time.Second, func(s string) bool { return s == "live" })
+	page.waitEval(`document.getElementById('line-in').getAttribute('points').split(' ').length`, 10*time.Second,
+		func(s string) bool { n, _ := strconv.Atoi(s); return n >= samples })
+	page.waitText("#tp-max", 5*time.Second, func(s string) bool { return s != "" })
+	if y := page.text(".ylabel"); y != "messages / s" {
+		t.Fatalf("throughput chart's y-axis label: %q", y)
+	}
+	page.waitText("#health", 10*time.Second, func(s string) bool { return strings.Contains(s, "registrar ok") })
+	page.waitText("#goroutines", 5*time.Second, func(s string) bool { n, _ := strconv.Atoi(strings.ReplaceAll(s, ",", "")); return n > 0 })
 	before := page.text("#msgs-in")
 	if before != "0" {
 		t.Fatalf("messages in before any traffic: %q", before)
@@ -516,8 +539,10 @@ func TestStatusPageInBrowser(t *testing.T) {
 	page.waitText("#rate-in", 10*time.Second, func(s string) bool { f, err := strconv.ParseFloat(s, 64); return err == nil && f > 0 })
 	page.waitText("#peers", 10*time.Second, func(s string) bool { return strings.Contains(s, dead) })
 	page.waitText("#dropped", 5*time.Second, func(s string) bool { return strings.Contains(s, "unknown twin") })
+	tr.status.hist.sample() // a sample with traffic: the charts and the latency card follow
 	page.waitEval(`document.getElementById('line-in').getAttribute('points').split(' ').length`, 10*time.Second,
-		func(s string) bool { n, _ := strconv.Atoi(s); return n >= 3 }) // a few points on the chart
+		func(s string) bool { n, _ := strconv.Atoi(s); return n > samples })
+	page.waitText("#p50", 10*time.Second, func(s string) bool { return strings.HasSuffix(s, " ms") })
 	if body := page.text("body"); strings.Contains(body, "web-1") {
 		t.Fatalf("the public page shows a sid: %s", body)
 	}
@@ -545,7 +570,22 @@ func TestStatusPageInBrowser(t *testing.T) {
 	})
 	page.waitText("#conn", 5*time.Second, func(s string) bool { return s == "admin view, polling" })
 	page.waitText("#streams", 5*time.Second, func(s string) bool { return s == "0" }) // the page closed its stream
+	page.waitText("#session-list", 5*time.Second, func(s string) bool { return strings.Contains(s, "disconnect") })
 	admin := page.screenshot("status-admin.png")
+
+	// Sorting by a column asks the relay for that order.
+	page.eval(`document.querySelector('th[data-sort="out"]').click(); true`)
+	page.waitText(`th[data-sort="out"]`, 5*time.Second, func(s string) bool { return s == "out ▼" })
+	// The disconnect button (asked twice) closes b's sessions through the
+	// admin API.
+	click := fmt.Sprintf(`document.querySelector('button[data-twin="%d"]').click(); true`, b.num)
+	page.eval(click)
+	page.waitEval(fmt.Sprintf(`document.querySelector('button[data-twin="%d"]').textContent`, b.num), 5*time.Second,
+		func(s string) bool { return s == "confirm" })
+	page.eval(click)
+	page.waitText("#admin-msg", 10*time.Second, func(s string) bool { return strings.Contains(s, "1 session(s) closed") })
+	waitSession(t, tr.Relay, SessionKey{b.num, "web-1"}, false)
+	page.waitText("#session-list", 10*time.Second, func(s string) bool { return !strings.Contains(s, "web-1") })
 
 	if p := os.Getenv("RMB_SCREENSHOT"); p != "" {
 		adminPath := strings.TrimSuffix(p, filepath.Ext(p)) + "-admin" + filepath.Ext(p)
@@ -762,4 +802,291 @@ func (p *cdp) screenshot(name string) string {
 	}
 	p.t.Logf("screenshot: %s", path)
 	return path
+}
+
+func TestBucketQuantile(t *testing.T) {
+	bounds := []float64{1, 2, 4}
+	for _, tc := range []struct {
+		q    float64
+		cum  []uint64
+		n    uint64
+		want float64 // -1: nil
+	}{
+		{0.5, []uint64{0, 0, 0}, 0, -1},
+		{0.5, []uint64{10, 10, 10}, 10, 0.5}, // all in the first bucket: interpolated from 0
+		{0.5, []uint64{0, 10, 10}, 10, 1.5},  // second bucket, from 1 to 2
+		{0.99, []uint64{50, 100, 100}, 100, 1.98},
+		{0.99, []uint64{0, 0, 0}, 5, 4},          // all above the last bound
+		{0.5, []uint64{4, 4, 10}, 10, 2 + 2.0/6}, // rank 5 in the third bucket
+	} {
+		got := bucketQuantile(tc.q, bounds, tc.cum, tc.n)
+		switch {
+		case tc.want < 0 && got != nil:
+			t.Errorf("q%v %v: %v, want nil", tc.q, tc.cum, *got)
+		case tc.want >= 0 && (got == nil || math.Abs(*got-tc.want) > 1e-9):
+			t.Errorf("q%v %v: %v, want %v", tc.q, tc.cum, got, tc.want)
+		}
+	}
+}
+
+// TestStatusHistory: a relay has a sample as soon as it starts, so a page
+// opened at once draws something; samples carry the throughput and the
+// routing latency of their interval; the ring keeps the last hour.
+func TestStatusHistory(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	b := reg.newTwin(t, domain)
+	tr := startRelay(t, reg, &Options{AdminToken: "sekret"}, ln, nil)
+	var hist []statusSample
+	waitFor(t, 20*time.Second, func() error {
+		resp, err := http.Get(tr.srv.URL + "/status.json?history=1")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var s statusSnapshot
+		if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+			return err
+		}
+		if len(s.History) == 0 || s.Sample == nil {
+			return fmt.Errorf("no history yet: %+v", s.History)
+		}
+		if s.Process.Goroutines <= 0 || s.Process.MemoryBytes == 0 || s.Process.HeapBytes == 0 {
+			return fmt.Errorf("process: %+v", s.Process)
+		}
+		hist = s.History
+		return nil
+	})
+	// Without ?history=1 the history is not sent (the stream sends a
+	// snapshot every second).
+	if _, raw := mustStatus(t, tr, ""); strings.Contains(raw, `"history"`) {
+		t.Fatalf("history without asking: %s", raw)
+	}
+
+	ca := dial(t, tr, a, "")
+	cb := dial(t, tr, b, "")
+	waitSession(t, tr.Relay, SessionKey{b.num, ""}, true)
+	tr.status.hist.sample() // the interval starts here
+	const n = 20
+	for i := range n {
+		ca.send(b.num, "", fmt.Sprint("m", i))
+		cb.expectPayload(fmt.Sprint("m", i))
+	}
+	tr.status.hist.sample()
+	s, raw := mustStatus(t, tr, "")
+	if s.Sample == nil || s.Sample.In <= 0 || s.Sample.Out <= 0 || s.Sample.Sessions != 2 {
+		t.Fatalf("latest sample after traffic: %s", raw)
+	}
+	if s.Latency.Count != n || s.Latency.P50 == nil || s.Latency.P99 == nil ||
+		*s.Latency.P50 <= 0 || *s.Latency.P99 < *s.Latency.P50 || s.Latency.Window <= 0 {
+		t.Fatalf("latency over %d envelopes: %s", n, raw)
+	}
+	if s.Sample.P50 == nil || *s.Sample.P50 != *s.Latency.P50 {
+		t.Fatalf("sample and latency disagree: %s", raw)
+	}
+	// An interval without envelopes has no latency (null, not 0).
+	tr.status.hist.sample()
+	if s, raw := mustStatus(t, tr, ""); s.Latency.P50 != nil || s.Latency.Count != 0 ||
+		!strings.Contains(raw, `"p50_seconds":null`) {
+		t.Fatalf("latency of an idle interval: %s", raw)
+	}
+
+	// The ring is bounded: the oldest samples go, order is kept.
+	for range statusHistoryLen + 10 {
+		tr.status.hist.sample()
+	}
+	all := tr.status.hist.history()
+	if len(all) != statusHistoryLen {
+		t.Fatalf("%d samples kept, want %d", len(all), statusHistoryLen)
+	}
+	for i := 1; i < len(all); i++ {
+		if all[i].Time.Before(all[i-1].Time) {
+			t.Fatalf("history out of order at %d: %v after %v", i, all[i].Time, all[i-1].Time)
+		}
+	}
+	if all[0].Time.Equal(hist[0].Time) {
+		t.Fatalf("the first sample was kept past the bound")
+	}
+}
+
+// TestStatusHealth: the registrar and a Redis store are checked; the
+// public view says ok or error, only the admin view says what error.
+func TestStatusHealth(t *testing.T) {
+	reg := startRegistrar(t)
+	srv := redistest.Start(t, nil)
+	store := newRedisStore(t, srv, &StoreOptions{Prefix: fmt.Sprintf("health%d:", time.Now().UnixNano())})
+	tr := startRelay(t, reg, &Options{AdminToken: "sekret", Store: store}, nil, nil)
+	byName := func(list []healthStatus) map[string]healthStatus {
+		m := map[string]healthStatus{}
+		for _, h := range list {
+			m[h.Name] = h
+		}
+		return m
+	}
+	waitFor(t, 20*time.Second, func() error {
+		s, raw := mustStatus(t, tr, "")
+		h := byName(s.Health)
+		if len(h) != 2 || !h["registrar"].OK || !h["redis"].OK || h["registrar"].CheckedAt == nil ||
+			h["redis"].CheckedAt == nil || h["redis"].Since == nil {
+			return fmt.Errorf("health: %s", raw)
+		}
+		return nil
+	})
+
+	srv.Kill()
+	reg.srv.Close()
+	tr.status.hist.check(context.Background())
+	s, raw := mustStatus(t, tr, "")
+	for name, h := range byName(s.Health) {
+		if h.OK || h.Error != "" {
+			t.Fatalf("public %s health after its server went away: %s", name, raw)
+		}
+	}
+	checkPublic(t, raw, srv.Addr, strings.TrimPrefix(reg.srv.URL, "http://"))
+	adm, raw := mustStatus(t, tr, "sekret")
+	for name, h := range byName(adm.Health) {
+		if h.OK || h.Error == "" {
+			t.Fatalf("admin %s health after its server went away: %s", name, raw)
+		}
+	}
+
+	// A memory store and a Directory that cannot be pinged: no checks.
+	tr2 := startRelay(t, reg, &Options{Directory: plainDirectory{reg.client}}, nil, nil)
+	if s, raw := mustStatus(t, tr2, ""); len(s.Health) != 0 || !strings.Contains(raw, `"health":[]`) {
+		t.Fatalf("health without checks: %s", raw)
+	}
+}
+
+// plainDirectory hides the client's Ping.
+type plainDirectory struct{ d Directory }
+
+func (p plainDirectory) Twin(ctx context.Context, id uint32) (*registrar.Twin, error) {
+	return p.d.Twin(ctx, id)
+}
+
+// TestStatusSessions: the admin view lists per-session counters, sorted
+// and paged by the server, bounded; bad parameters get 400 naming them.
+func TestStatusSessions(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	b := reg.newTwin(t, domain)
+	tr := startRelay(t, reg, &Options{AdminToken: "sekret"}, ln, nil)
+	ca := dial(t, tr, a, "")
+	cb := dial(t, tr, b, "")
+	var others []*client
+	for i := range 5 {
+		others = append(others, dial(t, tr, b, fmt.Sprint("s", i)))
+	}
+	for i := range 5 {
+		waitSession(t, tr.Relay, SessionKey{b.num, fmt.Sprint("s", i)}, true)
+	}
+	_ = others
+	const n = 7
+	for i := range n {
+		ca.send(b.num, "", fmt.Sprint("m", i))
+		cb.expectPayload(fmt.Sprint("m", i))
+	}
+	ca.send(424242, "", "nobody") // unknown twin: a drop, answered with an error
+	ca.recv()
+
+	get := func(query string) (statusSnapshot, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", tr.srv.URL+"/status.json"+query, nil)
+		req.Header.Set("Authorization", "Bearer sekret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		var s statusSnapshot
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d %s", query, resp.StatusCode, body)
+		}
+		json.Unmarshal(body, &s)
+		return s, string(body)
+	}
+	waitFor(t, 20*time.Second, func() error {
+		s, raw := get("?sort=in&desc=1")
+		if s.SessionsTotal != 7 || len(s.Sessions) != 7 {
+			return fmt.Errorf("sessions: %s", raw)
+		}
+		x := s.Sessions[0] // a: the most envelopes in
+		if x.Twin != a.num || x.MessagesIn != n+1 || x.Dropped != 1 || x.BytesIn == 0 || x.MessagesOut != 1 {
+			return fmt.Errorf("a's session: %+v", x)
+		}
+		y := s.Sessions[slices.IndexFunc(s.Sessions, func(s SessionInfo) bool { return s.Twin == b.num && s.SID == "" })]
+		if y.MessagesOut != n || y.BytesOut == 0 || y.MessagesIn != 0 || y.Dropped != 0 {
+			return fmt.Errorf("b's session: %+v", y)
+		}
+		return nil
+	})
+
+	// Pages: by sid, two at a time, cover every session once.
+	var seen []string
+	for off := 0; ; off += 2 {
+		s, raw := get(fmt.Sprintf("?sort=sid&limit=2&offset=%d", off))
+		if s.SessionsTotal != 7 || s.SessionsOffset != min(off, 7) || len(s.Sessions) > 2 {
+			t.Fatalf("page at %d: %s", off, raw)
+		}
+		if len(s.Sessions) == 0 {
+			break
+		}
+		for _, x := range s.Sessions {
+			seen = append(seen, fmt.Sprint(x.Twin, "/", x.SID))
+		}
+	}
+	if len(seen) != 7 || len(slices.Compact(slices.Sorted(slices.Values(seen)))) != 7 {
+		t.Fatalf("pages listed %v", seen)
+	}
+	if s, _ := get("?sort=sid&desc=1&limit=1"); s.Sessions[0].SID != "s4" {
+		t.Fatalf("sid descending starts with %+v", s.Sessions[0])
+	}
+	if s, _ := get(""); len(s.Sessions) != 7 || s.Sessions[0].Twin > s.Sessions[6].Twin {
+		t.Fatalf("default order: %+v", s.Sessions)
+	}
+
+	for _, q := range []string{"?sort=nope", "?limit=0", "?limit=1001", "?offset=-1", "?offset=x", "?desc=maybe", "?history=2"} {
+		req, _ := http.NewRequest("GET", tr.srv.URL+"/status.json"+q, nil)
+		req.Header.Set("Authorization", "Bearer sekret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		name := strings.TrimLeft(strings.SplitN(q, "=", 2)[0], "?")
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), name) {
+			t.Fatalf("%s: %d %s", q, resp.StatusCode, body)
+		}
+	}
+}
+
+// TestDocsListDropReasons: docs/operations.md names every reason of
+// rmb_relay_dropped_total, refused_total and routed_total.
+func TestDocsListDropReasons(t *testing.T) {
+	b, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	i := strings.Index(doc, "`routed_total{result=")
+	if i < 0 || !strings.Contains(doc[i:], "`dropped_total{reason}`") {
+		t.Fatal("docs/operations.md does not list routed_total{result} and dropped_total{reason}")
+	}
+	list := doc[i:]
+	list = list[:strings.Index(list, "`sessions`")]
+	words := map[string]bool{}
+	for _, w := range regexp.MustCompile(`[a-z_]+`).FindAllString(list, -1) {
+		words[w] = true
+	}
+	for _, names := range [][]string{dropReasonNames[:], refuseReasonNames[:], routeResultNames[:]} {
+		for _, n := range names {
+			if !words[n] {
+				t.Errorf("docs/operations.md does not list the reason %q of the relay's metrics", n)
+			}
+		}
+	}
 }

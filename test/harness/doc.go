@@ -1,7 +1,7 @@
 // Package harness runs the real RMB binaries (rmb-registrar, rmb-relay,
 // rmb-peer) and redis-server on 127.0.0.1 for the fault, hostile-input and
 // soak suites under test/, and drives them the way real programs do: bots
-// that push PROTOCOL.md §6 JSON with go-redis and an echo service that pops
+// that push docs/protocol.md §9 JSON with go-redis and an echo service that pops
 // its command queue and answers on msgbus.system.reply.
 //
 // Build compiles the binaries once into a directory; a Cluster starts and
