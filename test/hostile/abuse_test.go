@@ -404,19 +404,22 @@ func TestClientNeverReads(t *testing.T) {
 	if rss1-rss0 > 300<<20 {
 		t.Errorf("relay grew by %d MiB for one stuck session", (rss1-rss0)>>20)
 	}
-	// The relay gives up on the stuck session when a write times out.
-	s.waitFor(30*time.Second, func() error {
-		m, err := s.relay.Metrics(s.ctx)
-		if err != nil {
-			return err
-		}
-		if n := m.Sum("rmb_relay_sessions", nil); n != 4 { // peers A and B, flooder, honest
-			return fmt.Errorf("%v sessions, want the stuck one closed", n)
+	// The relay gives up on the stuck session when a write times out. (A
+	// count of sessions would not do: on a loaded machine a peer may miss
+	// a ping and be away, reconnecting, at that moment.)
+	gone := fmt.Sprintf(`msg="session disconnected" twin=%d `, stuck.n)
+	s.waitFor(60*time.Second, func() error {
+		if !strings.Contains(s.relay.Tail(1<<20), gone) {
+			return fmt.Errorf("the relay did not close the stuck session:\n%s", s.relay.Tail(20))
 		}
 		return nil
 	})
-	if !strings.Contains(s.relay.Tail(50), fmt.Sprintf(`msg="session disconnected" twin=%d `, stuck.n)) {
-		t.Errorf("the relay did not close the stuck session:\n%s", s.relay.Tail(20))
+	m, err := s.relay.Metrics(s.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := m.Sum("rmb_relay_sessions", nil); n > 4 { // peers A and B, flooder, honest
+		t.Errorf("%v sessions, want the stuck one closed", n)
 	}
 	t.Logf("the flooder got %d error envelopes (destination queue full)", queueFull.Load())
 	if queueFull.Load() == 0 {
