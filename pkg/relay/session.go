@@ -38,11 +38,32 @@ const storeTimeout = 5 * time.Second
 // keeps refilling; otherwise it flushes when the queue runs dry.
 const flushBytes = 32 << 10
 
+// senderIdle: a send loop that has had nothing to do for this long (up to
+// twice as long) returns, and gives back the session's send queue; the
+// next delivery or wake-up starts another. An idle session has no send
+// loop: its goroutine's stack (4 KiB) and queue (SendQueueSize envelopes)
+// are most of what a session would cost.
+const senderIdle = time.Second
+
+// States of a session's sender role (session.sender).
+const (
+	// senderHeld: serve has not started sending yet (a session is
+	// registered before it is served, and tests drive sessions that are
+	// never served). Wake-ups are remembered, nothing is written.
+	senderHeld uint8 = iota
+	// senderIdle: no send loop runs; deliver and wake start one.
+	senderStopped
+	// senderRunning: a send loop runs (or serve's first look at the
+	// store); it alone writes envelopes.
+	senderRunning
+)
+
 // session is one live WebSocket connection of a (twin, sid).
 //
-// Two goroutines own it: serve runs readLoop and then the cleanup, sendLoop
-// is the only writer of envelopes. A timer (pingCheck) pings a silent
-// client.
+// One goroutine owns it: serve runs readLoop and then the cleanup. sendLoop
+// is the only writer of envelopes; it runs on a goroutine of its own only
+// while the session has something to send (see senderIdle). A timer
+// (pingCheck) pings a silent client.
 type session struct {
 	// Set before the goroutines start, read-only afterwards.
 	r           *Relay
@@ -58,8 +79,7 @@ type session struct {
 	prev        *session // the session this one replaced; sendLoop waits for it
 	token       string   // in a cluster: this connection's owner token (see clusterlimits.go)
 
-	wakeup   chan struct{} // cap 1: "the store (or a new send queue) may have something for you"
-	sendDone chan struct{} // closed when sendLoop has returned
+	sendDone chan struct{} // closed when finish has run: the session sends nothing more
 	done     chan struct{} // closed when serve has returned (a cluster takeover waits for it)
 
 	// frames counts the messages and pongs read: a sign of life for
@@ -81,25 +101,32 @@ type session struct {
 	pingSent time.Time // when the unanswered ping went out; zero when none is
 	pingSeen uint64    // frames when it went out
 
-	// Owned by sendLoop.
+	// Owned by the sender role (sender == senderRunning).
 	unflushed      []Message // written to the connection's buffer, not flushed yet
 	unflushedBytes int
 
 	mu sync.Mutex // guards the following
 	// send is the bounded send queue, filled by deliver and drained by
 	// sendLoop. It is made at the first delivery (and sendLoop woken to
-	// pick it up): an idle session does not pay for its buffer.
-	send      chan Message
+	// pick it up), and dropped when sendLoop returns idle: an idle
+	// session does not pay for its buffer.
+	send chan Message
+	// wakeup (cap 1: "the store, or a new send queue, may have something
+	// for you") is made when the first send loop starts; until then, and
+	// while serve looks at the store, woken remembers a wake-up.
+	wakeup    chan struct{}
 	sendBytes int64       // bytes of the envelopes in send (SendQueueBytes)
 	pingTimer *time.Timer // runs pingCheck
+	pending   int         // store pushes in flight on behalf of this session
 	// spilled is set when an envelope went to the store while the session
 	// was live (its queue was full, or it just connected and the store may
 	// hold older envelopes). While set, new envelopes go to the store
 	// behind the older ones, so order is kept; sendLoop clears it once the
 	// store is empty and no push is in flight.
 	spilled bool
-	pending int  // store pushes in flight on behalf of this session
-	closed  bool // sendLoop is finishing; deliver goes to the store
+	closed  bool  // finish has begun; deliver goes to the store
+	woken   bool  // a wake-up came while wakeup was not made yet
+	sender  uint8 // senderHeld, senderStopped or senderRunning
 }
 
 func (r *Relay) newSession(key SessionKey, conn *wsframe.Conn, remote string) *session {
@@ -110,22 +137,114 @@ func (r *Relay) newSession(key SessionKey, conn *wsframe.Conn, remote string) *s
 		log:         r.log.With("twin", key.Twin, "sid", key.SID),
 		remote:      remote,
 		connectedAt: time.Now(),
-		wakeup:      make(chan struct{}, 1),
 		sendDone:    make(chan struct{}),
 		done:        make(chan struct{}),
-		spilled:     true, // drain the store before anything else
+		spilled:     true, // drain the store before anything else (startSending)
 	}
 	s.ctx, s.cancel = context.WithCancel(r.ctx)
-	s.wake()
 	return s
 }
 
-// wake tells sendLoop to look at the store.
+// wake tells the sender to look at the store, starting a send loop when
+// none runs.
 func (s *session) wake() {
-	select {
-	case s.wakeup <- struct{}{}:
+	s.mu.Lock()
+	s.wakeLocked()
+	s.mu.Unlock()
+}
+
+// wakeLocked is wake with s.mu held.
+func (s *session) wakeLocked() {
+	switch {
+	case s.closed:
+	case s.sender == senderStopped:
+		s.woken = true
+		s.startSenderLocked(nil)
+	case s.wakeup != nil:
+		select {
+		case s.wakeup <- struct{}{}:
+		default:
+		}
 	default:
+		s.woken = true
 	}
+}
+
+// startSenderLocked starts a send loop that writes first (envelopes taken
+// from the store) and then goes on as usual; s.mu is held.
+func (s *session) startSenderLocked(first []Message) {
+	s.sender = senderRunning
+	if s.wakeup == nil {
+		s.wakeup = make(chan struct{}, 1)
+	}
+	if s.woken {
+		s.woken = false
+		select {
+		case s.wakeup <- struct{}{}:
+		default:
+		}
+	}
+	go s.sendLoop(first)
+}
+
+// startSending ends senderHeld: serve calls it once, before reading. It
+// looks at the store itself and starts a send loop only when there is
+// something to send (or an older session to wait for): most sessions
+// connect to an empty store and stay idle.
+func (s *session) startSending() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	if s.prev != nil || len(s.send) > 0 || s.ctx.Err() != nil {
+		s.woken = true
+		s.startSenderLocked(nil)
+		return
+	}
+	s.sender = senderRunning
+	s.woken = false
+	s.mu.Unlock()
+	msgs, err := s.r.pop(s.key, popBatch)
+	s.mu.Lock()
+	if err == nil && len(msgs) == 0 && !s.woken && s.pending == 0 && len(s.send) == 0 {
+		s.spilled = false
+		s.sender = senderStopped
+		return
+	}
+	// The loop writes msgs, then looks at the queue and the store again
+	// (and reports a failed pop, retrying).
+	s.woken = true
+	s.startSenderLocked(msgs)
+}
+
+// stopSending makes sure finish runs once the session has ended: by the
+// send loop when one runs (it sees ctx done), here otherwise.
+func (s *session) stopSending() {
+	s.mu.Lock()
+	run := !s.closed && s.sender != senderRunning
+	if run {
+		s.sender = senderRunning
+	}
+	s.mu.Unlock()
+	if run {
+		s.finish(nil)
+	}
+}
+
+// idleExit gives the sender role back when there is nothing to send, and
+// drops the empty send queue; s.mu is taken. It reports whether the loop
+// may return.
+func (s *session) idleExit() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil || len(s.send) > 0 || len(s.wakeup) > 0 || len(s.unflushed) > 0 {
+		return false
+	}
+	s.sender = senderStopped
+	s.send, s.sendBytes = nil, 0
+	s.unflushed = nil
+	return true
 }
 
 // deliver hands an envelope to the session: its send queue when there is
@@ -136,7 +255,7 @@ func (s *session) deliver(m Message) (routeResult, error) {
 	if !s.closed && !s.spilled {
 		if s.send == nil {
 			s.send = make(chan Message, s.r.opts.SendQueueSize)
-			s.wake() // sendLoop picks the new queue up
+			s.wakeLocked() // sendLoop picks the new queue up
 		}
 		if s.sendBytes+int64(len(m.Data)) > s.r.opts.SendQueueBytes {
 			s.spilled = true
@@ -144,6 +263,9 @@ func (s *session) deliver(m Message) (routeResult, error) {
 			select {
 			case s.send <- m:
 				s.sendBytes += int64(len(m.Data))
+				if s.sender == senderStopped {
+					s.startSenderLocked(nil)
+				}
 				s.mu.Unlock()
 				return routedLocal, nil
 			default:
@@ -258,7 +380,7 @@ func (s *session) serve() {
 	// must unblock the read.
 	stop := context.AfterFunc(s.r.ctx, func() { s.conn.CloseNow() })
 	defer stop()
-	go s.sendLoop()
+	s.startSending()
 	s.mu.Lock()
 	s.pingTimer = time.AfterFunc(s.r.opts.PingInterval/2, s.pingCheck)
 	s.mu.Unlock()
@@ -272,6 +394,7 @@ func (s *session) serve() {
 	s.mu.Lock()
 	s.pingTimer.Stop()
 	s.mu.Unlock()
+	s.stopSending()
 	<-s.sendDone
 	s.log.Info("session disconnected")
 }
@@ -306,17 +429,26 @@ func (s *session) readLoop() {
 // when woken, the store, in order: the envelopes in the queue are older than
 // those stored while spilled. Writes go to the connection's buffer; the loop
 // flushes when the queue runs dry (and every flushBytes), so a burst of
-// envelopes costs one write syscall, not one each.
+// envelopes costs one write syscall, not one each. It writes first (taken
+// from the store by startSending) before anything else.
+//
+// It returns when the session ends (then finish runs), or after senderIdle
+// with nothing to send (then the next delivery or wake-up starts another).
 //
 // Envelopes written but not flushed when the connection fails are put back
 // in the store with those not written: delivery is at least once, and a
 // client may see an envelope twice after a reconnect.
-func (s *session) sendLoop() {
-	defer close(s.sendDone)
-	var leftover []Message
-	defer func() { s.finish(leftover) }()
+func (s *session) sendLoop(first []Message) {
+	if leftover, idle := s.sendRun(first); !idle {
+		s.finish(leftover)
+	}
+}
+
+// sendRun is sendLoop until it returns: idle when it gave the sender role
+// back, otherwise with the envelopes taken but not delivered.
+func (s *session) sendRun(first []Message) (leftover []Message, idle bool) {
 	if s.ctx.Err() != nil {
-		return // closed before it started (a cluster claim lost): write nothing
+		return first, false // closed before it started (a cluster claim lost): write nothing
 	}
 	if s.prev != nil {
 		// The replaced session puts its unsent envelopes back in the store
@@ -324,29 +456,49 @@ func (s *session) sendLoop() {
 		select {
 		case <-s.prev.sendDone:
 		case <-s.ctx.Done():
-			return
+			return first, false
 		}
 		s.prev = nil
 	}
+	for i, m := range first {
+		if err := s.write(m); err != nil {
+			return append(s.takeUnflushed(), first[i+1:]...), false
+		}
+	}
+	// Whatever was written is flushed by the drain that startSending's
+	// wake-up asks for.
+	timer := time.NewTimer(senderIdle)
+	defer timer.Stop()
+	active := true
 	send := s.queue()
 	for {
 		select {
 		case <-s.ctx.Done():
-			leftover = s.takeUnflushed()
-			return
+			return s.takeUnflushed(), false
 		case m := <-send:
+			active = true
 			s.took(m)
 			var err error
 			if leftover, err = s.writeQueue(m, send); err != nil {
-				return
+				return leftover, false
 			}
 		case <-s.wakeup:
+			active = true
 			var err error
 			if leftover, err = s.drain(); err != nil {
-				return
+				return leftover, false
 			}
 			// drain may have met a queue made after the wake-up.
 			send = s.queue()
+		case <-timer.C:
+			// Checked once per senderIdle rather than reset per
+			// envelope: the loop returns 1-2 senderIdle after its last
+			// envelope.
+			if !active && s.idleExit() {
+				return nil, true
+			}
+			active = false
+			timer.Reset(senderIdle)
 		}
 	}
 }
@@ -487,9 +639,11 @@ func (s *session) takeUnflushed() []Message {
 	return out
 }
 
-// finish runs when sendLoop ends: from now on deliver goes to the store, and
-// what was taken but not written goes back to the front of the store.
+// finish runs once when the session ends, by its send loop or by
+// stopSending: from now on deliver goes to the store, and what was taken
+// but not written goes back to the front of the store.
 func (s *session) finish(leftover []Message) {
+	defer close(s.sendDone)
 	s.mu.Lock()
 	s.closed = true
 	send := s.send

@@ -123,3 +123,56 @@ func TestSendQueueBytes(t *testing.T) {
 		t.Errorf("send queue holds %d envelopes, %d bytes; bound %d bytes", queued, bytes, limit)
 	}
 }
+
+// TestIdleSessionHasNoSendLoop: a session with nothing to send has no send
+// loop and no send queue; a delivery, or a wake-up for the store, starts
+// one again, and a session that ends without one still finishes (its
+// sendDone closes).
+func TestIdleSessionHasNoSendLoop(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	b := reg.newTwin(t, domain)
+	tr := startRelay(t, reg, nil, ln, nil)
+	ca := dial(t, tr, a, "")
+	cb := dial(t, tr, b, "")
+	kb := SessionKey{b.num, ""}
+	waitSession(t, tr.Relay, kb, true)
+	s := tr.lookup(kb)
+	stopped := func() {
+		t.Helper()
+		waitFor(t, 20*time.Second, func() error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.sender != senderStopped || s.send != nil || s.unflushed != nil {
+				return testError("send loop still running")
+			}
+			return nil
+		})
+	}
+	stopped()
+	ca.send(b.num, "", "one")
+	cb.expectPayload("one")
+	stopped()
+	ca.send(b.num, "", "two")
+	cb.expectPayload("two")
+	stopped()
+
+	// Something in the store: the wake-up that storeFor sends starts a loop.
+	e := request(t, a, "", b.num, "", "three", 60)
+	if _, err := tr.storeFor(kb, Message{Data: marshal(t, e), Deadline: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	cb.expectPayload("three")
+	stopped()
+
+	cb.c.CloseNow()
+	select {
+	case <-s.sendDone:
+	case <-time.After(20 * time.Second):
+		t.Fatal("a session without a send loop did not finish")
+	}
+	if !s.isClosed() {
+		t.Fatal("finished session not closed")
+	}
+}
