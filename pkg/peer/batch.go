@@ -66,8 +66,9 @@ type pushOp struct {
 	// on a goroutine of its own when it did not (full, or Redis failed).
 	after  *writeOp
 	failed func(error)
-	// withAfter is set when after's HDELs went in the same transaction as
-	// the push: the answer on ret and the end of its pending entry happen
+	// withAfter is set when after's HDELs (and LREM) went in the same
+	// transaction as the push: the answer on ret and the end of its
+	// pending entry, or of its request's processing-list entry, happen
 	// together (pending.go).
 	withAfter bool
 	landed    func() // if set, called once the push succeeded
@@ -153,6 +154,7 @@ type batchers struct {
 	stop    chan struct{} // closed to stop redisLoop
 	stopped chan struct{} // closed once redisLoop returned
 	conn    ownConn       // redisLoop's connection
+	later   laterFinishes // finishLater's queue (pending.go)
 }
 
 // ownConn is a Redis connection kept by one goroutine for its round
@@ -291,14 +293,19 @@ func (p *Peer) settle(u *pushOp) *redisOp {
 		if u.after != nil && !u.withAfter {
 			return &redisOp{write: u.after}
 		}
+		if u.withAfter && u.after.processing != "" {
+			p.release(u.after.processing, u.after.raw)
+		}
 	}
 	return nil
 }
 
-// forgetsOnly reports whether w only deletes PendingHash fields, so it can
-// go in the transaction of the push it follows.
-func forgetsOnly(w *writeOp) bool {
-	return w != nil && len(w.forget) > 0 && w.processing == "" && w.persist == ""
+// joinsPush reports whether w can go in the transaction of the push it
+// follows: it persists nothing, and deletes PendingHash fields or removes
+// the message the pushed answer belongs to from its processing list
+// (finishLater).
+func joinsPush(w *writeOp) bool {
+	return w != nil && w.persist == "" && (len(w.forget) > 0 || w.processing != "")
 }
 
 // moveBatch moves up to n messages from queue to processing without
@@ -408,13 +415,14 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	// entry, must happen together.
 	tx := rdb.Pipeline()
 	for _, op := range ops {
-		if op.write != nil && op.write.persist != "" || op.push != nil && forgetsOnly(op.push.after) {
+		if op.write != nil && op.write.persist != "" || op.push != nil && joinsPush(op.push.after) {
 			tx = rdb.TxPipeline()
 			break
 		}
 	}
 	var hset []any
 	var hdel []string
+	var lrem []*writeOp
 	for _, op := range ops {
 		switch {
 		case op.move != nil:
@@ -426,10 +434,13 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 			u := op.push
 			if u.err = u.ctx.Err(); u.err == nil {
 				u.cmd = tx.LPush(ctx, u.queue, u.b)
-				if forgetsOnly(u.after) {
+				if joinsPush(u.after) {
 					// Fails with the push if the round trip is lost; the
 					// retry of the push queues after again (pushAsync).
 					hdel = append(hdel, u.after.forget...)
+					if u.after.processing != "" {
+						lrem = append(lrem, u.after)
+					}
 					u.withAfter = true
 				}
 			}
@@ -448,10 +459,13 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	}
 	for _, op := range ops {
 		if op.write != nil && op.write.processing != "" {
-			// From the tail: moves put messages at the head, so the
-			// oldest, usually the ones finished first, are at the tail.
-			tx.LRem(ctx, op.write.processing, -1, op.write.raw)
+			lrem = append(lrem, op.write)
 		}
+	}
+	for _, w := range lrem {
+		// From the tail: moves put messages at the head, so the oldest,
+		// usually the ones finished first, are at the tail.
+		tx.LRem(ctx, w.processing, -1, w.raw)
 	}
 	if len(hdel) > 0 {
 		tx.HDel(ctx, PendingHash, hdel...)

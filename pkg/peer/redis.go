@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -277,6 +276,9 @@ const (
 
 func (p *Peer) localLoop(ctx context.Context) {
 	p.popLoop(ctx, LocalQueue, LocalProcessing, p.handleLocal)
+	// No handler runs any more: write what waits for an answer
+	// (finishLater) while redisLoop still runs.
+	p.flushLater(true)
 }
 
 func (p *Peer) replyLoop(ctx context.Context) {
@@ -348,8 +350,8 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 		return false // stopping: keep it in the processing list for the next run
 	}
 	// Remove it from the processing list and persist the request in one
-	// transaction.
-	p.finish(LocalProcessing, raw, strings.Join(uids, " "))
+	// transaction, or with the push of its answer if that comes soon.
+	p.finishLater(raw, uids)
 	return true
 }
 
