@@ -62,6 +62,10 @@ type pushOp struct {
 	n     int64 // new length of the list, -1 when it was full
 	err   error
 	cmd   *redis.IntCmd
+	// With after joined (withAfter): pushScript's command and arguments
+	// instead of cmd.
+	script     *redis.Cmd
+	scriptArgs []any
 	// For pushAsync: after is queued once the push succeeded; failed runs
 	// on a goroutine of its own when it did not (full, or Redis failed).
 	after  *writeOp
@@ -399,6 +403,41 @@ var moveSHA = func() string {
 	return hex.EncodeToString(h[:])
 }()
 
+// pushScript pushes ARGV[1] onto KEYS[1] and returns the new length, as
+// LPUSH does, and with it removes ARGV[2] (unless "") from the tail side of
+// KEYS[2] and deletes the fields ARGV[3:] of KEYS[3] (PendingHash): the
+// push of an answer and the bookkeeping that must go with it (joinsPush),
+// as one command where MULTI/EXEC takes two more. Called by its hash like
+// moveScript.
+const pushScript = `
+local n = redis.call('LPUSH', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then redis.call('LREM', KEYS[2], -1, ARGV[2]) end
+if #ARGV > 2 then redis.call('HDEL', KEYS[3], unpack(ARGV, 3)) end
+return n
+`
+
+var pushSHA = func() string {
+	h := sha1.Sum([]byte(pushScript))
+	return hex.EncodeToString(h[:])
+}()
+
+// pushKeys are pushScript's keys for u.
+func pushKeys(u *pushOp) []string {
+	proc := u.after.processing
+	if proc == "" {
+		proc = LocalProcessing // not touched
+	}
+	return []string{u.queue, proc, PendingHash}
+}
+
+func anys(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
 // runBatch runs ops as one pipeline, sets the results of pushes and
 // moves, and returns the writes to send again (the round trip failed and
 // they have tries left) and the writes that follow pushes of pushAsync
@@ -409,20 +448,19 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	ctx := context.Background()
 	conn := &p.batch.conn
 	rdb := conn.get()
-	// A transaction only when the batch persists a request or pushes an
-	// answer to a persisted one: then the HSET and the LREM of the message
-	// it came from, or the push of the answer and the HDEL of its pending
-	// entry, must happen together.
+	// A transaction only when the batch persists a request: then the HSET
+	// and the LREM of the message it came from must happen together. The
+	// push of an answer and the HDEL of its pending entry, or the LREM of
+	// its request (finishLater), are one script (pushScript).
 	tx := rdb.Pipeline()
 	for _, op := range ops {
-		if op.write != nil && op.write.persist != "" || op.push != nil && joinsPush(op.push.after) {
+		if op.write != nil && op.write.persist != "" {
 			tx = rdb.TxPipeline()
 			break
 		}
 	}
 	var hset []any
 	var hdel []string
-	var lrem []*writeOp
 	for _, op := range ops {
 		switch {
 		case op.move != nil:
@@ -433,15 +471,15 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 		case op.push != nil:
 			u := op.push
 			if u.err = u.ctx.Err(); u.err == nil {
-				u.cmd = tx.LPush(ctx, u.queue, u.b)
 				if joinsPush(u.after) {
-					// Fails with the push if the round trip is lost; the
-					// retry of the push queues after again (pushAsync).
-					hdel = append(hdel, u.after.forget...)
-					if u.after.processing != "" {
-						lrem = append(lrem, u.after)
-					}
+					// One script, atomic as a transaction. Fails with the
+					// push if the round trip is lost; the retry of the
+					// push queues after again (pushAsync).
+					u.scriptArgs = append([]any{u.b, u.after.raw}, anys(u.after.forget)...)
+					u.script = tx.EvalSha(ctx, pushSHA, pushKeys(u), u.scriptArgs...)
 					u.withAfter = true
+				} else {
+					u.cmd = tx.LPush(ctx, u.queue, u.b)
 				}
 			}
 		case op.write.persist != "":
@@ -459,13 +497,10 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	}
 	for _, op := range ops {
 		if op.write != nil && op.write.processing != "" {
-			lrem = append(lrem, op.write)
+			// From the tail: moves put messages at the head, so the
+			// oldest, usually the ones finished first, are at the tail.
+			tx.LRem(ctx, op.write.processing, -1, op.write.raw)
 		}
-	}
-	for _, w := range lrem {
-		// From the tail: moves put messages at the head, so the oldest,
-		// usually the ones finished first, are at the tail.
-		tx.LRem(ctx, w.processing, -1, w.raw)
 	}
 	if len(hdel) > 0 {
 		tx.HDel(ctx, PendingHash, hdel...)
@@ -500,8 +535,17 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 			close(op.done)
 		case op.push != nil:
 			u := op.push
-			if u.cmd != nil {
+			if u.script != nil {
+				u.n, u.err = u.script.Int64()
+				if u.err != nil && redis.HasErrorPrefix(u.err, "NOSCRIPT") {
+					// As for moves above.
+					u.n, u.err = conn.get().Eval(ctx, pushScript, pushKeys(u), u.scriptArgs...).Int64()
+					conn.check(u.err)
+				}
+			} else if u.cmd != nil {
 				u.n, u.err = u.cmd.Result()
+			}
+			if u.cmd != nil || u.script != nil {
 				if u.err == nil && u.n > p.opts.QueueLimit {
 					over = append(over, op) // done after the take-back
 					continue
