@@ -350,18 +350,30 @@ func (p *Peer) finish(processing, raw, persist string) {
 // (pushAsync), without one.
 func (p *Peer) redisLoop(b *batchers) {
 	var retry []*redisOp
+	// Writes that may wait (lazyWrite) for the next batch, or until
+	// lazyTimer fires.
+	var lazy []*redisOp
+	lazyTimer := time.NewTimer(time.Hour)
+	lazyTimer.Stop()
+	defer lazyTimer.Stop()
 	for {
 		batch := retry
+		flush := false
 		if len(batch) == 0 {
 			select {
 			case op := <-b.ops:
 				batch = append(batch, op)
+			case <-lazyTimer.C:
+				flush = true
 			case <-b.stop:
 				select {
 				case op := <-b.ops:
 					batch = append(batch, op)
 				default:
-					return
+					if len(lazy) == 0 {
+						return
+					}
+					flush = true
 				}
 			}
 		}
@@ -374,6 +386,18 @@ func (p *Peer) redisLoop(b *batchers) {
 				break more
 			}
 		}
+		if !flush && len(lazy)+len(batch) < maxBatch && allLazy(batch) {
+			if len(lazy) == 0 {
+				lazyTimer.Reset(finishDelay)
+			}
+			lazy = append(lazy, batch...)
+			continue
+		}
+		if len(lazy) > 0 {
+			batch = append(lazy, batch...)
+			lazy = nil
+			lazyTimer.Stop()
+		}
 		var next []*redisOp
 		retry, next = p.runBatch(batch)
 		if len(retry) > 0 {
@@ -381,6 +405,26 @@ func (p *Peer) redisLoop(b *batchers) {
 		}
 		retry = append(retry, next...)
 	}
+}
+
+// lazyWrite reports whether op may wait for the next batch (or up to
+// finishDelay): the LREM of a service's answer already sent. Should the
+// peer die before it, the answer is sent again after the restart, and
+// the caller's peer drops it as a duplicate; meanwhile the message stays
+// held (processing.go). At low load it then goes with the push of the
+// next request instead of a round trip of its own.
+func lazyWrite(op *redisOp) bool {
+	w := op.write
+	return w != nil && w.processing == ReplyProcessing && w.persist == "" && len(w.forget) == 0 && op.tries == 0
+}
+
+func allLazy(ops []*redisOp) bool {
+	for _, op := range ops {
+		if !lazyWrite(op) {
+			return false
+		}
+	}
+	return true
 }
 
 // moveScript moves up to ARGV[1] messages from the right of KEYS[1] to the

@@ -122,3 +122,32 @@ func TestWaitingFinishPersisted(t *testing.T) {
 	}
 }
 
+// The LREM of a handled service answer waits for the next batch, or
+// finishDelay when none comes, and holds its message until then.
+func TestLazyReplyFinish(t *testing.T) {
+	p, rdb := redisPeer(t, 100)
+	ctx := context.Background()
+	rdb.LPush(ctx, ReplyProcessing, "a", "b")
+	p.held[ReplyProcessing].add("a", "b")
+	p.finish(ReplyProcessing, "a", "")
+	err := wait.For(ctx, 20*time.Second, func() error {
+		if l := rdb.LRange(ctx, ReplyProcessing, 0, -1).Val(); len(l) != 1 || l[0] != "b" {
+			return fmt.Errorf("processing list %q", l)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := p.held[ReplyProcessing].count(); n != 1 {
+		t.Fatalf("%d held; want 1 (b)", n)
+	}
+	// With a push that goes at once.
+	p.finish(ReplyProcessing, "b", "")
+	if _, err := p.push(ctx, "q", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.LLen(ctx, ReplyProcessing).Val(); n != 0 {
+		t.Fatalf("processing list holds %d after the push's batch", n)
+	}
+}
