@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -159,6 +160,9 @@ type batchers struct {
 	stopped chan struct{} // closed once redisLoop returned
 	conn    ownConn       // redisLoop's connection
 	later   laterFinishes // finishLater's queue (pending.go)
+	// failing is set while redisLoop's round trips fail (the last one
+	// was lost): finishLater's timer then waits for Redis.
+	failing atomic.Bool
 }
 
 // ownConn is a Redis connection kept by one goroutine for its round
@@ -558,6 +562,9 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	// any other error lost the whole round trip.
 	var rerr redis.Error
 	lost := err != nil && !errors.As(err, &rerr)
+	if tx.Len() > 0 {
+		p.batch.failing.Store(lost)
+	}
 	var over []*redisOp
 	gaveUp := 0
 	for _, op := range ops {

@@ -247,7 +247,7 @@ func (p *Peer) addPending(all map[string]string) {
 // must be gone by then.
 
 // finishDelay is how long finishLater waits for an answer before it
-// persists the request.
+// persists the request (longer while Redis is down: flushLater).
 const finishDelay = 25 * time.Millisecond
 
 // laterFinishes is finishLater's queue, oldest first (all wait
@@ -327,6 +327,16 @@ func (p *Peer) flushLater(stopping bool) {
 	l := &p.batch.later
 	l.mu.Lock()
 	now := time.Now()
+	if !stopping && p.batch.failing.Load() && len(l.queue) > 0 {
+		// Redis is down: a finish written now would fail, and once its
+		// retries are spent its message would be sent again while its
+		// answer may still come. Wait for Redis, or for the answer
+		// (which takes the finish along with its push, retried as long
+		// as the request lives).
+		l.timer.Reset(finishDelay)
+		l.mu.Unlock()
+		return
+	}
 	n := 0
 	for n < len(l.queue) && (stopping || !now.Before(l.queue[n].due)) {
 		n++
