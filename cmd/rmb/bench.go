@@ -238,6 +238,16 @@ func benchE2E(ctx context.Context, e *env, args []string, profile string) int {
 		fmt.Fprintf(e.stdout, "  %-16s %14s %14s %14s %14.2f   %s\n", p.Name, p.Cost.MachineCPU.Round(time.Microsecond), p.Cost.ProcessCPU.Round(time.Microsecond),
 			p.Cost.RedisCPU.Round(time.Microsecond), p.Cost.RedisCommands, byCommand(p.Cost.ByCommand, p.Cost.CommandTime))
 	}
+	for _, p := range []bench.E2EPhase{res.Bus, res.PlainRedis} {
+		if p.RedisReads > 0 {
+			fmt.Fprintf(e.stdout, "\n  %s: Redis reads (round trips of all clients) per round trip: %.2f", p.Name, p.RedisReads)
+		}
+	}
+	if res.Bus.PeerCPU > 0 {
+		fmt.Fprintf(e.stdout, "\n  bus: CPU of the two peer processes per round trip: %s, their context switches: %.2f",
+			res.Bus.PeerCPU.Round(time.Microsecond), res.Bus.PeerSwitches)
+	}
+	fmt.Fprintln(e.stdout)
 	if res.Bus.PeerRedisTrips > 0 {
 		fmt.Fprintf(e.stdout, "\n  Redis round trips of both peers per bus round trip: %.2f\n", res.Bus.PeerRedisTrips)
 	}

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +63,19 @@ type E2EPhase struct {
 	// PeerRedisTrips is the Redis round trips (commands and pipelines)
 	// both peers made, per round trip.
 	PeerRedisTrips float64 `json:",omitempty"`
+	// RedisReads is the reads redis-server made from its clients' sockets
+	// per round trip (INFO stats total_reads_processed): about one per
+	// command or pipeline any client sent, whatever it held, so the Redis
+	// round trips of the phase (commands run by scripts and inside
+	// MULTI/EXEC count as commands, not as reads).
+	RedisReads float64 `json:",omitempty"`
+	// PeerCPU is the CPU time (user and system) of the two peer
+	// processes per round trip, and PeerSwitches their context switches
+	// (voluntary and not: about one per time a thread slept and was woken)
+	// per round trip; zero unless the peers run as processes
+	// (E2EOptions.PeerCommand) on Linux.
+	PeerCPU      time.Duration `json:",omitempty"`
+	PeerSwitches float64       `json:",omitempty"`
 }
 
 // E2EResult compares the bus with plain Redis request/reply.
@@ -115,6 +130,7 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	defer pwg.Wait()
 	defer cancel()
 	var twins [2]uint32
+	var pids []int // of peer processes
 	for i := range peers {
 		seed := make([]byte, 32)
 		copy(seed, fmt.Sprintf("rmb-bench-e2e-%d", i))
@@ -131,6 +147,7 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 			if err != nil {
 				return nil, err
 			}
+			pids = append(pids, cmd.Process.Pid)
 			twins[i] = twin
 			continue
 		}
@@ -187,6 +204,8 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 
 	res := &E2EResult{Callers: o.Callers, PayloadSize: o.PayloadSize}
 	tripsBefore := peerTrips.N()
+	procBefore := procCounters(pids)
+	readsBefore := redisReads(ctx, botRedis)
 	end := func() {}
 	if o.BusPhase != nil {
 		end = o.BusPhase()
@@ -199,8 +218,15 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		return err
 	})
 	end()
+	procAfter := procCounters(pids)
+	readsAfter := redisReads(ctx, botRedis)
 	if n := res.Bus.RoundTrips; n > 0 {
 		res.Bus.PeerRedisTrips = float64(peerTrips.N()-tripsBefore) / float64(n)
+		res.Bus.RedisReads = float64(readsAfter-readsBefore) / float64(n)
+		if len(pids) > 0 && procBefore.ok && procAfter.ok {
+			res.Bus.PeerCPU = (procAfter.cpu - procBefore.cpu) / time.Duration(n)
+			res.Bus.PeerSwitches = float64(procAfter.switches-procBefore.switches) / float64(n)
+		}
 	}
 	if o.NoPlain {
 		return res, nil
@@ -242,7 +268,76 @@ func RunE2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 		}
 		return pop.Err()
 	})
+	if n := res.PlainRedis.RoundTrips; n > 0 {
+		res.PlainRedis.RedisReads = float64(redisReads(ctx, botRedis)-readsAfter) / float64(n)
+	}
 	return res, nil
+}
+
+// redisReads is redis-server's total_reads_processed (INFO stats), 0 when
+// INFO fails.
+func redisReads(ctx context.Context, rdb *redis.Client) int64 {
+	s, err := rdb.Info(ctx, "stats").Result()
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(s, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_reads_processed:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// procCount is the CPU time and context switches of some processes.
+type procCount struct {
+	cpu      time.Duration
+	switches int64
+	ok       bool
+}
+
+// procCounters sums, over pids, utime and stime of /proc/PID/stat and the
+// context switches of their threads (/proc/PID/task/*/status; a thread
+// that ended meanwhile takes its count with it); ok is false where /proc
+// cannot be read.
+func procCounters(pids []int) procCount {
+	c := procCount{ok: true}
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return procCount{}
+		}
+		// The fields after the command name (in parentheses, which may
+		// hold spaces): state is field 3, utime 14, stime 15.
+		s := string(stat)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) < 13 {
+			return procCount{}
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		c.cpu += time.Duration(ut+st) * (time.Second / 100) // USER_HZ
+		// Per thread: the process's own status counts its first thread.
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return procCount{}
+		}
+		for _, t := range tasks {
+			status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+			if err != nil {
+				continue // the thread is gone
+			}
+			for line := range strings.SplitSeq(string(status), "\n") {
+				k, v, _ := strings.Cut(line, ":")
+				if k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches" {
+					n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+					c.switches += n
+				}
+			}
+		}
+	}
+	return c
 }
 
 // startPeerProcess starts peer n (Redis database n) as a process and

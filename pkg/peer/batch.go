@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -62,12 +63,17 @@ type pushOp struct {
 	n     int64 // new length of the list, -1 when it was full
 	err   error
 	cmd   *redis.IntCmd
+	// With after joined (withAfter): pushScript's command and arguments
+	// instead of cmd.
+	script     *redis.Cmd
+	scriptArgs []any
 	// For pushAsync: after is queued once the push succeeded; failed runs
 	// on a goroutine of its own when it did not (full, or Redis failed).
 	after  *writeOp
 	failed func(error)
-	// withAfter is set when after's HDELs went in the same transaction as
-	// the push: the answer on ret and the end of its pending entry happen
+	// withAfter is set when after's HDELs (and LREM) went in the same
+	// transaction as the push: the answer on ret and the end of its
+	// pending entry, or of its request's processing-list entry, happen
 	// together (pending.go).
 	withAfter bool
 	landed    func() // if set, called once the push succeeded
@@ -153,6 +159,10 @@ type batchers struct {
 	stop    chan struct{} // closed to stop redisLoop
 	stopped chan struct{} // closed once redisLoop returned
 	conn    ownConn       // redisLoop's connection
+	later   laterFinishes // finishLater's queue (pending.go)
+	// failing is set while redisLoop's round trips fail (the last one
+	// was lost): finishLater's timer then waits for Redis.
+	failing atomic.Bool
 }
 
 // ownConn is a Redis connection kept by one goroutine for its round
@@ -291,14 +301,19 @@ func (p *Peer) settle(u *pushOp) *redisOp {
 		if u.after != nil && !u.withAfter {
 			return &redisOp{write: u.after}
 		}
+		if u.withAfter && u.after.processing != "" {
+			p.release(u.after.processing, u.after.raw)
+		}
 	}
 	return nil
 }
 
-// forgetsOnly reports whether w only deletes PendingHash fields, so it can
-// go in the transaction of the push it follows.
-func forgetsOnly(w *writeOp) bool {
-	return w != nil && len(w.forget) > 0 && w.processing == "" && w.persist == ""
+// joinsPush reports whether w can go in the transaction of the push it
+// follows: it persists nothing, and deletes PendingHash fields or removes
+// the message the pushed answer belongs to from its processing list
+// (finishLater).
+func joinsPush(w *writeOp) bool {
+	return w != nil && w.persist == "" && (len(w.forget) > 0 || w.processing != "")
 }
 
 // moveBatch moves up to n messages from queue to processing without
@@ -339,18 +354,30 @@ func (p *Peer) finish(processing, raw, persist string) {
 // (pushAsync), without one.
 func (p *Peer) redisLoop(b *batchers) {
 	var retry []*redisOp
+	// Writes that may wait (lazyWrite) for the next batch, or until
+	// lazyTimer fires.
+	var lazy []*redisOp
+	lazyTimer := time.NewTimer(time.Hour)
+	lazyTimer.Stop()
+	defer lazyTimer.Stop()
 	for {
 		batch := retry
+		flush := false
 		if len(batch) == 0 {
 			select {
 			case op := <-b.ops:
 				batch = append(batch, op)
+			case <-lazyTimer.C:
+				flush = true
 			case <-b.stop:
 				select {
 				case op := <-b.ops:
 					batch = append(batch, op)
 				default:
-					return
+					if len(lazy) == 0 {
+						return
+					}
+					flush = true
 				}
 			}
 		}
@@ -363,6 +390,18 @@ func (p *Peer) redisLoop(b *batchers) {
 				break more
 			}
 		}
+		if !flush && len(lazy)+len(batch) < maxBatch && allLazy(batch) {
+			if len(lazy) == 0 {
+				lazyTimer.Reset(finishDelay)
+			}
+			lazy = append(lazy, batch...)
+			continue
+		}
+		if len(lazy) > 0 {
+			batch = append(lazy, batch...)
+			lazy = nil
+			lazyTimer.Stop()
+		}
 		var next []*redisOp
 		retry, next = p.runBatch(batch)
 		if len(retry) > 0 {
@@ -370,6 +409,26 @@ func (p *Peer) redisLoop(b *batchers) {
 		}
 		retry = append(retry, next...)
 	}
+}
+
+// lazyWrite reports whether op may wait for the next batch (or up to
+// finishDelay): the LREM of a service's answer already sent. Should the
+// peer die before it, the answer is sent again after the restart, and
+// the caller's peer drops it as a duplicate; meanwhile the message stays
+// held (processing.go). At low load it then goes with the push of the
+// next request instead of a round trip of its own.
+func lazyWrite(op *redisOp) bool {
+	w := op.write
+	return w != nil && w.processing == ReplyProcessing && w.persist == "" && len(w.forget) == 0 && op.tries == 0
+}
+
+func allLazy(ops []*redisOp) bool {
+	for _, op := range ops {
+		if !lazyWrite(op) {
+			return false
+		}
+	}
+	return true
 }
 
 // moveScript moves up to ARGV[1] messages from the right of KEYS[1] to the
@@ -392,6 +451,41 @@ var moveSHA = func() string {
 	return hex.EncodeToString(h[:])
 }()
 
+// pushScript pushes ARGV[1] onto KEYS[1] and returns the new length, as
+// LPUSH does, and with it removes ARGV[2] (unless "") from the tail side of
+// KEYS[2] and deletes the fields ARGV[3:] of KEYS[3] (PendingHash): the
+// push of an answer and the bookkeeping that must go with it (joinsPush),
+// as one command where MULTI/EXEC takes two more. Called by its hash like
+// moveScript.
+const pushScript = `
+local n = redis.call('LPUSH', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then redis.call('LREM', KEYS[2], -1, ARGV[2]) end
+if #ARGV > 2 then redis.call('HDEL', KEYS[3], unpack(ARGV, 3)) end
+return n
+`
+
+var pushSHA = func() string {
+	h := sha1.Sum([]byte(pushScript))
+	return hex.EncodeToString(h[:])
+}()
+
+// pushKeys are pushScript's keys for u.
+func pushKeys(u *pushOp) []string {
+	proc := u.after.processing
+	if proc == "" {
+		proc = LocalProcessing // not touched
+	}
+	return []string{u.queue, proc, PendingHash}
+}
+
+func anys(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
 // runBatch runs ops as one pipeline, sets the results of pushes and
 // moves, and returns the writes to send again (the round trip failed and
 // they have tries left) and the writes that follow pushes of pushAsync
@@ -402,13 +496,13 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	ctx := context.Background()
 	conn := &p.batch.conn
 	rdb := conn.get()
-	// A transaction only when the batch persists a request or pushes an
-	// answer to a persisted one: then the HSET and the LREM of the message
-	// it came from, or the push of the answer and the HDEL of its pending
-	// entry, must happen together.
+	// A transaction only when the batch persists a request: then the HSET
+	// and the LREM of the message it came from must happen together. The
+	// push of an answer and the HDEL of its pending entry, or the LREM of
+	// its request (finishLater), are one script (pushScript).
 	tx := rdb.Pipeline()
 	for _, op := range ops {
-		if op.write != nil && op.write.persist != "" || op.push != nil && forgetsOnly(op.push.after) {
+		if op.write != nil && op.write.persist != "" {
 			tx = rdb.TxPipeline()
 			break
 		}
@@ -425,12 +519,15 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 		case op.push != nil:
 			u := op.push
 			if u.err = u.ctx.Err(); u.err == nil {
-				u.cmd = tx.LPush(ctx, u.queue, u.b)
-				if forgetsOnly(u.after) {
-					// Fails with the push if the round trip is lost; the
-					// retry of the push queues after again (pushAsync).
-					hdel = append(hdel, u.after.forget...)
+				if joinsPush(u.after) {
+					// One script, atomic as a transaction. Fails with the
+					// push if the round trip is lost; the retry of the
+					// push queues after again (pushAsync).
+					u.scriptArgs = append([]any{u.b, u.after.raw}, anys(u.after.forget)...)
+					u.script = tx.EvalSha(ctx, pushSHA, pushKeys(u), u.scriptArgs...)
 					u.withAfter = true
+				} else {
+					u.cmd = tx.LPush(ctx, u.queue, u.b)
 				}
 			}
 		case op.write.persist != "":
@@ -465,6 +562,9 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 	// any other error lost the whole round trip.
 	var rerr redis.Error
 	lost := err != nil && !errors.As(err, &rerr)
+	if tx.Len() > 0 {
+		p.batch.failing.Store(lost)
+	}
 	var over []*redisOp
 	gaveUp := 0
 	for _, op := range ops {
@@ -486,8 +586,17 @@ func (p *Peer) runBatch(ops []*redisOp) (retry, next []*redisOp) {
 			close(op.done)
 		case op.push != nil:
 			u := op.push
-			if u.cmd != nil {
+			if u.script != nil {
+				u.n, u.err = u.script.Int64()
+				if u.err != nil && redis.HasErrorPrefix(u.err, "NOSCRIPT") {
+					// As for moves above.
+					u.n, u.err = conn.get().Eval(ctx, pushScript, pushKeys(u), u.scriptArgs...).Int64()
+					conn.check(u.err)
+				}
+			} else if u.cmd != nil {
 				u.n, u.err = u.cmd.Result()
+			}
+			if u.cmd != nil || u.script != nil {
 				if u.err == nil && u.n > p.opts.QueueLimit {
 					over = append(over, op) // done after the take-back
 					continue

@@ -278,6 +278,11 @@ type pending struct {
 	// persisted is set once redisLoop wrote the waiting destinations to
 	// PendingHash; from then on each answered one is deleted there.
 	persisted bool
+	// finishRaw, while set, is the LocalProcessing entry the request came
+	// from, whose removal (and the persisting of the request with it)
+	// waits a little (finishLater): the answer that comes first takes it
+	// into the transaction of its push instead (takeFinish).
+	finishRaw string
 
 	// Re-sends (resend.go).
 	resends  int       // timed re-sends so far, at most maxResends
@@ -487,15 +492,17 @@ func (p *Peer) complete(ctx context.Context, uid string, src uint32, r *Response
 		}
 		pd.relayErrs = nil
 	}
+	finishRaw := ""
 	if len(pd.waiting) == 0 {
 		delete(p.pending, uid)
+		finishRaw = takeFinish(pd)
 	}
 	persisted := pd.persisted
 	p.pendMu.Unlock()
 	if len(done) == 0 {
 		p.log.Debug("relay error kept until it can be attributed to a destination", "uid", uid, "code", r.Err.Code)
 	}
-	for _, r := range done {
+	for i, r := range done {
 		if r.Err != nil {
 			p.metrics.errorCode(r.Err.Code)
 		} else {
@@ -505,6 +512,9 @@ func (p *Peer) complete(ctx context.Context, uid string, src uint32, r *Response
 		var after *writeOp
 		if persisted {
 			after = forgetOp(uid, r.Source)
+		}
+		if i == len(done)-1 && finishRaw != "" {
+			after = withFinish(after, finishRaw)
 		}
 		pd.deliver(ctx, r, after)
 	}
@@ -534,8 +544,10 @@ func (p *Peer) sweeper(ctx context.Context) {
 			dsts      []uint32
 			persisted bool
 			relayErrs []*Error
+			finishRaw string
 		}
 		var list []expired
+		var orphans []string
 		p.pendMu.Lock()
 		for uid, pd := range p.pending {
 			if now.Before(pd.deadline) {
@@ -551,19 +563,31 @@ func (p *Peer) sweeper(ctx context.Context) {
 			}
 			if len(pd.waiting) == 0 {
 				delete(p.pending, uid)
+				e.finishRaw = takeFinish(pd)
 			}
-			if len(e.dsts) > 0 {
+			switch {
+			case len(e.dsts) > 0:
 				list = append(list, e)
+			case e.finishRaw != "":
+				// Not deferred without a destination sent; kept right
+				// all the same.
+				orphans = append(orphans, e.finishRaw)
 			}
 		}
 		p.pendMu.Unlock()
+		for _, raw := range orphans {
+			p.finish(LocalProcessing, raw, "")
+		}
 		for _, e := range list {
 			slices.Sort(e.dsts)
-			for _, d := range e.dsts {
+			for i, d := range e.dsts {
 				p.metrics.errorCode(envelope.CodeTimeout)
 				var after *writeOp
 				if e.persisted {
 					after = forgetOp(e.pd.uid, d)
+				}
+				if i == len(e.dsts)-1 && e.finishRaw != "" {
+					after = withFinish(after, e.finishRaw)
 				}
 				msg := fmt.Sprintf("no answer from twin %d before the deadline", d)
 				if len(e.relayErrs) > 0 {

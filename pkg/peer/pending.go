@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -224,5 +225,143 @@ func (p *Peer) addPending(all map[string]string) {
 	if len(bad) > 0 {
 		p.log.Warn("malformed pending requests deleted", "fields", bad)
 		p.write(writeOp{forget: bad})
+	}
+}
+
+// Most requests are answered within a few milliseconds. Writing such a
+// request to PendingHash (HSET with the LREM of its message, in one
+// MULTI/EXEC) only to delete it again (HDEL with the push of its answer,
+// in another) costs two transactions for nothing. So the first of them
+// waits finishDelay (finishLater): an answer that comes meanwhile takes
+// the LREM into the transaction of its push instead (takeFinish), and the
+// request never goes to PendingHash. The guarantees stay: the message
+// leaves LocalProcessing together with the persisting of its request or
+// with the push of its answer, never without either; a crash in the wait
+// leaves the message in LocalProcessing, sent again on restart like one
+// popped and not yet sent (at-least-once, as before, over a window of
+// finishDelay instead of a round trip to Redis). A stopping peer writes
+// what waits at once (localLoop).
+//
+// Only a request with one uid and one destination, sent, waits: with more
+// an answer may be pushed while others are still to come, and the message
+// must be gone by then.
+
+// finishDelay is how long finishLater waits for an answer before it
+// persists the request (longer while Redis is down: flushLater).
+const finishDelay = 25 * time.Millisecond
+
+// laterFinishes is finishLater's queue, oldest first (all wait
+// finishDelay), run by one timer.
+type laterFinishes struct {
+	mu     sync.Mutex
+	queue  []laterFinish
+	timer  *time.Timer
+	closed bool // the peer is stopping: finish at once
+}
+
+type laterFinish struct {
+	uid, raw string
+	due      time.Time
+}
+
+// finishLater finishes raw, the LocalProcessing message the requests uids
+// came from (finish), or leaves it to the answer or to finishDelay's end
+// when it can (see above).
+func (p *Peer) finishLater(raw string, uids []string) {
+	if len(uids) == 1 && p.batch != nil {
+		l := &p.batch.later
+		l.mu.Lock()
+		if !l.closed {
+			p.pendMu.Lock()
+			pd := p.pending[uids[0]]
+			ok := pd != nil && pd.ret != "" && !pd.persisted && pd.finishRaw == "" && len(pd.waiting) == 1
+			if ok {
+				for _, b := range pd.waiting {
+					ok = b != nil // sent
+				}
+			}
+			if ok {
+				pd.finishRaw = raw
+			}
+			p.pendMu.Unlock()
+			if ok {
+				l.queue = append(l.queue, laterFinish{uid: uids[0], raw: raw, due: time.Now().Add(finishDelay)})
+				if len(l.queue) == 1 {
+					if l.timer == nil {
+						l.timer = time.AfterFunc(finishDelay, func() { p.flushLater(false) })
+					} else {
+						l.timer.Reset(finishDelay)
+					}
+				}
+				l.mu.Unlock()
+				return
+			}
+		}
+		l.mu.Unlock()
+	}
+	p.finish(LocalProcessing, raw, strings.Join(uids, " "))
+}
+
+// takeFinish takes the LocalProcessing message whose removal waits for
+// pd's answer, "" if none. The caller holds pendMu.
+func takeFinish(pd *pending) string {
+	raw := pd.finishRaw
+	pd.finishRaw = ""
+	return raw
+}
+
+// withFinish adds to after (which may be nil) the removal of raw from
+// LocalProcessing, for the transaction of an answer's push.
+func withFinish(after *writeOp, raw string) *writeOp {
+	w := writeOp{processing: LocalProcessing, raw: raw}
+	if after != nil {
+		w.forget = after.forget
+	}
+	return &w
+}
+
+// flushLater finishes, persisting their requests, the waiting messages
+// whose time came (all of them when stopping, and from then on
+// finishLater finishes at once) and no answer took.
+func (p *Peer) flushLater(stopping bool) {
+	l := &p.batch.later
+	l.mu.Lock()
+	now := time.Now()
+	if !stopping && p.batch.failing.Load() && len(l.queue) > 0 {
+		// Redis is down: a finish written now would fail, and once its
+		// retries are spent its message would be sent again while its
+		// answer may still come. Wait for Redis, or for the answer
+		// (which takes the finish along with its push, retried as long
+		// as the request lives).
+		l.timer.Reset(finishDelay)
+		l.mu.Unlock()
+		return
+	}
+	n := 0
+	for n < len(l.queue) && (stopping || !now.Before(l.queue[n].due)) {
+		n++
+	}
+	due := l.queue[:n:n]
+	if n == len(l.queue) {
+		l.queue = nil
+	} else {
+		l.queue = l.queue[n:]
+		l.timer.Reset(l.queue[0].due.Sub(now))
+	}
+	if stopping {
+		l.closed = true
+	}
+	l.mu.Unlock()
+	for _, f := range due {
+		p.pendMu.Lock()
+		pd := p.pending[f.uid]
+		take := pd != nil && pd.finishRaw == f.raw
+		if take {
+			pd.finishRaw = ""
+		}
+		p.pendMu.Unlock()
+		if take {
+			p.finish(LocalProcessing, f.raw, f.uid)
+		}
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -131,7 +130,8 @@ func detach(ctx context.Context, grace time.Duration) (context.Context, context.
 //
 // While messages keep coming, each round trip moves a batch of them
 // (moveScript); once a batch comes back short, popLoop blocks in BLMOVE,
-// hands the message it gets to a worker at once and then looks for more.
+// hands the message it gets to a worker at once and then looks for more,
+// less often while it finds none (probe).
 func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle func(context.Context, string) bool) {
 	held := p.held[processing]
 	// Long-lived workers: a goroutine per message would grow a new stack
@@ -181,6 +181,14 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 	}
 	batch := min(p.opts.Workers, popBatch)
 	more := false // whether the queue may hold more than one message
+	// After a BLMOVE, a batch looks for messages behind the one it got
+	// (probe). At low load it finds none: two commands and a round trip
+	// per message for nothing. So while probes come back empty, the next
+	// ones are skipped, more of them each time (skip, up to maxSkip); one
+	// that finds messages, or a BLMOVE that came back at once (fastPop),
+	// ends that.
+	probe := false
+	skip, skipped := 0, 0
 	// BLMOVE blocks on a connection of its own.
 	conn := &ownConn{rdb: p.rdb}
 	defer conn.close()
@@ -212,15 +220,34 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 			msgs, err = p.moveBatch(ctx, queue, processing, batch)
 			// A short batch emptied the queue: block next time.
 			more = len(msgs) == batch
+			if probe && err == nil {
+				if len(msgs) == 0 {
+					skip = min(2*skip+1, maxSkip)
+				} else {
+					skip = 0
+				}
+			}
+			probe = false
 		} else {
 			var raw string
+			t := time.Now()
 			raw, err = conn.get().BLMove(ctx, queue, processing, "RIGHT", "LEFT", time.Second).Result()
 			conn.check(err)
 			if errors.Is(err, redis.Nil) {
 				continue
 			}
-			// Others may have come with it.
-			more = err == nil
+			// Others may have come with it: probe, unless probes found
+			// nothing lately and this BLMOVE waited.
+			if err == nil {
+				if time.Since(t) < fastPop {
+					skip = 0
+				}
+				if skipped >= skip {
+					more, probe, skipped = true, true, 0
+				} else {
+					skipped++
+				}
+			}
 			msgs = []string{raw}
 		}
 		if err != nil {
@@ -237,8 +264,21 @@ func (p *Peer) popLoop(ctx context.Context, queue, processing string, handle fun
 	}
 }
 
+// fastPop is how soon a BLMOVE must come back for popLoop to take it
+// that the queue was not empty (a round trip to Redis, not a wait), and
+// maxSkip how many BLMOVEs in a row may go without a batch behind them
+// while those batches find nothing. Guessing wrong costs a few moves of
+// single messages, or a batch that finds the queue empty.
+const (
+	fastPop = 200 * time.Microsecond
+	maxSkip = 15
+)
+
 func (p *Peer) localLoop(ctx context.Context) {
 	p.popLoop(ctx, LocalQueue, LocalProcessing, p.handleLocal)
+	// No handler runs any more: write what waits for an answer
+	// (finishLater) while redisLoop still runs.
+	p.flushLater(true)
 }
 
 func (p *Peer) replyLoop(ctx context.Context) {
@@ -310,8 +350,8 @@ func (p *Peer) handleLocal(ctx context.Context, raw string) bool {
 		return false // stopping: keep it in the processing list for the next run
 	}
 	// Remove it from the processing list and persist the request in one
-	// transaction.
-	p.finish(LocalProcessing, raw, strings.Join(uids, " "))
+	// transaction, or with the push of its answer if that comes soon.
+	p.finishLater(raw, uids)
 	return true
 }
 
