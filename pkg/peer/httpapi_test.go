@@ -167,9 +167,20 @@ func TestHTTPWaitersBounded(t *testing.T) {
 	s := newStack(t, 1)
 	a := s.newPeer(func(o *peer.Options) { o.Redis = nil })
 	c := startHTTP(t, a, &peer.HTTPOptions{MaxWaiters: 1})
+	// One long poll after the other holds the only waiter slot, however
+	// slowly the machine runs.
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
-		if resp, err := c.Get("http://rmb/serve?cmd=idle&wait=20"); err == nil {
-			resp.Body.Close()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if resp, err := c.Get("http://rmb/serve?cmd=idle&wait=30"); err == nil {
+				resp.Body.Close()
+			}
 		}
 	}()
 	waitFor(t, 20*time.Second, func() error {
