@@ -2,7 +2,6 @@ package registrar
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +18,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/rmb-go/rmb/internal/cliconf"
 	"github.com/rmb-go/rmb/pkg/identity"
 )
 
@@ -170,35 +170,7 @@ func NewClient(baseURL string, opts *ClientOptions) *Client {
 // https://, with a host. The error names the form wanted, built from base:
 // "127.0.0.1:8080" is answered "want a URL like http://127.0.0.1:8080".
 func CheckURL(base string) error {
-	return checkURL(base, "http", "https")
-}
-
-// checkURL is CheckURL for any schemes (the first is the one suggested).
-func checkURL(raw string, schemes ...string) error {
-	like := func(rest string) error {
-		if rest == "" {
-			rest = "host:port"
-		}
-		return fmt.Errorf("want a URL like %s://%s", schemes[0], rest)
-	}
-	if !strings.Contains(raw, "://") {
-		return like(strings.TrimLeft(raw, "/"))
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return like("")
-	}
-	ok := false
-	for _, s := range schemes {
-		ok = ok || strings.EqualFold(u.Scheme, s)
-	}
-	if !ok {
-		return fmt.Errorf("scheme %s: want %s, like %s://%s", u.Scheme, strings.Join(schemes, " or "), schemes[0], cmp.Or(u.Host, "host:port"))
-	}
-	if u.Host == "" {
-		return like("")
-	}
-	return nil
+	return cliconf.CheckURL(base, "http", "https")
 }
 
 // Twin returns a twin by id, from the cache when it can. A twin that does
