@@ -369,9 +369,15 @@ func (p *Peer) buildRequest(ctx context.Context, spec *requestSpec, dst uint32, 
 	if err := p.setPayload(env, twin, spec.payload); err != nil {
 		return nil, &Error{Code: envelope.CodeInternal, Message: err.Error()}
 	}
+	return p.seal(env, "request")
+}
+
+// seal stamps, signs and marshals an outgoing envelope (what names it in
+// the error when it expired before it was sent).
+func (p *Peer) seal(env *envelope.Envelope, what string) ([]byte, *Error) {
 	env.Stamp(time.Now())
 	if env.Expiration == 0 {
-		return nil, &Error{Code: envelope.CodeExpired, Message: "request expired before it was sent"}
+		return nil, &Error{Code: envelope.CodeExpired, Message: what + " expired before it was sent"}
 	}
 	env.Sign(p.id)
 	b, err := envelope.Marshal(env)
@@ -380,7 +386,7 @@ func (p *Peer) buildRequest(ctx context.Context, spec *requestSpec, dst uint32, 
 	}
 	if len(b) > envelope.DefaultMaxSize {
 		// A relay closes the connection on such a frame (1009), and the
-		// request would be sent again on every reconnection.
+		// envelope would be sent again on every reconnection.
 		return nil, &Error{Code: envelope.CodeBadPayload, Message: errTooBig(len(b)).Error()}
 	}
 	return b, nil

@@ -509,19 +509,7 @@ func (p *Peer) buildEvent(ctx context.Context, uid string, twin uint32, topic st
 			return nil, &Error{Code: envelope.CodeInternal, Message: err.Error()}
 		}
 	}
-	env.Stamp(time.Now())
-	if env.Expiration == 0 {
-		return nil, &Error{Code: envelope.CodeExpired, Message: "event expired before it was sent"}
-	}
-	env.Sign(p.id)
-	b, err := envelope.Marshal(env)
-	if err != nil {
-		return nil, &Error{Code: envelope.CodeInternal, Message: err.Error()}
-	}
-	if len(b) > envelope.DefaultMaxSize {
-		return nil, &Error{Code: envelope.CodeBadPayload, Message: errTooBig(len(b)).Error()}
-	}
-	return b, nil
+	return p.seal(env, "event")
 }
 
 // Leases lists the live leases on this twin's topics, "<twin>/<pattern>"
