@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -34,6 +35,7 @@ import (
 	"github.com/rmb-go/rmb/internal/buildinfo"
 	"github.com/rmb-go/rmb/internal/cliconf"
 	"github.com/rmb-go/rmb/internal/pprofserver"
+	"github.com/rmb-go/rmb/internal/procs"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/peer"
 	"github.com/rmb-go/rmb/pkg/redisapi"
@@ -57,6 +59,9 @@ func main() {
 	if err := m.Run(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "rmb-peer:", err)
 		os.Exit(1)
+	}
+	if m.AdaptProcs {
+		go procs.Adapt(ctx, procs.Options{})
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -95,7 +100,8 @@ type Main struct {
 	Redis        string
 	Registrar    string
 	NoUpdate     bool
-	Debug        int // -d 1: debug; -dd 2: debug with source lines
+	AdaptProcs   bool // --adapt-procs: main runs procs.Adapt
+	Debug        int  // -d 1: debug; -dd 2: debug with source lines
 	PolicyFile   string
 	MetricsAddr  string
 	PprofAddr    string
@@ -190,6 +196,7 @@ func (m *Main) ParseFlags(args []string) error {
 	fs.Int64Var(&m.CommandBytes, "command-bytes", 256<<20, "most bytes in all msgbus.<cmd> lists together")
 	fs.Int64Var(&m.AnswerCacheBytes, "answer-cache-bytes", 64<<20, "most bytes of answers kept for re-sent requests")
 	fs.BoolVar(&m.NoUpdate, "no-update", m.NoUpdate, "do not update the twin's relays and e2e key at the registrar")
+	fs.BoolVar(&m.AdaptProcs, "adapt-procs", true, "run on one P while one core is enough, on all once busy (saves thread wake-ups at low load; off when GOMAXPROCS is set)")
 	cliconf.DebugFlags(fs, &m.Debug, "log at debug level")
 	// The Rust peer's spellings: --mnemonics and --seed (both deprecated
 	// there) are --mnemonic, which takes a 0x hex seed too; and the flags
@@ -437,7 +444,9 @@ func (m *Main) serveMetrics(ctx context.Context) error {
 	mux := http.NewServeMux()
 	// The peer's metrics plus go_goroutines, go_memstats_* and process_*.
 	rt := prometheus.NewRegistry()
-	rt.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector())
+	rt.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector(),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rmb_peer_gomaxprocs", Help: "GOMAXPROCS now (--adapt-procs changes it)"},
+			func() float64 { return float64(runtime.GOMAXPROCS(0)) }))
 	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{m.peer.Registry(), rt}, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", m.readyz)
