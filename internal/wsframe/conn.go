@@ -3,13 +3,14 @@ package wsframe
 import (
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/gobwas/ws"
 )
 
 // Options configure a Conn. Zero fields mean the documented defaults.
@@ -119,25 +120,23 @@ func (c *Conn) readMessage(msg []byte) (Opcode, []byte, error) {
 		if err != nil {
 			return 0, nil, err
 		}
-		if h.rsv != 0 {
-			return 0, nil, protocolError("reserved bits set without an extension")
+		state := ws.StateServerSide
+		if c.client {
+			state = ws.StateClientSide
 		}
-		if h.masked == c.client {
-			if c.client {
-				return 0, nil, protocolError("masked frame from the server")
-			}
-			return 0, nil, protocolError("unmasked frame from a client")
+		if inMsg {
+			state |= ws.StateFragmented
 		}
-		if h.op.control() {
-			if !h.fin || h.length > 125 {
-				return 0, nil, protocolError("fragmented or long control frame")
-			}
-			var buf [125]byte
-			p := buf[:h.length]
+		if err := ws.CheckHeader(h, state); err != nil {
+			return 0, nil, err
+		}
+		if h.OpCode.IsControl() {
+			var buf [ws.MaxControlFramePayloadSize]byte
+			p := buf[:h.Length]
 			if err := c.readPayload(p, h); err != nil {
 				return 0, nil, err
 			}
-			switch h.op {
+			switch h.OpCode {
 			case OpPing:
 				if err := c.writeControl(OpPong, p); err != nil && !errors.Is(err, ErrClosed) {
 					return 0, nil, err
@@ -148,33 +147,21 @@ func (c *Conn) readMessage(msg []byte) (Opcode, []byte, error) {
 				}
 			case OpClose:
 				return 0, nil, c.handleClose(p)
-			default:
-				return 0, nil, protocolError("unknown control opcode")
 			}
 			continue
 		}
-		switch h.op {
-		case OpText, OpBinary:
-			if inMsg {
-				return 0, nil, protocolError("new message inside a fragmented message")
-			}
-			msgOp, inMsg = h.op, true
-		case OpContinuation:
-			if !inMsg {
-				return 0, nil, protocolError("continuation frame without a message")
-			}
-		default:
-			return 0, nil, protocolError("unknown data opcode")
+		if !inMsg {
+			msgOp, inMsg = h.OpCode, true
 		}
-		if int64(len(msg))+h.length > int64(c.opts.ReadLimit) {
-			c.skip = h.length
+		if int64(len(msg))+h.Length > int64(c.opts.ReadLimit) {
+			c.skip = h.Length
 			c.sendClose(StatusMessageTooBig, "message too big")
 			return 0, nil, ErrMessageTooBig
 		}
 		if msg, err = c.appendPayload(msg, h); err != nil {
 			return 0, nil, err
 		}
-		if h.fin {
+		if h.Fin {
 			return msgOp, msg, nil
 		}
 	}
@@ -185,12 +172,12 @@ func (c *Conn) handleClose(p []byte) error {
 	ce := CloseError{Code: StatusNoStatusRcvd}
 	switch {
 	case len(p) == 1:
-		return protocolError("close frame with a one-byte payload")
+		return ws.ProtocolError("close frame with a one-byte payload")
 	case len(p) >= 2:
 		ce.Code = StatusCode(int(p[0])<<8 | int(p[1]))
 		ce.Reason = string(p[2:])
 		if !validWireCode(ce.Code) || !utf8.ValidString(ce.Reason) {
-			return protocolError("invalid close frame")
+			return ws.ProtocolError("invalid close frame")
 		}
 	}
 	c.closeRcvd = true
@@ -214,7 +201,7 @@ func (c *Conn) handleClose(p []byte) error {
 // close 1002.
 func (c *Conn) failRead(err error) {
 	c.readErr = err
-	var pe protocolError
+	var pe ws.ProtocolError
 	if errors.As(err, &pe) {
 		c.sendClose(StatusProtocolError, "protocol error")
 	}
@@ -243,7 +230,7 @@ func (c *Conn) readHeader() (header, error) {
 // bytes costs 30 bytes (and a pooled read buffer), not 1 MiB.
 func (c *Conn) appendPayload(msg []byte, h header) ([]byte, error) {
 	n := len(msg)
-	for left := h.length; left > 0; {
+	for left := h.Length; left > 0; {
 		avail := c.rd.buffered()
 		if len(avail) == 0 && left >= readBufSize {
 			// A large rest: read it straight into msg, which grows by
@@ -278,20 +265,20 @@ func (c *Conn) appendPayload(msg []byte, h header) ([]byte, error) {
 		c.rd.r += int(k)
 		left -= k
 	}
-	if h.masked {
-		mask(h.key, 0, msg[n:])
+	if h.Masked {
+		ws.Cipher(msg[n:], h.Mask, 0)
 	}
 	return msg, nil
 }
 
-// readPayload reads the payload of h into p (len(p) == h.length) and
+// readPayload reads the payload of h into p (len(p) == h.Length) and
 // unmasks it.
 func (c *Conn) readPayload(p []byte, h header) error {
 	if err := c.rd.readFull(p); err != nil {
 		return err
 	}
-	if h.masked {
-		mask(h.key, 0, p)
+	if h.Masked {
+		ws.Cipher(p, h.Mask, 0)
 	}
 	return nil
 }
@@ -357,7 +344,7 @@ func (c *Conn) writeFrame(op Opcode, p []byte) error {
 	}
 	b := *c.wbuf
 	if !c.client && len(p) >= directWrite {
-		b = appendHeader(b, op, len(p), false, 0)
+		b = appendHeader(b, op, len(p), false, [4]byte{})
 		bufs := net.Buffers{b, p}
 		*c.wbuf = b[:0]
 		c.nc.SetWriteDeadline(time.Now().Add(c.opts.WriteTimeout))
@@ -366,15 +353,15 @@ func (c *Conn) writeFrame(op Opcode, p []byte) error {
 		}
 		return nil
 	}
-	var key uint32
+	var key [4]byte
 	if c.client {
-		key = rand.Uint32()
+		key = ws.NewMask()
 	}
 	b = appendHeader(b, op, len(p), c.client, key)
 	start := len(b)
 	b = append(b, p...)
 	if c.client {
-		mask(key, 0, b[start:])
+		ws.Cipher(b[start:], key, 0)
 	}
 	*c.wbuf = b
 	if len(b) >= flushAt {
@@ -428,9 +415,9 @@ func (c *Conn) sendClose(code StatusCode, reason string) error {
 	if len(reason) > 123 {
 		reason = reason[:123]
 	}
-	var buf [125]byte
-	p := append(buf[:0], byte(code>>8), byte(code))
-	p = append(p, reason...)
+	var buf [ws.MaxControlFramePayloadSize]byte
+	p := buf[:2+len(reason)]
+	ws.PutCloseFrameBody(p, ws.StatusCode(code), reason)
 	if err := c.writeFrame(OpClose, p); err != nil {
 		return err
 	}
@@ -466,7 +453,7 @@ func (c *Conn) drainUntilClose(deadline time.Time) {
 	c.skip = 0
 	for {
 		h, err := c.readHeader()
-		if err != nil || c.rd.discard(h.length) != nil || h.op == OpClose {
+		if err != nil || c.rd.discard(h.Length) != nil || h.OpCode == OpClose {
 			return
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
 )
 
 // echoServer serves Upgrade and echoes every message; the last read error is
@@ -452,10 +453,10 @@ func TestUpgradeRefusals(t *testing.T) {
 		want   int
 	}{
 		{"ok", "GET", "", [2]string{}, 101},
-		{"no upgrade", "GET", "Upgrade", [2]string{}, 426},
-		{"no connection", "GET", "Connection", [2]string{}, 426},
+		{"no upgrade", "GET", "Upgrade", [2]string{}, 400},
+		{"no connection", "GET", "Connection", [2]string{}, 400},
 		{"post", "POST", "", [2]string{}, 405},
-		{"version", "GET", "", [2]string{"Sec-WebSocket-Version", "8"}, 400},
+		{"version", "GET", "", [2]string{"Sec-WebSocket-Version", "8"}, 426},
 		{"no key", "GET", "Sec-WebSocket-Key", [2]string{}, 400},
 		{"short key", "GET", "", [2]string{"Sec-WebSocket-Key", "c2hvcnQ="}, 400},
 	} {
@@ -515,7 +516,7 @@ func TestProtocolErrors(t *testing.T) {
 			u := echoServer(t, nil, errs)
 			nc := rawClient(t, u)
 			nc.Write(tc.frame)
-			var pe protocolError
+			var pe ws.ProtocolError
 			if err := <-errs; !errors.As(err, &pe) {
 				t.Fatalf("server read: %v", err)
 			}
@@ -526,23 +527,5 @@ func TestProtocolErrors(t *testing.T) {
 				t.Fatalf("server sent % x", b)
 			}
 		})
-	}
-}
-
-func TestMask(t *testing.T) {
-	for n := range 40 {
-		for pos := range 4 {
-			b := make([]byte, n)
-			for i := range b {
-				b[i] = byte(i)
-			}
-			key := uint32(0x04030201)
-			mask(key, pos, b)
-			for i := range b {
-				if b[i] != byte(i)^byte(1+(pos+i)%4) {
-					t.Fatalf("n %d pos %d: byte %d = %x", n, pos, i, b[i])
-				}
-			}
-		}
 	}
 }

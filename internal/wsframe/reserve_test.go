@@ -27,7 +27,7 @@ func TestAnnouncedLengthNotReserved(t *testing.T) {
 			_, _, err := c.ReadMessage(nil)
 			done <- err
 		}()
-		frame := appendHeader(nil, OpBinary, 1<<20, true, 0)
+		frame := appendHeader(nil, OpBinary, 1<<20, true, [4]byte{})
 		// net.Pipe: a write returns once the reader took it all. The
 		// second write is taken only by the read after the payload
 		// buffer was made.
