@@ -7,10 +7,12 @@
 // Options.Every. At one P, a process using more than Options.High cores
 // in two samples in a row gets the GOMAXPROCS it started with; at more
 // than one P, a process using less than Options.Low cores for
-// Options.Quiet samples in a row goes back to one. It does nothing when
-// the GOMAXPROCS environment variable is set (the operator decided) or
-// when GOMAXPROCS is already 1, and restores the starting value when ctx
-// ends.
+// Options.Quiet samples in a row goes back to one. Going up hands
+// GOMAXPROCS back to the runtime (runtime.SetDefaultGOMAXPROCS), so its
+// automatic updates for CPU quota changes apply again. It does nothing
+// when the GOMAXPROCS environment variable is set (the operator decided)
+// or when GOMAXPROCS is already 1, and hands GOMAXPROCS back to the
+// runtime when ctx ends.
 //
 // Why: a lightly loaded rmb-peer is woken a few times per message, and
 // with more than one P the Go scheduler wakes a second thread at every
@@ -72,8 +74,17 @@ func Adapt(ctx context.Context, o Options) {
 	}
 	o = o.withDefaults()
 	c := &controller{max: max, cur: 1, opts: o}
+	// Going up is SetDefaultGOMAXPROCS, not GOMAXPROCS(max): it takes
+	// what the runtime would choose now (CPU count, affinity, cgroup
+	// quota) and turns its automatic updates back on, which a call to
+	// GOMAXPROCS turns off.
 	set := func(n int) {
-		runtime.GOMAXPROCS(n)
+		if n == 1 {
+			runtime.GOMAXPROCS(1)
+		} else {
+			runtime.SetDefaultGOMAXPROCS()
+			n = runtime.GOMAXPROCS(0)
+		}
 		if o.OnChange != nil {
 			o.OnChange(n)
 		}
@@ -94,6 +105,10 @@ func Adapt(ctx context.Context, o Options) {
 		lastCPU, lastAt = cpu, now
 		if n, changed := c.step(use); changed {
 			set(n)
+		}
+		if c.cur > 1 {
+			c.max = runtime.GOMAXPROCS(0) // the runtime may have updated it
+			c.cur = c.max
 		}
 	}
 }

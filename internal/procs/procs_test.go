@@ -25,7 +25,7 @@ func TestControllerSteps(t *testing.T) {
 		{0.6, 4, false}, // busy enough: starts over
 		{0.4, 4, false},
 		{0.1, 4, false},
-		{0.2, 1, true}, // three idle in a row: one P
+		{0.2, 1, true},  // three idle in a row: one P
 		{0.8, 1, false}, // not above High
 	} {
 		n, ch := c.step(tc.use)
@@ -40,9 +40,7 @@ func TestControllerSteps(t *testing.T) {
 func TestAdaptFollowsLoad(t *testing.T) {
 	max := runtime.GOMAXPROCS(0)
 	if max < 2 {
-		runtime.GOMAXPROCS(2)
-		defer runtime.GOMAXPROCS(max)
-		max = 2
+		t.Fatalf("this test needs GOMAXPROCS >= 2 (2 CPUs or more), have %d", max)
 	}
 	var now atomic.Int32
 	ctx, cancel := context.WithCancel(context.Background())
