@@ -23,8 +23,9 @@ build:
 release:
 	GO=$(GO) VERSION=$(VERSION) COMMIT=$(COMMIT) ./scripts/release.sh
 
-## test: install missing system packages, vet, run every test with -race, fuzz briefly
+## test: install missing system packages, gofmt check, vet, run every test with -race, fuzz briefly
 test: deps
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
