@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/rmb-go/rmb/internal/procs"
 )
 
 // Cost is what a phase cost per round trip: CPU of this process (the
@@ -41,7 +43,7 @@ type costMeter struct {
 }
 
 func startCost(ctx context.Context, rdb *redis.Client) *costMeter {
-	m := &costMeter{rdb: rdb, cpu: processCPU(), busy: machineBusy()}
+	m := &costMeter{rdb: rdb, cpu: procs.CPUTime(), busy: machineBusy()}
 	m.rcpu, m.calls, m.usec = redisCounters(ctx, rdb)
 	return m
 }
@@ -52,7 +54,7 @@ func (m *costMeter) stop(ctx context.Context, n int64) Cost {
 	if n <= 0 {
 		return Cost{}
 	}
-	cpu := processCPU() - m.cpu
+	cpu := procs.CPUTime() - m.cpu
 	busy := machineBusy() - m.busy
 	rcpu, calls, usec := redisCounters(ctx, m.rdb)
 	c := Cost{MachineCPU: busy / time.Duration(n), ProcessCPU: cpu / time.Duration(n), ByCommand: map[string]float64{}, CommandTime: map[string]time.Duration{}}

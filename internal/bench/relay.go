@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/rmb-go/rmb/internal/procs"
 	"github.com/rmb-go/rmb/pkg/envelope"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/relay"
@@ -304,7 +305,7 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 		natsGrowth = after - natsBefore
 	}
 	childCPU, _ := children("")
-	cpu0 := processCPU() + childCPU
+	cpu0 := procs.CPUTime() + childCPU
 
 	endPhase := func() {}
 	if o.SendPhase != nil {
@@ -373,7 +374,7 @@ func RunRelay(ctx context.Context, o RelayOptions) (*RelayResult, error) {
 	}
 	endPhase()
 	childCPU, _ = children("")
-	cpuUsed := processCPU() + childCPU - cpu0
+	cpuUsed := procs.CPUTime() + childCPU - cpu0
 	close(stop)
 	stopRecv()
 	for _, c := range senders {

@@ -4,5 +4,8 @@ package procs
 
 import "time"
 
-// cpuTime is not read here: Adapt does nothing.
-func cpuTime() time.Duration { return -1 }
+// cpuTimeKnown: not here, so Adapt does nothing.
+const cpuTimeKnown = false
+
+// CPUTime is 0 here: the process's CPU time is not read.
+func CPUTime() time.Duration { return 0 }

@@ -69,7 +69,7 @@ func Adapt(ctx context.Context, o Options) {
 		return
 	}
 	max := runtime.GOMAXPROCS(0)
-	if max <= 1 || cpuTime() < 0 {
+	if max <= 1 || !cpuTimeKnown {
 		return
 	}
 	o = o.withDefaults()
@@ -93,14 +93,14 @@ func Adapt(ctx context.Context, o Options) {
 	defer func() { set(max) }()
 	t := time.NewTicker(o.Every)
 	defer t.Stop()
-	lastCPU, lastAt := cpuTime(), time.Now()
+	lastCPU, lastAt := CPUTime(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		cpu, now := cpuTime(), time.Now()
+		cpu, now := CPUTime(), time.Now()
 		use := float64(cpu-lastCPU) / float64(now.Sub(lastAt))
 		lastCPU, lastAt = cpu, now
 		if n, changed := c.step(use); changed {
