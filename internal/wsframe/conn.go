@@ -78,6 +78,7 @@ type Conn struct {
 
 	wmu       sync.Mutex // guards the following
 	wbuf      *[]byte    // pending frames; nil when there are none
+	raw       rawWriter  // for TryFlush; ok() false on TLS and in tests with pipes
 	wErr      error      // sticky: the error that ended writing
 	closeSent bool
 
@@ -87,6 +88,9 @@ type Conn struct {
 func newConn(nc net.Conn, client bool, buffered []byte, opts *Options) *Conn {
 	c := &Conn{nc: nc, client: client, opts: opts.withDefaults(), readerDone: make(chan struct{})}
 	c.rd.init(nc, buffered)
+	if !client {
+		c.raw.init(nc)
+	}
 	return c
 }
 
@@ -165,6 +169,18 @@ func (c *Conn) readMessage(msg []byte) (Opcode, []byte, error) {
 			return msgOp, msg, nil
 		}
 	}
+}
+
+// MessageBuffered reports whether the next message is in the read buffer
+// whole, as one data frame: then the next ReadMessage returns without
+// waiting for the network. Only the goroutine in ReadMessage may call it.
+func (c *Conn) MessageBuffered() bool {
+	if c.readErr != nil || c.skip > 0 {
+		return false
+	}
+	b := c.rd.buffered()
+	h, n, err := parseHeader(b)
+	return err == nil && n > 0 && h.Fin && !h.OpCode.IsControl() && int64(len(b)-n) >= h.Length
 }
 
 // handleClose answers the peer's close frame and ends the connection.
@@ -313,6 +329,45 @@ func (c *Conn) Flush() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	return c.flushLocked()
+}
+
+// TryFlush writes what is buffered as far as the socket takes it without
+// waiting, and reports whether nothing is left. What the socket did not
+// take stays buffered, in order, for the next Flush. So a goroutine that
+// must not block (the relay's reader, writing to another session) can
+// write, and hand what is left to one that may. On a connection without a
+// raw socket (TLS) it writes nothing and reports false. Server side only.
+func (c *Conn) TryFlush() (bool, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wErr != nil {
+		return false, c.wErr
+	}
+	if c.wbuf == nil {
+		return true, nil
+	}
+	if !c.raw.ok() {
+		return false, nil
+	}
+	b := *c.wbuf
+	// A deadline left from an earlier flush may have passed, and RawConn
+	// would refuse to write at all; this write does not wait anyway.
+	c.nc.SetWriteDeadline(time.Time{})
+	n, err := c.raw.write(b)
+	if err != nil {
+		return false, c.failWrite(err)
+	}
+	if n < len(b) {
+		*c.wbuf = b[:copy(b, b[n:])]
+		return false, nil
+	}
+	bp := c.wbuf
+	c.wbuf = nil
+	if cap(b) <= 4*writeBufSize {
+		*bp = b[:0]
+		writePool.Put(bp)
+	}
+	return true, nil
 }
 
 // Ping sends a ping frame; the peer's pong reaches Options.OnPong.

@@ -21,13 +21,22 @@ type rawReader struct {
 	held *reader
 }
 
-func (rr *rawReader) init(rd *reader, nc net.Conn) {
+// rawConn returns nc's raw socket, or nil when it has none (TLS, pipes).
+func rawConn(nc net.Conn) syscall.RawConn {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return
+		return nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+func (rr *rawReader) init(rd *reader, nc net.Conn) {
+	rc := rawConn(nc)
+	if rc == nil {
 		return
 	}
 	rr.rc, rr.held = rc, rd
