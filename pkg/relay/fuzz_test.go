@@ -91,7 +91,7 @@ func FuzzHandleFrame(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, b []byte) {
 		before := r.counters.msgsIn.Load()
-		r.handleFrame(s, append([]byte(nil), b...))
+		r.handleFrame(s, append([]byte(nil), b...), nil)
 		if r.counters.msgsIn.Load() != before+1 {
 			t.Fatal("frame not counted")
 		}
@@ -125,7 +125,7 @@ func TestHandleFrameAllocs(t *testing.T) {
 	e.Sign(id)
 	b, _ := envelope.Marshal(e)
 	allocs := testing.AllocsPerRun(1000, func() {
-		r.handleFrame(src, b)
+		r.handleFrame(src, b, nil)
 		<-dst.send
 	})
 	if allocs > 0 {

@@ -38,12 +38,10 @@ const storeTimeout = 5 * time.Second
 // keeps refilling; otherwise it flushes when the queue runs dry.
 const flushBytes = 32 << 10
 
-// senderIdle: a send loop that has had nothing to do for this long (up to
-// twice as long) returns, and gives back the session's send queue; the
-// next delivery or wake-up starts another. An idle session has no send
-// loop: its goroutine's stack (4 KiB) and queue (SendQueueSize envelopes)
-// are most of what a session would cost.
-const senderIdle = time.Second
+// nowMax: an envelope up to this size may be written by deliverNow, on the
+// caller's goroutine; a larger one could make the connection write it at
+// once, and wait.
+const nowMax = 4 << 10
 
 // States of a session's sender role (session.sender).
 const (
@@ -51,7 +49,8 @@ const (
 	// registered before it is served, and tests drive sessions that are
 	// never served). Wake-ups are remembered, nothing is written.
 	senderHeld uint8 = iota
-	// senderIdle: no send loop runs; deliver and wake start one.
+	// senderStopped: no send loop runs; deliver writes itself
+	// (deliverFrom) or starts one, and wake starts one.
 	senderStopped
 	// senderRunning: a send loop runs (or serve's first look at the
 	// store); it alone writes envelopes.
@@ -60,10 +59,12 @@ const (
 
 // session is one live WebSocket connection of a (twin, sid).
 //
-// One goroutine owns it: serve runs readLoop and then the cleanup. sendLoop
-// is the only writer of envelopes; it runs on a goroutine of its own only
-// while the session has something to send (see senderIdle). A timer
-// (pingCheck) pings a silent client.
+// One goroutine owns it: serve runs readLoop and then the cleanup. One
+// holder of the sender role at a time writes envelopes: a sender's reader
+// writing directly to an idle session (deliverFrom), or sendLoop, which
+// runs on a goroutine of its own only while the session has a backlog. A
+// timer (pingCheck) pings a silent client, and drops the send queue of a
+// session that no longer uses it.
 type session struct {
 	// Set before the goroutines start, read-only afterwards.
 	r           *Relay
@@ -107,10 +108,12 @@ type session struct {
 
 	mu sync.Mutex // guards the following
 	// send is the bounded send queue, filled by deliver and drained by
-	// sendLoop. It is made at the first delivery (and sendLoop woken to
-	// pick it up), and dropped when sendLoop returns idle: an idle
-	// session does not pay for its buffer.
-	send chan Message
+	// sendLoop. It is made at the first delivery that cannot be written
+	// at once (and sendLoop woken to pick it up), and dropped by pingCheck
+	// once unused for a while: an idle session does not pay for its
+	// buffer.
+	send     chan Message
+	sendUsed bool // an envelope went through send since pingCheck last looked
 	// wakeup (cap 1: "the store, or a new send queue, may have something
 	// for you") is made when the first send loop starts; until then, and
 	// while serve looks at the store, woken remembers a wake-up.
@@ -127,6 +130,9 @@ type session struct {
 	closed  bool  // finish has begun; deliver goes to the store
 	woken   bool  // a wake-up came while wakeup was not made yet
 	sender  uint8 // senderHeld, senderStopped or senderRunning
+	// holder is the reader's flusher that holds the sender role (no send
+	// loop runs then), or nil.
+	holder *flusher
 }
 
 func (r *Relay) newSession(key SessionKey, conn *wsframe.Conn, remote string) *session {
@@ -232,18 +238,15 @@ func (s *session) stopSending() {
 	}
 }
 
-// idleExit gives the sender role back when there is nothing to send, and
-// drops the empty send queue; s.mu is taken. It reports whether the loop
-// may return.
-func (s *session) idleExit() bool {
+// pause gives the sender role back when there is nothing to send; s.mu is
+// taken. It reports whether the loop may return.
+func (s *session) pause() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx.Err() != nil || len(s.send) > 0 || len(s.wakeup) > 0 || len(s.unflushed) > 0 {
 		return false
 	}
 	s.sender = senderStopped
-	s.send, s.sendBytes = nil, 0
-	s.unflushed = nil
 	return true
 }
 
@@ -251,7 +254,30 @@ func (s *session) idleExit() bool {
 // room and nothing older waits in the store, the store otherwise. It never
 // blocks on the connection.
 func (s *session) deliver(m Message) (routeResult, error) {
+	return s.deliverFrom(m, nil)
+}
+
+// deliverFrom is deliver for a caller that may write m itself: when the
+// session has no send loop and nothing queued, the caller takes the sender
+// role and writes m (writeNow). A reader passes its flusher, which flushes
+// later; other callers pass nil and flush at once. Neither waits for a
+// slow client: what the socket does not take is left to a send loop.
+func (s *session) deliverFrom(m Message, fl *flusher) (routeResult, error) {
 	s.mu.Lock()
+	if !s.closed && !s.spilled && len(s.send) == 0 && s.conn != nil && len(m.Data) <= nowMax {
+		switch {
+		case s.sender == senderStopped:
+			s.sender, s.holder = senderRunning, fl
+			s.mu.Unlock()
+			if fl != nil {
+				fl.held = append(fl.held, s)
+			}
+			return s.writeNow(m, fl)
+		case fl != nil && s.holder == fl:
+			s.mu.Unlock()
+			return s.writeNow(m, fl)
+		}
+	}
 	if !s.closed && !s.spilled {
 		if s.send == nil {
 			s.send = make(chan Message, s.r.opts.SendQueueSize)
@@ -263,6 +289,7 @@ func (s *session) deliver(m Message) (routeResult, error) {
 			select {
 			case s.send <- m:
 				s.sendBytes += int64(len(m.Data))
+				s.sendUsed = true
 				if s.sender == senderStopped {
 					s.startSenderLocked(nil)
 				}
@@ -290,6 +317,89 @@ func (s *session) deliver(m Message) (routeResult, error) {
 		return 0, err
 	}
 	return routedStored, nil
+}
+
+// writeNow writes m to the connection's buffer on the caller's goroutine,
+// which holds the sender role (deliverFrom). With a flusher it stays
+// there until the flusher flushes, unless a lot is buffered already;
+// otherwise it is flushed at once (flushNow).
+func (s *session) writeNow(m Message, fl *flusher) (routeResult, error) {
+	if err := s.buffer(m); err != nil {
+		s.releaseFailed()
+		return routedLocal, nil // finish puts m back in the store
+	}
+	if fl == nil || s.unflushedBytes >= flushBytes {
+		s.flushNow()
+	}
+	return routedLocal, nil
+}
+
+// flushNow flushes as far as the socket takes it without waiting
+// (wsframe.Conn.TryFlush) and gives the sender role back.
+func (s *session) flushNow() {
+	flushed, err := s.conn.TryFlush()
+	switch {
+	case err != nil:
+		s.writeFailed(err)
+		s.releaseFailed()
+		return
+	case flushed:
+		s.flushed()
+	}
+	s.release(flushed)
+}
+
+// release gives back the sender role that deliverFrom took. When the
+// write was not done (the socket did not take it all, or it failed), or
+// envelopes or a wake-up came meanwhile, a send loop takes over: it
+// flushes the rest and goes on, or puts what was not sent back in the
+// store (finish).
+func (s *session) release(done bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holder = nil
+	if done && len(s.send) == 0 && len(s.wakeup) == 0 && !s.woken && s.ctx.Err() == nil {
+		s.sender = senderStopped
+		return
+	}
+	s.startSenderLocked(nil)
+}
+
+// releaseFailed gives the sender role to a send loop after a failed write.
+// The loop gets the envelopes not sent as its first: it cannot write them
+// either (the connection is closing or broken), and puts them back in the
+// store (finish). A loop without them could find nothing left to flush
+// (the close frame went out already) and count them as sent.
+func (s *session) releaseFailed() {
+	first := s.takeUnflushed()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holder = nil
+	s.startSenderLocked(first)
+}
+
+// flusher is held by a session's reader. The envelopes it routes to
+// sessions with no send loop are written to their connections' buffers
+// by the reader itself (deliverFrom), and flushed together before the
+// reader waits for the network (flush): a burst read at once costs each
+// destination one write, and no goroutine hand-off.
+type flusher struct {
+	held []*session // sessions whose sender role this flusher holds
+}
+
+// flush flushes every session the flusher holds and gives their sender
+// roles back.
+func (fl *flusher) flush() {
+	for i, s := range fl.held {
+		fl.held[i] = nil
+		s.mu.Lock()
+		mine := s.holder == fl
+		s.mu.Unlock()
+		if mine { // not given back already by writeNow
+			s.flushNow()
+		}
+	}
+	fl.held = fl.held[:0]
 }
 
 // isClosed reports whether sendLoop has finished.
@@ -404,7 +514,12 @@ func (s *session) touch() { s.frames.Add(1) }
 
 // readLoop reads frames and routes them until the connection fails.
 func (s *session) readLoop() {
+	var fl flusher
+	defer fl.flush()
 	for {
+		if len(fl.held) > 0 && !s.conn.MessageBuffered() {
+			fl.flush()
+		}
 		typ, b, err := s.conn.ReadMessage(nil)
 		if err != nil {
 			if errors.Is(err, wsframe.ErrMessageTooBig) {
@@ -421,7 +536,7 @@ func (s *session) readLoop() {
 			s.otherDrops.Add(1)
 			continue
 		}
-		s.r.handleFrame(s, b)
+		s.r.handleFrame(s, b, &fl)
 	}
 }
 
@@ -432,8 +547,8 @@ func (s *session) readLoop() {
 // envelopes costs one write syscall, not one each. It writes first (taken
 // from the store by startSending) before anything else.
 //
-// It returns when the session ends (then finish runs), or after senderIdle
-// with nothing to send (then the next delivery or wake-up starts another).
+// It returns when the session ends (then finish runs), or as soon as it has
+// nothing to send (pause; then deliverFrom writes, or starts another).
 //
 // Envelopes written but not flushed when the connection fails are put back
 // in the store with those not written: delivery is at least once, and a
@@ -448,7 +563,9 @@ func (s *session) sendLoop(first []Message) {
 // back, otherwise with the envelopes taken but not delivered.
 func (s *session) sendRun(first []Message) (leftover []Message, idle bool) {
 	if s.ctx.Err() != nil {
-		return first, false // closed before it started (a cluster claim lost): write nothing
+		// Closed before it started (a cluster claim lost, a direct write
+		// failed): write nothing.
+		return append(s.takeUnflushed(), first...), false
 	}
 	if s.prev != nil {
 		// The replaced session puts its unsent envelopes back in the store
@@ -465,40 +582,32 @@ func (s *session) sendRun(first []Message) (leftover []Message, idle bool) {
 			return append(s.takeUnflushed(), first[i+1:]...), false
 		}
 	}
-	// Whatever was written is flushed by the drain that startSending's
-	// wake-up asks for.
-	timer := time.NewTimer(senderIdle)
-	defer timer.Stop()
-	active := true
+	// Flushed behind what deliverFrom may have left in the connection's
+	// buffer (the socket did not take it all).
+	if err := s.flush(); err != nil {
+		return s.takeUnflushed(), false
+	}
 	send := s.queue()
 	for {
+		if s.pause() {
+			return nil, true
+		}
 		select {
 		case <-s.ctx.Done():
 			return s.takeUnflushed(), false
 		case m := <-send:
-			active = true
 			s.took(m)
 			var err error
 			if leftover, err = s.writeQueue(m, send); err != nil {
 				return leftover, false
 			}
 		case <-s.wakeup:
-			active = true
 			var err error
 			if leftover, err = s.drain(); err != nil {
 				return leftover, false
 			}
 			// drain may have met a queue made after the wake-up.
 			send = s.queue()
-		case <-timer.C:
-			// Checked once per senderIdle rather than reset per
-			// envelope: the loop returns 1-2 senderIdle after its last
-			// envelope.
-			if !active && s.idleExit() {
-				return nil, true
-			}
-			active = false
-			timer.Reset(senderIdle)
 		}
 	}
 }
@@ -581,6 +690,17 @@ func (s *session) flushOrLeftover() ([]Message, error) {
 // the network has the deadline WriteTimeout), flushing every flushBytes. A
 // failed write closes the session.
 func (s *session) write(m Message) error {
+	if err := s.buffer(m); err != nil {
+		return err
+	}
+	if s.unflushedBytes >= flushBytes {
+		return s.flush()
+	}
+	return nil
+}
+
+// buffer is write without the flush.
+func (s *session) buffer(m Message) error {
 	s.unflushed = append(s.unflushed, m)
 	s.unflushedBytes += len(m.Data)
 	if err := s.conn.WriteMessage(wsframe.OpBinary, m.Data); err != nil {
@@ -597,9 +717,6 @@ func (s *session) write(m Message) error {
 		}
 		return s.writeFailed(err)
 	}
-	if s.unflushedBytes >= flushBytes {
-		return s.flush()
-	}
 	return nil
 }
 
@@ -611,6 +728,12 @@ func (s *session) flush() error {
 	if err := s.conn.Flush(); err != nil {
 		return s.writeFailed(err)
 	}
+	s.flushed()
+	return nil
+}
+
+// flushed counts what a flush delivered.
+func (s *session) flushed() {
 	s.r.counters.msgsOut.Add(uint64(len(s.unflushed)))
 	s.r.counters.bytesOut.Add(uint64(s.unflushedBytes))
 	s.msgsOut.Add(uint64(len(s.unflushed)))
@@ -620,7 +743,6 @@ func (s *session) flush() error {
 	if cap(s.unflushed) > 1024 {
 		s.unflushed = nil
 	}
-	return nil
 }
 
 func (s *session) writeFailed(err error) error {
@@ -714,6 +836,12 @@ func (s *session) pingCheck() {
 		s.pingSent, s.pingSeen, next = time.Now(), n, timeout
 	}
 	s.mu.Lock()
+	if s.sender == senderStopped && !s.sendUsed && len(s.send) == 0 {
+		// Owned by the sender role, which nobody holds now.
+		s.send, s.sendBytes = nil, 0
+		s.unflushed = nil
+	}
+	s.sendUsed = false
 	if s.ctx.Err() == nil {
 		s.pingTimer.Reset(next)
 	}

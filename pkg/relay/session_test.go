@@ -2,10 +2,16 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rmb-go/rmb/internal/wsframe"
+	"github.com/rmb-go/rmb/pkg/envelope"
 )
 
 // gatedStore is a MemStore whose next Pop, once armed, reports that it
@@ -125,15 +131,17 @@ func TestSendQueueBytes(t *testing.T) {
 }
 
 // TestIdleSessionHasNoSendLoop: a session with nothing to send has no send
-// loop and no send queue; a delivery, or a wake-up for the store, starts
-// one again, and a session that ends without one still finishes (its
-// sendDone closes).
+// loop, and soon no send queue and no write bookkeeping; a delivery is
+// written without one, a wake-up for the store starts one again, and a
+// session that ends without one still finishes (its sendDone closes).
 func TestIdleSessionHasNoSendLoop(t *testing.T) {
 	reg := startRegistrar(t)
 	ln, domain := listen(t)
 	a := reg.newTwin(t, domain)
 	b := reg.newTwin(t, domain)
-	tr := startRelay(t, reg, nil, ln, nil)
+	// pingCheck, which drops what an idle session no longer uses, runs
+	// every PingInterval/2.
+	tr := startRelay(t, reg, &Options{PingInterval: time.Second, PingTimeout: time.Second}, ln, nil)
 	ca := dial(t, tr, a, "")
 	cb := dial(t, tr, b, "")
 	kb := SessionKey{b.num, ""}
@@ -175,4 +183,84 @@ func TestIdleSessionHasNoSendLoop(t *testing.T) {
 	if !s.isClosed() {
 		t.Fatal("finished session not closed")
 	}
+}
+
+// A client that stops reading fills its socket. The sender's reader, which
+// wrote the first envelopes itself, leaves the rest to a send loop and then
+// the store, and goes on routing to others without waiting. Once the
+// client reads again it gets every envelope, in order.
+func TestSlowReaderDoesNotStallSender(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	slow := reg.newTwin(t, domain)
+	fast := reg.newTwin(t, domain)
+	tr := startRelay(t, reg, &Options{SendQueueSize: 16, WriteTimeout: time.Hour, PingInterval: time.Hour}, ln, nil)
+	ca := dial(t, tr, a, "")
+	cs := dialSilent(t, tr, slow, "") // reads nothing until the end
+	cf := dial(t, tr, fast, "")
+	waitSession(t, tr.Relay, SessionKey{slow.num, ""}, true)
+	waitSession(t, tr.Relay, SessionKey{fast.num, ""}, true)
+	pad := strings.Repeat("x", 3000) // under nowMax: written by the reader while it can
+	n := 0
+	for ; tr.counters.stored.Load() == 0; n++ {
+		if n > 50000 {
+			t.Fatal("nothing reached the store: the silent client's socket never filled")
+		}
+		ca.send(slow.num, "", fmt.Sprintf("%06d%s", n, pad))
+		ca.send(fast.num, "", strconv.Itoa(n))
+		cf.expectPayload(strconv.Itoa(n)) // a's reader did not wait for slow
+	}
+	for i := range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, b, err := cs.c.Read(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("envelope %d of %d: %v", i, n, err)
+		}
+		e, err := envelope.Unmarshal(b, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := string(e.GetPlain()), fmt.Sprintf("%06d", i); !strings.HasPrefix(got, want) {
+			t.Fatalf("envelope %d of %d: got %.6s", i, n, got)
+		}
+	}
+}
+
+// An envelope written directly to a session whose close frame went out
+// already is not counted as sent: it goes back to the store, and the next
+// connection gets it.
+func TestDirectWriteAfterCloseGoesToStore(t *testing.T) {
+	reg := startRegistrar(t)
+	ln, domain := listen(t)
+	a := reg.newTwin(t, domain)
+	b := reg.newTwin(t, domain)
+	tr := startRelay(t, reg, &Options{PingInterval: time.Hour}, ln, nil)
+	kb := SessionKey{b.num, ""}
+	dialSilent(t, tr, b, "") // does not answer the close: it takes closeGrace
+	waitSession(t, tr.Relay, kb, true)
+	s := tr.lookup(kb)
+	s.close(statusReplaced, "test")
+	waitFor(t, 20*time.Second, func() error {
+		if err := s.conn.Ping(); !errors.Is(err, wsframe.ErrClosed) {
+			return fmt.Errorf("close frame not sent yet (ping: %v)", err)
+		}
+		return nil
+	})
+	if s.isClosed() {
+		t.Fatal("session finished before the test could write to it")
+	}
+	e := request(t, a, "", b.num, "", "late", 60)
+	if _, err := s.deliver(Message{Data: marshal(t, e), Deadline: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.sendDone:
+	case <-time.After(20 * time.Second):
+		t.Fatal("session did not finish")
+	}
+	waitSession(t, tr.Relay, kb, false)
+	cb := dial(t, tr, b, "")
+	cb.expectPayload("late")
 }
