@@ -78,7 +78,7 @@ type Conn struct {
 
 	wmu       sync.Mutex // guards the following
 	wbuf      *[]byte    // pending frames; nil when there are none
-	raw       rawWriter  // for TryFlush; ok() false on TLS and in tests with pipes
+	raw       *rawWriter // for TryFlush, made by the first; noRaw without a raw socket
 	wErr      error      // sticky: the error that ended writing
 	closeSent bool
 
@@ -88,9 +88,6 @@ type Conn struct {
 func newConn(nc net.Conn, client bool, buffered []byte, opts *Options) *Conn {
 	c := &Conn{nc: nc, client: client, opts: opts.withDefaults(), readerDone: make(chan struct{})}
 	c.rd.init(nc, buffered)
-	if !client {
-		c.raw.init(nc)
-	}
 	return c
 }
 
@@ -331,6 +328,9 @@ func (c *Conn) Flush() error {
 	return c.flushLocked()
 }
 
+// noRaw marks a connection TryFlush found without a raw socket.
+var noRaw = new(rawWriter)
+
 // TryFlush writes what is buffered as far as the socket takes it without
 // waiting, and reports whether nothing is left. What the socket did not
 // take stays buffered, in order, for the next Flush. So a goroutine that
@@ -346,7 +346,16 @@ func (c *Conn) TryFlush() (bool, error) {
 	if c.wbuf == nil {
 		return true, nil
 	}
-	if !c.raw.ok() {
+	if c.raw == nil {
+		// Not at creation: an idle connection does not pay for it.
+		if !c.client {
+			c.raw = newRawWriter(c.nc)
+		}
+		if c.raw == nil {
+			c.raw = noRaw
+		}
+	}
+	if c.raw == noRaw {
 		return false, nil
 	}
 	b := *c.wbuf

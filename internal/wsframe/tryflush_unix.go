@@ -17,11 +17,14 @@ type rawWriter struct {
 	err error
 }
 
-func (rw *rawWriter) init(nc net.Conn) {
-	rw.rc = rawConn(nc)
-	if rw.rc == nil {
-		return
+// newRawWriter returns a rawWriter for nc, or nil when nc has no raw
+// socket.
+func newRawWriter(nc net.Conn) *rawWriter {
+	rc := rawConn(nc)
+	if rc == nil {
+		return nil
 	}
+	rw := &rawWriter{rc: rc}
 	rw.fn = func(fd uintptr) bool {
 		for {
 			n, err := syscall.Write(int(fd), rw.b)
@@ -35,9 +38,8 @@ func (rw *rawWriter) init(nc net.Conn) {
 			return true // never wait for the socket
 		}
 	}
+	return rw
 }
-
-func (rw *rawWriter) ok() bool { return rw.rc != nil }
 
 // write writes as much of b as the socket takes now.
 func (rw *rawWriter) write(b []byte) (int, error) {

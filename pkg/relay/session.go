@@ -112,8 +112,7 @@ type session struct {
 	// at once (and sendLoop woken to pick it up), and dropped by pingCheck
 	// once unused for a while: an idle session does not pay for its
 	// buffer.
-	send     chan Message
-	sendUsed bool // an envelope went through send since pingCheck last looked
+	send chan Message
 	// wakeup (cap 1: "the store, or a new send queue, may have something
 	// for you") is made when the first send loop starts; until then, and
 	// while serve looks at the store, woken remembers a wake-up.
@@ -130,6 +129,8 @@ type session struct {
 	closed  bool  // finish has begun; deliver goes to the store
 	woken   bool  // a wake-up came while wakeup was not made yet
 	sender  uint8 // senderHeld, senderStopped or senderRunning
+	// sendUsed: an envelope went through send since pingCheck last looked.
+	sendUsed bool
 	// holder is the reader's flusher that holds the sender role (no send
 	// loop runs then), or nil.
 	holder *flusher
