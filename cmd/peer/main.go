@@ -47,6 +47,7 @@ import (
 const MnemonicEnv = "RMB_MNEMONIC"
 
 func main() {
+	procs.QuietSysmon() // first: it may start the program again
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -26,6 +26,7 @@ import (
 
 	"github.com/rmb-go/rmb/internal/buildinfo"
 	"github.com/rmb-go/rmb/internal/cliconf"
+	"github.com/rmb-go/rmb/internal/procs"
 	"github.com/rmb-go/rmb/pkg/registrar"
 )
 
@@ -36,6 +37,7 @@ const MemoryDB = ":memory:"
 const shutdownTimeout = 10 * time.Second
 
 func main() {
+	procs.QuietSysmon() // first: it may start the program again
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

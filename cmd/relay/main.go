@@ -32,6 +32,7 @@ import (
 	"github.com/rmb-go/rmb/internal/buildinfo"
 	"github.com/rmb-go/rmb/internal/cliconf"
 	"github.com/rmb-go/rmb/internal/pprofserver"
+	"github.com/rmb-go/rmb/internal/procs"
 	"github.com/rmb-go/rmb/pkg/identity"
 	"github.com/rmb-go/rmb/pkg/redisapi"
 	"github.com/rmb-go/rmb/pkg/registrar"
@@ -39,6 +40,7 @@ import (
 )
 
 func main() {
+	procs.QuietSysmon() // first: it may start the program again
 	m := NewMain()
 	if err := m.ParseFlags(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

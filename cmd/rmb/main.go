@@ -31,6 +31,7 @@ import (
 
 	"github.com/rmb-go/rmb/internal/buildinfo"
 	"github.com/rmb-go/rmb/internal/cliconf"
+	"github.com/rmb-go/rmb/internal/procs"
 )
 
 // command is one subcommand. run returns the process exit code.
@@ -51,11 +52,19 @@ func (e *env) errorf(format string, args ...any) int {
 
 var commands = map[string]command{}
 
+// longRunning are the commands that run as long as a daemon, and so run
+// with the daemons' runtime setting (procs.QuietSysmon); the bench's
+// relay is measured as rmb-relay runs.
+var longRunning = map[string]bool{"bench": true, "demo": true, "serve": true}
+
 func register(name, summary string, run func(ctx context.Context, env *env, args []string) int) {
 	commands[name] = command{summary: summary, run: run}
 }
 
 func main() {
+	if len(os.Args) > 1 && longRunning[os.Args[1]] {
+		procs.QuietSysmon() // first: it may start the program again
+	}
 	redis.SetLogger(quietRedis{})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, &env{stdout: os.Stdout, stderr: os.Stderr}, os.Args[1:])

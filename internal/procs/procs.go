@@ -1,7 +1,14 @@
-// Package procs runs a process on one P (GOMAXPROCS=1) while one core is
-// enough for it, and gives it all its Ps back once it needs more:
+// Package procs tunes the Go runtime for the project's long-running
+// processes, which are woken a few times per message:
 //
+//	procs.QuietSysmon() // first in main
+//	...
 //	go procs.Adapt(ctx, procs.Options{OnChange: func(n int) { gauge.Set(float64(n)) }})
+//
+// QuietSysmon keeps the runtime's monitor thread from sleeping deeply
+// between messages (sysmon.go says why). Adapt runs a process on one P
+// (GOMAXPROCS=1) while one core is enough for it, and gives it all its
+// Ps back once it needs more.
 //
 // Adapt samples the process's CPU time (user + system) every
 // Options.Every. At one P, a process using more than Options.High cores
