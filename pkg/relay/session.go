@@ -38,7 +38,7 @@ const storeTimeout = 5 * time.Second
 // keeps refilling; otherwise it flushes when the queue runs dry.
 const flushBytes = 32 << 10
 
-// nowMax: an envelope up to this size may be written by deliverNow, on the
+// nowMax: an envelope up to this size may be written by deliverFrom, on the
 // caller's goroutine; a larger one could make the connection write it at
 // once, and wait.
 const nowMax = 4 << 10
