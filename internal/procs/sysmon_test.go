@@ -80,6 +80,8 @@ func TestHasSetting(t *testing.T) {
 		"schedtraceX=1":             false,
 		"schedtrace":                false,
 		"gctrace=1":                 false,
+		",,=,schedtrace":            false, // garbage: no setting, no panic
+		"=1,schedtrace=":            true,
 	} {
 		if got := hasSetting(in, "schedtrace"); got != want {
 			t.Errorf("hasSetting(%q) = %v, want %v", in, got, want)

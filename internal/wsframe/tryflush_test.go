@@ -142,6 +142,8 @@ func TestMessageBuffered(t *testing.T) {
 		{"whole and part of the next", append(append([]byte(nil), whole...), whole[:3]...), true},
 		{"first fragment", frame(OpBinary, false, []byte("he")), false},
 		{"ping first", append(frame(OpPing, true, nil), whole...), false},
+		// A 64-bit length with the top bit set: ReadMessage will refuse it.
+		{"bad length", []byte{0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4}, false},
 	} {
 		a, b := net.Pipe()
 		c := newConn(a, false, tc.in, nil)
