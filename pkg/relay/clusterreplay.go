@@ -15,7 +15,7 @@ import (
 // sharedReplay is the federation replay guard of a relay cluster, in the
 // Redis of Options.FederationRedis, so that a POST replayed to another
 // instance is recognised as well. It follows replayGuard: an entry lives
-// until the envelope's deadline, a request may be delivered again
+// until the envelope's deadline, it may be delivered again
 // maxRedeliveries times, and at most max entries are held (the ones
 // closest to their deadline go first when full).
 //
@@ -35,17 +35,15 @@ func newSharedReplay(client redis.UniversalClient, domain string, max int) *shar
 }
 
 var (
-	// KEYS: zset, hash. ARGV: member, now, is request, max redeliveries.
+	// KEYS: zset, hash. ARGV: member, now, max redeliveries.
 	// Returns 1 for a replay (deliver nothing), 0 to deliver.
 	replayCheckScript = redis.NewScript(`
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not s or tonumber(s) < tonumber(ARGV[2]) then return 0 end
-if ARGV[3] == '1' then
-  local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-  if n < tonumber(ARGV[4]) then
-    redis.call('HSET', KEYS[2], ARGV[1], n + 1)
-    return 0
-  end
+local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if n < tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[2], ARGV[1], n + 1)
+  return 0
 end
 return 1`)
 	// KEYS: zset, hash. ARGV: member, deadline, now, max entries, key ttl ms.
@@ -71,17 +69,13 @@ return 1`)
 const replayKeyTTL = envelope.MaxTTL*time.Second + maxClockSkew + time.Minute
 
 // replayed reports whether key was accepted before (by any instance) and
-// may not be delivered again; a request accepted before counts one of its
-// redeliveries.
-func (g *sharedReplay) replayed(key replayKey, request bool, now time.Time) (bool, error) {
+// may not be delivered again; an envelope accepted before counts one of
+// its redeliveries.
+func (g *sharedReplay) replayed(key replayKey, now time.Time) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), fedStoreTimeout)
 	defer cancel()
-	req := "0"
-	if request {
-		req = "1"
-	}
 	n, err := replayCheckScript.Run(ctx, g.client, g.keys, hex.EncodeToString(key[:]),
-		now.Unix(), req, maxRedeliveries).Int()
+		now.Unix(), maxRedeliveries).Int()
 	return n == 1, err
 }
 
@@ -96,15 +90,15 @@ func (g *sharedReplay) add(key replayKey, deadline, now time.Time) error {
 // isReplay checks key against the shared guard in a cluster (the local
 // one when Redis fails: an instance then only knows its own), against the
 // local one otherwise.
-func (f *federator) isReplay(key replayKey, rt *envelope.Routing, now time.Time) bool {
+func (f *federator) isReplay(key replayKey, now time.Time) bool {
 	if f.shared != nil {
-		rep, err := f.shared.replayed(key, rt.Kind == envelope.KindRequest, now)
+		rep, err := f.shared.replayed(key, now)
 		if err == nil {
 			return rep
 		}
 		f.r.log.Warn("shared replay guard failed, using this instance's", "err", err)
 	}
-	return f.replay.seen(key, now) && (rt.Kind != envelope.KindRequest || !f.replay.again(key))
+	return f.replay.seen(key, now) && !f.replay.again(key)
 }
 
 // accepted remembers key until deadline, here and in the shared guard.

@@ -729,7 +729,7 @@ func (r *Relay) handleFederation(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	key := replayKeyOf(&rt)
-	if r.fed.isReplay(key, &rt, now) {
+	if r.fed.isReplay(key, now) {
 		// Accepted before: say so again, deliver nothing.
 		r.counters.drop(dropReplay)
 		w.WriteHeader(http.StatusAccepted)
@@ -793,13 +793,16 @@ const maxClockSkew = time.Minute
 // about 100 bytes each, 128 Ki entries take some 13 MiB.
 const replayGuardSize = 1 << 17
 
-// maxRedeliveries is how often a request that federation accepted before
-// is delivered again. A peer that lost an answer (a relay on the way back
-// died with it) re-sends the request with the same uid, at most three
-// times before the deadline and once after its own restart; the
-// destination peer answers each copy from its answer cache, and only the
-// first reaches the service. Copies beyond that are replays: 202, not
-// delivered.
+// maxRedeliveries is how often an envelope that federation accepted
+// before is delivered again. Re-sending the same signed envelope is how
+// peers recover what a crash lost: a caller whose answer was lost (a relay
+// on the way back died with it, or the caller died with it unread in its
+// socket) re-sends the request with the same uid, at most three times
+// before the deadline and once after its own restart; the destination
+// peer answers each copy from its answer cache, so the same signed answer
+// crosses federation again. Only the first request reaches the service;
+// the peers suppress the other copies. Copies beyond that are replays:
+// 202, not delivered.
 const maxRedeliveries = 4
 
 // replayKey identifies a federated envelope: SHA-256 (first 16 bytes) of
@@ -831,15 +834,11 @@ func replayKeyOf(rt *envelope.Routing) replayKey {
 
 // replayGuard remembers the envelopes federation accepted until their
 // deadline, so that a replayed POST (same source, destination, kind and
-// uid) is answered 202 without being delivered twice. It holds at most
-// max entries: when full, the one closest to its deadline is forgotten
-// first (a replay of it would then be delivered, and the destination
-// peer's own duplicate suppression is the last line).
-//
-// A consequence worth knowing: a peer that re-sends a request after losing
-// its relay (to recover an answer that relay may have lost) is also
-// suppressed here when it crosses federation again; the first copy was
-// delivered, so its answer normally still comes.
+// uid) is delivered at most maxRedeliveries times more and then answered
+// 202 without being delivered. It holds at most max entries: when full,
+// the one closest to its deadline is forgotten first (a replay of it would
+// then be delivered, and the destination peer's own duplicate suppression
+// is the last line).
 type replayGuard struct {
 	max int
 
@@ -850,7 +849,7 @@ type replayGuard struct {
 
 type guardEntry struct {
 	deadline int64 // unix seconds
-	again    uint8 // times delivered again (requests only)
+	again    uint8 // times delivered again
 }
 
 func newReplayGuard(max int) *replayGuard {
@@ -865,7 +864,7 @@ func (g *replayGuard) seen(key replayKey, now time.Time) bool {
 	return ok && e.deadline >= now.Unix()
 }
 
-// again reports whether the request recorded under key may be delivered
+// again reports whether the envelope recorded under key may be delivered
 // once more (maxRedeliveries), and counts it.
 func (g *replayGuard) again(key replayKey) bool {
 	g.mu.Lock()

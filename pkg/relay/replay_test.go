@@ -1,6 +1,9 @@
 package relay
 
 import (
+	"bytes"
+	"errors"
+	"net/http"
 	"testing"
 	"time"
 
@@ -43,27 +46,80 @@ func TestReplayGuardBounded(t *testing.T) {
 	}
 }
 
-// A request accepted before is delivered again at most maxRedeliveries
-// times; responses never are.
+// A request or an answer accepted before is delivered again at most
+// maxRedeliveries times: a caller that lost an answer re-sends its
+// request, and the destination peer re-sends the same signed answer.
 func TestReplayGuardRedeliveries(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
-	g := newReplayGuard(8)
-	rt := envelope.Routing{UID: []byte("u"), Kind: envelope.KindRequest}
-	k := replayKeyOf(&rt)
-	if g.again(k) {
-		t.Fatal("again for a key never recorded")
-	}
-	g.add(k, now.Add(time.Minute), now)
-	for i := range maxRedeliveries {
-		if !g.again(k) {
-			t.Fatalf("redelivery %d refused", i+1)
+	for _, kind := range []envelope.Kind{envelope.KindRequest, envelope.KindResponse, envelope.KindError} {
+		g := newReplayGuard(8)
+		rt := envelope.Routing{UID: []byte("u"), Kind: kind}
+		k := replayKeyOf(&rt)
+		if g.again(k) {
+			t.Fatal("again for a key never recorded")
+		}
+		g.add(k, now.Add(time.Minute), now)
+		for i := range maxRedeliveries {
+			if !g.again(k) {
+				t.Fatalf("kind %v: redelivery %d refused", kind, i+1)
+			}
+		}
+		if g.again(k) {
+			t.Errorf("kind %v: redelivery %d allowed, bound is %d", kind, maxRedeliveries+1, maxRedeliveries)
+		}
+		g.add(k, now.Add(time.Minute), now) // a second add does not reset the count
+		if g.again(k) {
+			t.Errorf("kind %v: add reset the redelivery count", kind)
 		}
 	}
-	if g.again(k) {
-		t.Errorf("redelivery %d allowed, bound is %d", maxRedeliveries+1, maxRedeliveries)
+}
+
+// An answer federation delivered to a caller that died before reading it
+// comes again when the answering peer sends it again (it does so from its
+// cache when the restarted caller re-sends the request): the copy is
+// delivered, not taken for a replay.
+func TestFederatedAnswerSentAgainReachesRestartedCaller(t *testing.T) {
+	reg := startRegistrar(t)
+	lnA, dA := listen(t)
+	lnB, dB := listen(t)
+	a := reg.newTwin(t, dA)
+	b := reg.newTwin(t, dB)
+	ra := startRelay(t, reg, nil, lnA, nil)
+	lnB.Close() // only its address is used
+	answer := envelope.NewResponse("lost-with-the-caller", []byte("answer"), 60)
+	answer.Source, answer.Destination = envelope.NewAddress(b.num, ""), envelope.NewAddress(a.num, "")
+	answer.Stamp(time.Now())
+	answer.Sign(b.id)
+	body := marshal(t, answer)
+	post := func() {
+		t.Helper()
+		resp, err := http.Post("http://"+dA+"/", "application/x-protobuf", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST: %d", resp.StatusCode)
+		}
 	}
-	g.add(k, now.Add(time.Minute), now) // a second add does not reset the count
-	if g.again(k) {
-		t.Error("add reset the redelivery count")
+	// The first copy goes to the caller's socket; the caller dies unread.
+	dead := dialSilent(t, ra, a, "")
+	ka := SessionKey{a.num, ""}
+	waitSession(t, ra.Relay, ka, true)
+	post()
+	waitFor(t, 20*time.Second, func() error {
+		if n := ra.counters.msgsOut.Load(); n == 0 {
+			return errors.New("first copy not written yet")
+		}
+		return nil
+	})
+	dead.c.CloseNow()
+	waitSession(t, ra.Relay, ka, false)
+	ca := dial(t, ra, a, "")
+	waitSession(t, ra.Relay, ka, true)
+	post() // peer B's copy from its answer cache
+	ca.expectPayload("answer")
+	if n := dropped(ra.Relay, dropReplay); n != 0 {
+		t.Errorf("%d copies counted as replays, want 0", n)
 	}
 }

@@ -3,6 +3,7 @@ package fault
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -198,7 +199,7 @@ func TestRelayKill(t *testing.T) {
 	e := startBus(t, ctx, busOptions{topology: oneRelay, relayRedis: true})
 	r := e.relays[0]
 	tally := e.run(ctx, func() { e.restart(r.Proc, func() error { return r.WaitReady(ctx) }) })
-	expectClean(t, tally)
+	e.expectClean(ctx, tally)
 }
 
 // TestTwinRelayKill kills -9 one of the two relays both twins use: sends
@@ -209,7 +210,7 @@ func TestTwinRelayKill(t *testing.T) {
 	e := startBus(t, ctx, busOptions{topology: twinRelays})
 	r := e.relays[0]
 	tally := e.run(ctx, func() { e.restart(r.Proc, func() error { return r.WaitReady(ctx) }) })
-	expectClean(t, tally)
+	e.expectClean(ctx, tally)
 }
 
 // TestRegistrarKill kills -9 the registrar (bbolt file) and restarts it:
@@ -223,7 +224,7 @@ func TestRegistrarKill(t *testing.T) {
 			return harness.WaitHTTP(ctx, e.reg.URL+"/healthz", 15*time.Second)
 		})
 	})
-	expectClean(t, tally)
+	e.expectClean(ctx, tally)
 }
 
 // TestRedisKill kills -9 the peers' redis-server (AOF, appendfsync
@@ -340,8 +341,22 @@ func TestServicePeerKill(t *testing.T) {
 // pending entry are one transaction: no answer comes twice.
 func TestClientPeerKill(t *testing.T) {
 	t.Parallel()
+	clientPeerKill(t, busOptions{topology: oneRelay})
+}
+
+// TestFederationClientPeerKill is TestClientPeerKill with the peers on
+// two relays. The answers relay A had written to peer A's socket die with
+// peer A, and relay A remembers them against replays; the copies peer B
+// sends again from its cache must still cross federation (maxRedeliveries)
+// to reach the restarted peer.
+func TestFederationClientPeerKill(t *testing.T) {
+	t.Parallel()
+	clientPeerKill(t, busOptions{topology: federated, relayRedis: true})
+}
+
+func clientPeerKill(t *testing.T, o busOptions) {
 	ctx := ctxFor(t)
-	e := startBus(t, ctx, busOptions{topology: oneRelay})
+	e := startBus(t, ctx, o)
 	var inProcessing, inPending int64
 	tally := e.run(ctx, func() {
 		e.a.Kill()
@@ -364,7 +379,7 @@ func TestClientPeerKill(t *testing.T) {
 		t.Errorf("%d duplicate deliveries, more than the %d requests in the processing list: %s", tally.ServiceDups, inProcessing, tally)
 	}
 	if tally.DupResponses != 0 || tally.Errored != 0 {
-		t.Errorf("want one answer per request, no error and no 408: %s", tally)
+		t.Errorf("want one answer per request, no error and no 408: %s\n%s", tally, e.diagnose(ctx))
 	}
 }
 
@@ -419,7 +434,7 @@ func TestFederationCutSender(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	expectClean(t, tally)
+	e.expectClean(ctx, tally)
 }
 
 // TestFederationKillReceiver kills -9 peer B's relay (store in Redis)
@@ -435,7 +450,7 @@ func TestFederationKillReceiver(t *testing.T) {
 	ctx := ctxFor(t)
 	e := startBus(t, ctx, busOptions{topology: federated, relayRedis: true})
 	tally := e.run(ctx, func() { e.killRelay(ctx, e.relays[1], e.b) })
-	expectClean(t, tally)
+	e.expectClean(ctx, tally)
 }
 
 // TestFederationKillSender kills -9 peer A's relay (store in Redis) under
@@ -447,7 +462,7 @@ func TestFederationKillSender(t *testing.T) {
 	ctx := ctxFor(t)
 	e := startBus(t, ctx, busOptions{topology: federated, relayRedis: true})
 	tally := e.run(ctx, func() { e.killRelay(ctx, e.relays[0], e.a) })
-	expectClean(t, tally)
+	e.expectClean(ctx, tally)
 }
 
 // killRelay kills -9 relay r, restarts it and waits until peer p (one of
@@ -462,13 +477,67 @@ func (e *bus) killRelay(ctx context.Context, r *harness.Relay, p *harness.Peer) 
 }
 
 // expectClean asserts what the design promises when no peer dies: every
-// request answered or errored, no duplicate at the service or on ret, no
-// timeout.
-func expectClean(t *testing.T, tally harness.Tally) {
-	t.Helper()
+// request answered once, without error, and no duplicate at the service.
+// A failure says where the requests were lost (diagnose).
+func (e *bus) expectClean(ctx context.Context, tally harness.Tally) {
+	e.t.Helper()
 	if tally.ServiceDups != 0 || tally.DupResponses != 0 || tally.Errored != 0 {
-		t.Errorf("want every request answered once, without error: %s", tally)
+		e.t.Errorf("want every request answered once, without error: %s\n%s", tally, e.diagnose(ctx))
 	}
+}
+
+// diagnose tells where requests went wrong: which ones got an error and
+// whether the service saw them, what each relay and peer dropped and why,
+// the dead letters of peer B, and the end of every log.
+func (e *bus) diagnose(ctx context.Context) string {
+	var sb strings.Builder
+	var errored []int
+	served := 0
+	for i, id := range e.bot.IDs() {
+		for _, r := range e.bot.Responses(id) {
+			if r.Error != nil {
+				errored = append(errored, i)
+				if e.echo.Seen(id) > 0 {
+					served++
+				}
+				break
+			}
+		}
+	}
+	fmt.Fprintf(&sb, "errored requests by push number (the fault came at %d): %v; the service saw %d of them\n",
+		faultAt+1, errored, served)
+	drops := func(name string, m harness.Metrics, err error, metric string) {
+		if err != nil {
+			fmt.Fprintf(&sb, "%s: %v\n", name, err)
+			return
+		}
+		var parts []string
+		for _, s := range m {
+			if s.Name == metric && s.Value > 0 {
+				parts = append(parts, fmt.Sprintf("%s=%v", s.Labels["reason"], s.Value))
+			}
+		}
+		fmt.Fprintf(&sb, "%s %s: %s\n", name, metric, strings.Join(parts, " "))
+	}
+	for i, r := range e.relays {
+		m, err := r.Metrics(ctx)
+		drops(fmt.Sprintf("relay%d", i+1), m, err, "rmb_relay_dropped_total")
+	}
+	for name, p := range map[string]*harness.Peer{"peer A": e.a, "peer B": e.b} {
+		m, err := p.Metrics(ctx)
+		drops(name, m, err, "rmb_peer_dropped_total")
+	}
+	if dead, err := harness.DeadLetters(ctx, e.rdbB); err != nil {
+		fmt.Fprintf(&sb, "peer B dead letters: %v\n", err)
+	} else {
+		reasons := map[string]int{}
+		for _, d := range dead {
+			reasons[d.Reason]++
+		}
+		fmt.Fprintf(&sb, "peer B dead letters: %v\n", reasons)
+	}
+	sb.WriteString(e.c.Logs(40))
+	return sb.String()
 }
 
 // peerStats summarizes what a peer did about the fault.

@@ -48,5 +48,5 @@ func TestPostgresRestart(t *testing.T) {
 			t.Errorf("registrar after PostgreSQL is back: %v\n%s", err, e.reg.Tail(20))
 		}
 	})
-	expectClean(t, tally)
+	e.expectClean(ctx, tally)
 }
