@@ -28,8 +28,9 @@ const (
 )
 
 // handleFrame routes one binary message read from session s. b is owned by
-// the relay from now on. fl is the reader's flusher (nil in tests). This is the hot path: it reads the routing fields
-// in place and decodes nothing else.
+// the relay from now on; fl is the reader's flusher (nil in tests). This
+// is the hot path: it reads the routing fields in place and decodes
+// nothing else.
 func (r *Relay) handleFrame(s *session, b []byte, fl *flusher) {
 	start := time.Now()
 	r.counters.msgsIn.Add(1)
